@@ -1,0 +1,446 @@
+"""The embedded offline dataset: characters rendered from the fonts that ship with matplotlib.
+
+One class per character; the images of a class are the character drawn in different font faces
+(DejaVu Sans / Sans Mono / Serif and STIXGeneral, 16 faces) with random geometric and stroke
+augmentation. It mirrors the benchmark protocol of deep metric learning: the classes are split in
+two disjoint halves, and retrieval is evaluated on classes the model never saw during training.
+
+How the classes are chosen (all decided by rendering, nothing by a hand-written list):
+
+1. characters from a few Unicode blocks (Latin, Greek, Cyrillic, arrows, math operators, geometric
+   shapes) that at least ``MIN_FACES`` faces have in their character map (glyph index != 0, so a
+   missing character is never drawn as the font's "missing glyph" box);
+2. drop renders with almost no ink or that leave the canvas;
+3. merge characters that look the same: two characters are one class when, in any face that has
+   both, their 32 px renders differ by less than ``DUPLICATE_THRESHOLD`` (sum of absolute pixel
+   differences over the sum of the pixel-wise maximum, i.e. relative to the ink). That merges Latin
+   A, Greek Alpha and Cyrillic A, and keeps O / 0 / o apart.
+
+Generation is deterministic for a seed and takes a few seconds on 2 cores; the result is cached as
+one ``.npz`` file under ``root/glyphs/`` (written to a temporary file, then renamed, so a concurrent
+reader never sees half a file).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import unicodedata
+import warnings
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SPLITS = ("train", "val", "test")
+# Bump when anything below changes what is generated: old caches are then ignored.
+GLYPH_FORMAT_VERSION = 1
+
+FONT_FILES = tuple(
+    f"{family}{style}.ttf"
+    for family, styles in (
+        ("DejaVuSans", ("", "-Bold", "-Oblique", "-BoldOblique")),
+        ("DejaVuSansMono", ("", "-Bold", "-Oblique", "-BoldOblique")),
+        ("DejaVuSerif", ("", "-Bold", "-Italic", "-BoldItalic")),
+        ("STIXGeneral", ("", "Bol", "Italic", "BolIta")),
+    )
+    for style in styles
+)
+UNICODE_RANGES = (
+    (0x0021, 0x007E),  # Basic Latin: letters, digits, punctuation
+    (0x00A1, 0x00BF),  # Latin-1 symbols
+    (0x0370, 0x03FF),  # Greek
+    (0x0400, 0x04FF),  # Cyrillic
+    (0x2190, 0x21FF),  # arrows
+    (0x2200, 0x22FF),  # mathematical operators
+    (0x25A0, 0x25FF),  # geometric shapes
+)
+MIN_FACES = 8
+DUPLICATE_THRESHOLD = 0.05
+MIN_INK = 30.0  # summed intensity on the 64 px canvas (a full pixel is 1.0)
+MIN_INK_KEPT_BY_EROSION = 0.4
+CANVAS = 64  # glyphs are rendered and augmented at 64 px, then reduced to image_size
+FONT_SIZE = 40
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random augmentation of one rendered glyph (ranges of uniform draws)."""
+
+    rotation_degrees: float = 20.0
+    scale: tuple[float, float] = (0.75, 1.15)
+    shear: float = 0.3
+    shift_pixels: float = 4.0  # on the 64 px canvas
+    stroke_change_probability: float = 0.67  # half of it dilation (thicker), half erosion (thinner)
+    noise_std: float = 0.15
+
+
+def font_paths() -> list[Path]:
+    """The 16 font files used, inside matplotlib's data folder."""
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    paths = [folder / name for name in FONT_FILES]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"matplotlib's font folder {folder} lacks {missing}; reinstall matplotlib "
+            "(pip install --force-reinstall matplotlib)"
+        )
+    return paths
+
+
+def _load_font(path: Path):
+    from PIL import ImageFont
+
+    return ImageFont.truetype(str(path), FONT_SIZE)
+
+
+def render_character(font, character: str, canvas: int = CANVAS) -> np.ndarray:
+    """White-on-black render of one character, ``(canvas, canvas) float32`` in [0, 1].
+
+    The anchor is the middle of the advance width and of the face's ascender-descender span, so
+    the vertical position of a glyph (a comma sits low, an apostrophe high) is kept.
+    """
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (canvas, canvas), 0)
+    ImageDraw.Draw(image).text((canvas / 2, canvas / 2), character, fill=255, font=font, anchor="mm")
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def render_missing_glyph(font, canvas: int = CANVAS) -> np.ndarray:
+    """The face's "missing glyph" (.notdef) shape, drawn for a private-use code point."""
+    return render_character(font, "\ue000", canvas)
+
+
+def character_maps() -> list[dict[int, int]]:
+    """Per face: code point -> glyph index (0 means the face lacks the character)."""
+    from matplotlib import ft2font
+
+    return [ft2font.FT2Font(str(path)).get_charmap() for path in font_paths()]
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise ``sum|a - b| / sum max(a, b)`` between rows of ``a (M, P)`` and ``b (N, P)`` -> (M, N)."""
+    difference = torch.cdist(a, b, p=1)
+    # sum max(a, b) = (sum a + sum b + sum |a - b|) / 2, without an (M, N, P) intermediate
+    union = (a.sum(dim=1)[:, None] + b.sum(dim=1)[None, :] + difference) / 2
+    return difference / union.clamp_min(1e-8)
+
+
+def _reduce(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, S, S) -> (N, size, size) by area averaging."""
+    return F.interpolate(images[:, None], size=(size, size), mode="area")[:, 0]
+
+
+@dataclass(frozen=True)
+class GlyphClass:
+    """One class: a representative character, the look-alikes merged into it, the faces that have it."""
+
+    codepoint: int
+    merged: tuple[int, ...]
+    faces: tuple[int, ...]
+
+    @property
+    def character(self) -> str:
+        return chr(self.codepoint)
+
+
+@lru_cache(maxsize=2)
+def glyph_classes(image_size: int = 32) -> tuple[tuple[GlyphClass, ...], np.ndarray]:
+    """Choose the classes by rendering (see module docstring).
+
+    Returns the classes (sorted by code point) and the clean renders ``(num_classes, num_faces,
+    CANVAS, CANVAS) float32`` (zero where a face lacks the character).
+    """
+    paths = font_paths()
+    fonts = [_load_font(p) for p in paths]
+    maps = character_maps()
+    missing_shapes = [torch.from_numpy(render_missing_glyph(f)).flatten() for f in fonts]
+
+    candidates: dict[int, dict[int, np.ndarray]] = {}
+    for low, high in UNICODE_RANGES:
+        for codepoint in range(low, high + 1):
+            character = chr(codepoint)
+            # Letters, numbers, punctuation, symbols; no precomposed accented letters (their accents
+            # vanish at 32 px and would make near-duplicates of the base letter).
+            if unicodedata.category(character)[0] not in "LNPS" or unicodedata.decomposition(character):
+                continue
+            faces = [i for i, cmap in enumerate(maps) if cmap.get(codepoint, 0) != 0]
+            if len(faces) < MIN_FACES:
+                continue
+            renders = {i: render_character(fonts[i], character) for i in faces}
+            if any(_unusable(r, missing_shapes[i]) for i, r in renders.items()):
+                continue
+            candidates[codepoint] = renders
+
+    codepoints = sorted(candidates)
+    parent = {c: c for c in codepoints}
+
+    def root(c: int) -> int:
+        while parent[c] != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+
+    for face in range(len(paths)):
+        having = [c for c in codepoints if face in candidates[c]]
+        small = _reduce(torch.from_numpy(np.stack([candidates[c][face] for c in having])), image_size)
+        flat = small.flatten(1)
+        distance = relative_difference(flat, flat)
+        rows, cols = torch.nonzero(distance < DUPLICATE_THRESHOLD, as_tuple=True)
+        for i, j in zip(rows.tolist(), cols.tolist()):
+            a, b = root(having[i]), root(having[j])
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+
+    groups: dict[int, list[int]] = {}
+    for c in codepoints:
+        groups.setdefault(root(c), []).append(c)
+    classes = []
+    renders = np.zeros((len(groups), len(paths), CANVAS, CANVAS), dtype=np.float32)
+    for index, (representative, members) in enumerate(sorted(groups.items())):
+        faces = tuple(sorted(candidates[representative]))
+        classes.append(GlyphClass(representative, tuple(members), faces))
+        for face in faces:
+            renders[index, face] = candidates[representative][face]
+    return tuple(classes), renders
+
+
+def _unusable(render: np.ndarray, missing_shape: torch.Tensor) -> bool:
+    """Too little ink, touching the canvas border, or the face's missing-glyph box."""
+    if render.sum() < MIN_INK:
+        return True
+    border = np.concatenate([render[0], render[-1], render[:, 0], render[:, -1]])
+    if border.max() > 0.5:
+        return True
+    difference = relative_difference(torch.from_numpy(render).flatten()[None], missing_shape[None])
+    return bool(difference.item() < DUPLICATE_THRESHOLD)
+
+
+def _affine_matrices(count: int, augmentation: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """Random (count, 2, 3) matrices for ``affine_grid`` (output -> input coordinates, in [-1, 1])."""
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
+
+    angle = torch.deg2rad(uniform(-augmentation.rotation_degrees, augmentation.rotation_degrees))
+    scale = uniform(*augmentation.scale)
+    shear = uniform(-augmentation.shear, augmentation.shear)
+    shift = 2 * augmentation.shift_pixels / CANVAS
+    tx, ty = uniform(-shift, shift), uniform(-shift, shift)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # forward map A = R(angle) @ Shear @ scale; affine_grid needs the inverse (output -> input)
+    forward = torch.zeros(count, 2, 2, dtype=torch.float64)
+    forward[:, 0, 0] = cos * scale
+    forward[:, 0, 1] = (cos * shear - sin) * scale
+    forward[:, 1, 0] = sin * scale
+    forward[:, 1, 1] = (sin * shear + cos) * scale
+    inverse = torch.linalg.inv(forward)
+    translation = torch.stack([tx, ty], dim=1)[:, :, None]
+    return torch.cat([inverse, -inverse @ translation], dim=2).float()
+
+
+def generate_glyphs(
+    seed: int = 0,
+    image_size: int = 32,
+    images_per_class: int = 48,
+    augmentation: Augmentation = Augmentation(),
+) -> dict[str, np.ndarray]:
+    """Render the whole dataset. Returns arrays:
+
+    - ``images``: (num_classes * images_per_class, image_size, image_size) uint8
+    - ``labels``: (N,) int64 global class index; ``faces``: (N,) int64 face used per image
+    - ``codepoints``: (num_classes,) int64 representative character of each class
+    - ``class_split``: (num_classes,) int64, 0 = train, 1 = val, 2 = test (see :func:`split_classes`)
+    """
+    classes, renders = glyph_classes(image_size)
+    generator = torch.Generator().manual_seed(seed)
+    num_classes = len(classes)
+
+    # Which face each image uses: cycle through the class's faces in a random order, so every
+    # face appears about equally often within a class.
+    base_class, base_face = [], []
+    for index, glyph_class in enumerate(classes):
+        order = torch.randperm(len(glyph_class.faces), generator=generator).tolist()
+        for k in range(images_per_class):
+            base_class.append(index)
+            base_face.append(glyph_class.faces[order[k % len(order)]])
+    labels = torch.tensor(base_class)
+    faces = torch.tensor(base_face)
+    count = len(labels)
+
+    matrices = _affine_matrices(count, augmentation, generator)
+    stroke_draw = torch.rand(count, generator=generator)
+    half = augmentation.stroke_change_probability / 2
+    noise = torch.randn(count, image_size, image_size, generator=generator) * augmentation.noise_std
+
+    all_renders = torch.from_numpy(renders)
+    images = torch.empty(count, image_size, image_size, dtype=torch.uint8)
+    chunk = 4096
+    for start in range(0, count, chunk):
+        part = slice(start, start + chunk)
+        source = all_renders[labels[part], faces[part]][:, None]  # (n, 1, CANVAS, CANVAS)
+        grid = F.affine_grid(matrices[part], list(source.shape), align_corners=False)
+        warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        thicker = F.max_pool2d(warped, 3, stride=1, padding=1)
+        thinner = -F.max_pool2d(-warped, 3, stride=1, padding=1)
+        # Erosion can wipe out a hairline face's strokes entirely: keep those images as they are.
+        ink_kept = thinner.sum(dim=(1, 2, 3)) / warped.sum(dim=(1, 2, 3)).clamp_min(1e-6)
+        thinner = torch.where(ink_kept[:, None, None, None] > MIN_INK_KEPT_BY_EROSION, thinner, warped)
+        draw = stroke_draw[part][:, None, None, None]
+        stroked = torch.where(draw < half, thicker, torch.where(draw < 2 * half, thinner, warped))
+        small = _reduce(stroked[:, 0], image_size) + noise[part]
+        images[part] = (small.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    return {
+        "images": images.numpy(),
+        "labels": labels.numpy().astype(np.int64),
+        "faces": faces.numpy().astype(np.int64),
+        "codepoints": np.array([c.codepoint for c in classes], dtype=np.int64),
+        "class_split": split_classes(num_classes, seed),
+    }
+
+
+def split_classes(num_classes: int, seed: int, val_fraction: float = 0.2) -> np.ndarray:
+    """Disjoint class halves: test gets half the classes, val ``val_fraction`` of the other half.
+
+    Returns (num_classes,) int64 with 0 = train, 1 = val, 2 = test.
+    """
+    order = np.random.default_rng(seed).permutation(num_classes)
+    num_test = num_classes // 2
+    num_val = int(round(val_fraction * (num_classes - num_test)))
+    split = np.zeros(num_classes, dtype=np.int64)
+    split[order[:num_test]] = 2
+    split[order[num_test : num_test + num_val]] = 1
+    return split
+
+
+def cache_path(root: str | os.PathLike, seed: int, image_size: int, images_per_class: int) -> Path:
+    name = f"glyphs-v{GLYPH_FORMAT_VERSION}-seed{seed}-{image_size}px-{images_per_class}per-class.npz"
+    return Path(root) / "glyphs" / name
+
+
+_CACHE_KEYS = ("images", "labels", "faces", "codepoints", "class_split")
+
+
+def load_glyphs(
+    root: str | os.PathLike = "data", seed: int = 0, image_size: int = 32, images_per_class: int = 48
+) -> dict[str, np.ndarray]:
+    """The generated arrays from the cache, generating (and caching) them first if needed."""
+    path = cache_path(root, seed, image_size, images_per_class)
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in _CACHE_KEYS}
+            if arrays["images"].shape[1:] == (image_size, image_size):
+                return arrays
+            warnings.warn(f"glyph cache {path} has the wrong image size; regenerating it", stacklevel=2)
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+            warnings.warn(f"glyph cache {path} is unreadable ({error}); regenerating it", stacklevel=2)
+    arrays = generate_glyphs(seed, image_size, images_per_class)
+    _write_atomically(path, arrays)
+    return arrays
+
+
+def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class GlyphDataset(torch.utils.data.Dataset):
+    """Rendered characters, one class per character (see the module docstring).
+
+    Args:
+        split: ``"train"``, ``"val"`` (held-out classes carved from the training half, for model
+            selection) or ``"test"`` (the other half of the classes, never seen in training).
+        root: folder for the cache (``root/glyphs/*.npz``).
+        seed: decides the class split and every augmentation.
+        image_size: side of the square images.
+        images_per_class: at least 48 by default.
+        transform: optional callable applied to each ``(1, H, W)`` float image.
+
+    ``ds[i]`` is ``(image (1, H, W) float32 in [0, 1], label int)``; ``ds.labels`` is (len,) int64,
+    contiguous in ``0 .. ds.num_classes - 1``; ``ds.characters[label]`` is the class's character.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        root: str | os.PathLike = "data",
+        seed: int = 0,
+        image_size: int = 32,
+        images_per_class: int = 48,
+        transform=None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        arrays = load_glyphs(root, seed, image_size, images_per_class)
+        chosen_classes = np.flatnonzero(arrays["class_split"] == SPLITS.index(split))
+        keep = np.isin(arrays["labels"], chosen_classes)
+        relabel = np.full(len(arrays["codepoints"]), -1, dtype=np.int64)
+        relabel[chosen_classes] = np.arange(len(chosen_classes))
+        self.split = split
+        self.seed = seed
+        self.transform = transform
+        self.images = torch.from_numpy(arrays["images"][keep])  # (N, H, W) uint8
+        self.labels = torch.from_numpy(relabel[arrays["labels"][keep]])
+        self.faces = torch.from_numpy(arrays["faces"][keep])
+        self.codepoints = arrays["codepoints"][chosen_classes]
+        self.characters = [chr(c) for c in self.codepoints]
+        self.num_classes = len(chosen_classes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index].float().div_(255.0)[None]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(B, 1, H, W)`` and labels ``(B,)`` for many indices at once (no transform)."""
+        indices = torch.as_tensor(indices)
+        return self.images[indices].float().div_(255.0)[:, None], self.labels[indices]
+
+    def __repr__(self) -> str:
+        return (
+            f"GlyphDataset(split={self.split!r}, classes={self.num_classes}, images={len(self)}, "
+            f"size={tuple(self.images.shape[1:])}, seed={self.seed})"
+        )
+
+
+def font_names() -> list[str]:
+    """Human-readable face names, index-aligned with ``GlyphClass.faces``."""
+    return [Path(name).stem for name in FONT_FILES]
+
+
+__all__ = [
+    "Augmentation",
+    "GlyphClass",
+    "GlyphDataset",
+    "generate_glyphs",
+    "glyph_classes",
+    "load_glyphs",
+    "render_character",
+    "render_missing_glyph",
+    "split_classes",
+    "font_names",
+]

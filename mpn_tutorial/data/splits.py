@@ -1,0 +1,45 @@
+"""Class-level subsets: the validation split carved from the training classes.
+
+Metric learning is evaluated on classes never seen in training, so model selection must be too:
+the validation split holds some *classes* of the training half, never test classes and never
+images of classes the model trains on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def carve_validation_classes(num_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted class ids (of ``0..num_classes-1``) held out for validation; at least 2 when possible."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
+    count = min(num_classes - 2, max(2, int(round(fraction * num_classes))))
+    if count < 2:
+        raise ValueError(f"{num_classes} training classes are too few to carve a validation split from")
+    return np.sort(np.random.default_rng(seed).permutation(num_classes)[:count])
+
+
+class ClassSubset(torch.utils.data.Dataset):
+    """The samples of some classes of a dataset, relabelled contiguously ``0..len(classes)-1``.
+
+    ``dataset`` must have ``labels`` (a (N,) int tensor) and ``__getitem__ -> (image, label)``.
+    """
+
+    def __init__(self, dataset, classes) -> None:
+        self.dataset = dataset
+        classes = np.unique(np.asarray(classes, dtype=np.int64))
+        original = np.asarray(dataset.labels)
+        self.indices = np.flatnonzero(np.isin(original, classes))
+        relabel = np.full(int(original.max()) + 1, -1, dtype=np.int64)
+        relabel[classes] = np.arange(len(classes))
+        self.labels = torch.from_numpy(relabel[original[self.indices]])
+        self.num_classes = len(classes)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        image, _ = self.dataset[int(self.indices[index])]
+        return image, int(self.labels[index])

@@ -1,0 +1,55 @@
+"""Image transforms of the published recipe (DESIGN.md section 4), for the four benchmarks.
+
+Both transforms take an RGB ``PIL.Image`` (the benchmark readers convert every image to RGB) and
+return a normalised ``(3, image_size, image_size) float32`` tensor.
+
+The sizes are the official release's: training crops 227 px with ``RandomResizedCrop``; testing
+resizes the shorter side to 256 px and takes the central 227 px. 227 rather than 224 is inherited
+from earlier metric-learning code; ResNet-50 accepts either, since global pooling makes it
+indifferent to the exact input size.
+
+Note for test files: import the module (``from mpn_tutorial.data import transforms``) rather than
+``test_transform`` itself, or pytest collects the function as a test.
+"""
+
+from __future__ import annotations
+
+from torchvision import transforms
+
+# ImageNet statistics: the backbone was pretrained on images normalised with them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(image_size: int = 227) -> transforms.Compose:
+    """Augmentation for training: PIL RGB image -> ``(3, image_size, image_size) float32``.
+
+    RandomResizedCrop (default scale 0.08-1 and aspect 3/4-4/3) + horizontal flip + ImageNet
+    normalisation + RandomErasing (p = 0.5). Erasing comes last because it works on tensors; the
+    erased rectangle is filled with 0, which after normalisation is the ImageNet mean colour.
+    """
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            transforms.RandomErasing(p=0.5),
+        ]
+    )
+
+
+def test_transform(image_size: int = 227, resize: int = 256) -> transforms.Compose:
+    """Deterministic transform for evaluation: PIL RGB image -> ``(3, image_size, image_size) float32``.
+
+    Resize the shorter side to ``resize`` (aspect ratio kept), take the central
+    ``image_size`` square, normalise with the ImageNet statistics.
+    """
+    return transforms.Compose(
+        [
+            transforms.Resize(resize),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )

@@ -1,0 +1,162 @@
+"""Losses of deep metric learning: contrastive (pairs), triplet (with mining), smoothed cross-entropy.
+
+Pair and triplet losses take ``(embeddings (N, D), labels (N,))`` and return a scalar tensor. They
+L2-normalise the embeddings first and work with Euclidean distances between them
+(``d = sqrt(2 - 2 cos)``, between 0 and 2). Every loss is defined on any batch: when a batch has
+no valid pair or triplet, the loss is a zero that is still connected to the embeddings, so
+``loss.backward()`` works and gives zero gradients, never NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MINING_STRATEGIES = ("all", "hard", "semihard")
+
+
+def _check_inputs(embeddings: torch.Tensor, labels: torch.Tensor, what: str) -> None:
+    if embeddings.dim() != 2:
+        raise ValueError(f"{what} expects embeddings of shape (N, D), got {tuple(embeddings.shape)}")
+    if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
+        raise ValueError(
+            f"{what}: labels must have shape ({embeddings.shape[0]},) to match the embeddings, "
+            f"got {tuple(labels.shape)}"
+        )
+
+
+def pairwise_distances(embeddings: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances between L2-normalised rows: (N, D) -> (N, N).
+
+    Computed from cosine similarities; clamped before the square root, and the diagonal is set to
+    exactly zero, so the gradient is finite everywhere except at coinciding points (where the
+    masks below never look).
+    """
+    normalized = F.normalize(embeddings, dim=1)
+    squared = (2 - 2 * normalized @ normalized.T).clamp_min(1e-12)
+    distances = squared.sqrt()
+    return distances * (1 - torch.eye(len(distances), dtype=distances.dtype, device=distances.device))
+
+
+def pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean (N, N) masks of positive pairs (same label, i != j) and negative pairs."""
+    same = labels[:, None] == labels[None, :]
+    not_self = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return same & not_self, ~same
+
+
+def _zero(embeddings: torch.Tensor) -> torch.Tensor:
+    """A zero loss still connected to the graph (backward gives zero gradients)."""
+    return embeddings.sum() * 0.0
+
+
+class ContrastiveLoss(nn.Module):
+    """Contrastive loss (Hadsell, Chopra, LeCun 2006) over all pairs of the batch:
+
+        L = mean_{positive pairs} d_ij^2  +  mean_{negative pairs} max(0, margin - d_ij)^2
+
+    Positives are pulled together; negatives pushed apart until they are ``margin`` away. Each
+    term averages over its own pairs (ordered pairs i != j), so the balance does not depend on how
+    many negatives a batch holds; a term with no pairs contributes 0.
+    """
+
+    def __init__(self, margin: float = 0.5) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        _check_inputs(embeddings, labels, "ContrastiveLoss")
+        distances = pairwise_distances(embeddings)
+        positive, negative = pair_masks(labels)
+        loss = _zero(embeddings)
+        if positive.any():
+            loss = loss + distances[positive].pow(2).mean()
+        if negative.any():
+            loss = loss + F.relu(self.margin - distances[negative]).pow(2).mean()
+        return loss
+
+
+class TripletLoss(nn.Module):
+    """Triplet loss ``max(0, d(a, p) - d(a, n) + margin)`` with a mining strategy:
+
+    - ``"all"``: every valid triplet (a, p, n) of the batch; the loss averages over the triplets
+      with a positive loss ("batch all", Hermans et al. 2017), so easy triplets do not dilute it.
+    - ``"hard"``: for each anchor, its farthest positive and closest negative ("batch hard");
+      averaged over anchors that have both.
+    - ``"semihard"``: for each (anchor, positive) pair, the closest negative that is still farther
+      than the positive (``d(a,p) < d(a,n) < d(a,p) + margin``, FaceNet); pairs without a
+      semi-hard negative are skipped; averaged over pairs that have one.
+
+    ``mine(embeddings, labels)`` returns the chosen triplets as index tensors (anchor, positive,
+    negative) so a notebook can draw what each strategy picks.
+    """
+
+    def __init__(self, margin: float = 0.2, mining: str = "hard") -> None:
+        super().__init__()
+        if mining not in MINING_STRATEGIES:
+            raise ValueError(f"mining must be one of {MINING_STRATEGIES}, got {mining!r}")
+        self.margin = margin
+        self.mining = mining
+
+    @torch.no_grad()
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Indices (anchor, positive, negative), each (T,), of the triplets the strategy uses."""
+        _check_inputs(embeddings, labels, "TripletLoss")
+        distances = pairwise_distances(embeddings)
+        positive, negative = pair_masks(labels)
+        if self.mining == "hard":
+            has_both = positive.any(1) & negative.any(1)
+            anchors = torch.nonzero(has_both).flatten()
+            far_positive = distances.masked_fill(~positive, -1.0).argmax(1)
+            near_negative = distances.masked_fill(~negative, float("inf")).argmin(1)
+            return anchors, far_positive[anchors], near_negative[anchors]
+        anchor, pos = torch.nonzero(positive, as_tuple=True)
+        d_ap = distances[anchor, pos][:, None]  # (P, 1)
+        d_an = distances[anchor]  # (P, N)
+        valid = negative[anchor]  # (P, N)
+        if self.mining == "all":
+            violating = valid & (d_ap - d_an + self.margin > 0)
+            pair_index, neg = torch.nonzero(violating, as_tuple=True)
+            return anchor[pair_index], pos[pair_index], neg
+        semihard = valid & (d_an > d_ap) & (d_an < d_ap + self.margin)
+        has_one = semihard.any(1)
+        closest = d_an.masked_fill(~semihard, float("inf")).argmin(1)
+        return anchor[has_one], pos[has_one], closest[has_one]
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        anchor, pos, neg = self.mine(embeddings, labels)
+        if len(anchor) == 0:
+            return _zero(embeddings)
+        distances = pairwise_distances(embeddings)
+        losses = F.relu(distances[anchor, pos] - distances[anchor, neg] + self.margin)
+        return losses.mean() + _zero(embeddings)
+
+
+class SmoothedCrossEntropy(nn.Module):
+    """Label-smoothed cross-entropy on ``logits / temperature``: (N, C) logits, (N,) labels -> scalar.
+
+    With smoothing ``eps`` the target puts ``1 - eps + eps/C`` on the true class and ``eps/C`` on
+    every other class. The model in this package already divides its logits by its temperature;
+    then use the default ``temperature=1``.
+    """
+
+    def __init__(self, eps: float = 0.1, temperature: float = 1.0) -> None:
+        super().__init__()
+        if not 0 <= eps < 1:
+            raise ValueError(f"eps must be in [0, 1), got {eps}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.eps = eps
+        self.temperature = temperature
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        _check_inputs(logits, labels, "SmoothedCrossEntropy")
+        if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+            raise ValueError(
+                f"SmoothedCrossEntropy: labels must lie in 0..{logits.shape[1] - 1} (the classifier has "
+                f"{logits.shape[1]} classes), got {int(labels.min())}..{int(labels.max())}"
+            )
+        if len(labels) == 0:
+            return _zero(logits)
+        return F.cross_entropy(logits / self.temperature, labels, label_smoothing=self.eps)

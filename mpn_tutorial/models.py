@@ -362,14 +362,21 @@ class MetricLearningModel(nn.Module):
         """Backbone embedding, not normalised: (N, C, H, W) -> (N, D)."""
         return self.embedding(self.backbone(images))
 
-    def forward(self, images: torch.Tensor, return_attention: bool = False):
+    def forward(self, images: torch.Tensor, return_attention: bool = False, gather=None):
+        """Training: :class:`ModelOutput`; eval: normalised embeddings (N, D).
+
+        ``gather`` (multi-GPU training only): a function that turns this process's embeddings
+        into the global batch's, so the classifier and the MPN see every sample.
+        """
         embeddings = self.embed(images)
         if not self.training:
             return F.normalize(embeddings, dim=1)
+        if gather is not None:
+            embeddings = gather(embeddings)
         return self.heads(embeddings, return_attention)
 
     def heads(self, embeddings: torch.Tensor, return_attention: bool = False) -> ModelOutput:
-        """Classifier and MPN on given backbone embeddings (N, D); used by distributed training."""
+        """Backbone classifier and MPN on backbone embeddings (N, D) -> :class:`ModelOutput`."""
         temperature = self.config.temperature
         output = ModelOutput(embeddings=embeddings)
         if self.classifier is not None:

@@ -26,7 +26,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,7 @@ class TrainConfig:
     data_root: str = "data"
     image_size: int = 32
     val_fraction: float = 0.2  # share of training classes held out for validation (benchmarks)
+    data_seed: int = 0  # glyph rendering and class split; `seed` below is for the training run
     loss: str = "mpn"  # contrastive | triplet | ce | mpn
     # model
     backbone: str = "glyph_cnn"
@@ -165,7 +166,7 @@ def build_datasets(config: TrainConfig) -> Datasets:
         from mpn_tutorial.data.glyphs import GlyphDataset
 
         def glyphs(split: str) -> GlyphDataset:
-            return GlyphDataset(split, root=config.data_root, seed=config.seed, image_size=config.image_size)
+            return GlyphDataset(split, root=config.data_root, seed=config.data_seed, image_size=config.image_size)
 
         return Datasets(train=glyphs("train"), val=glyphs("val"), test=glyphs("test"))
 
@@ -181,18 +182,29 @@ def build_datasets(config: TrainConfig) -> Datasets:
     if config.dataset not in readers:
         raise ValueError(f"dataset must be 'glyphs' or one of {sorted(readers)}, got {config.dataset!r}")
     reader = readers[config.dataset]
-    train_view = reader(config.data_root, "train", transform=transforms.train_transform(config.image_size))
-    eval_view = reader(config.data_root, "train", transform=transforms.test_transform(config.image_size))
-    val_classes = carve_validation_classes(train_view.num_classes, config.val_fraction, config.seed)
+    root = dataset_root(config)
+    train_view = reader(root, "train", transform=transforms.train_transform(config.image_size))
+    eval_view = reader(root, "train", transform=transforms.test_transform(config.image_size))
+    val_classes = carve_validation_classes(train_view.num_classes, config.val_fraction, config.data_seed)
     train_classes = np.setdiff1d(np.arange(train_view.num_classes), val_classes)
     test_transform = transforms.test_transform(config.image_size)
     datasets = Datasets(train=ClassSubset(train_view, train_classes), val=ClassSubset(eval_view, val_classes))
     if config.dataset == "inshop":
-        datasets.query = reader(config.data_root, "query", transform=test_transform)
-        datasets.gallery = reader(config.data_root, "gallery", transform=test_transform)
+        datasets.query = reader(root, "query", transform=test_transform)
+        datasets.gallery = reader(root, "gallery", transform=test_transform)
     else:
-        datasets.test = reader(config.data_root, "test", transform=test_transform)
+        datasets.test = reader(root, "test", transform=test_transform)
     return datasets
+
+
+def dataset_root(config: TrainConfig) -> Path:
+    """The folder a benchmark reader takes: ``data_root`` itself, or the dataset's folder inside it
+    where ``fetch`` puts it (``data/CUB_200_2011`` when ``data_root`` is ``data``)."""
+    from mpn_tutorial.data.fetch import DATASETS
+
+    root = Path(config.data_root)
+    nested = root / DATASETS[config.dataset].folder
+    return nested if nested.is_dir() else root
 
 
 def _batches(dataset, index_lists, num_workers: int, pin_memory: bool):
@@ -383,6 +395,22 @@ class CSVLogger(Callback):
             writer.writerow(row)
 
 
+class TensorBoardLogger(Callback):
+    """Logs each epoch's history row to TensorBoard (needs the ``tensorboard`` package)."""
+
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # ImportError when tensorboard is missing
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        row = state.history[-1]
+        for name, value in row.items():
+            if name not in ("epoch", "step") and isinstance(value, (int, float)):
+                self.writer.add_scalar(name, value, row["epoch"])
+        self.writer.flush()
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
@@ -489,6 +517,12 @@ class TrainResult:
     seconds: float
 
 
+def create_model(config: TrainConfig, num_classes: int) -> MetricLearningModel:
+    """A freshly initialised model for ``config`` (seeded with ``config.seed``), on the CPU."""
+    torch.manual_seed(config.seed)
+    return MetricLearningModel(config.model_config(num_classes))
+
+
 def _make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     parameters = [p for p in model.parameters() if p.requires_grad]
     options = {"lr": config.lr, "weight_decay": config.weight_decay}
@@ -516,7 +550,7 @@ def train(
     datasets: Datasets | None = None,
     evaluate_test: bool = True,
     compute_nmi: bool = False,
-    distributed: Callable | None = None,
+    distributed=None,
 ) -> TrainResult:
     """Train a model as ``config`` says; return the best model by validation Recall@1.
 
@@ -529,17 +563,17 @@ def train(
         datasets: reuse already-built datasets (default: ``build_datasets(config)``).
         evaluate_test: evaluate the best model on the test classes at the end.
         compute_nmi: also compute NMI on the test classes (k-means; slower).
-        distributed: the multi-GPU step hook from ``distributed.py`` (None: one process).
+        distributed: a :class:`~mpn_tutorial.distributed.DistributedContext` (None: one process).
     """
     config.validate()
     start_time = time.perf_counter()
     from mpn_tutorial.runtime import seed_everything
 
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if distributed is None else distributed.device
     datasets = build_datasets(config) if datasets is None else datasets
     num_classes = int(datasets.train.num_classes)
-    model = MetricLearningModel(config.model_config(num_classes)).to(device)
+    seed_everything(config.seed)
+    model = create_model(config, num_classes).to(device)
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(config, model)
@@ -556,8 +590,10 @@ def train(
         seed=config.seed,
         num_batches=config.batches_per_epoch,
     )
+    step_model = model  # what the training step calls: the model itself, or its DDP wrapper
     if distributed is not None:
         sampler = distributed.shard_sampler(sampler)
+        step_model = distributed.wrap(model)
 
     state = TrainState(config=config, model=model, datasets=datasets)
     best_model = _model_state(model)
@@ -600,8 +636,9 @@ def train(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 if distributed is None:
                     output = model(images)
-                else:
-                    output, labels = distributed.forward(model, images, labels)
+                else:  # the classifier and the MPN see the global batch
+                    output = step_model(images, gather=distributed.gather)
+                    labels = distributed.gather_labels(labels)
                 loss, parts = objective(output, labels)
             state.step += 1
             if not torch.isfinite(output.embeddings).all() or not torch.isfinite(loss):
@@ -611,9 +648,7 @@ def train(
                     "or infinite. Lower the learning rate (--lr) or check the input data."
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if distributed is not None:
-                distributed.synchronize_gradients(model)
+            loss.backward()  # under DDP this also averages the gradients across processes
             optimizer.step()
             for name, value in parts.items():
                 totals[name] = totals.get(name, 0.0) + value

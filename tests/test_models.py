@@ -1,0 +1,187 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mpn_tutorial.models import (
+    GlyphEncoder,
+    MessagePassingLayer,
+    MessagePassingNetwork,
+    MetricLearningModel,
+    ModelConfig,
+    ModelOutput,
+    ResNetBackbone,
+)
+
+
+def _layer(zero_logit=False, dim=16, heads=4, dropout=0.1):
+    torch.manual_seed(0)
+    return MessagePassingLayer(dim, heads, ff_dim=32, dropout=dropout, zero_logit=zero_logit).eval()
+
+
+@pytest.mark.parametrize("zero_logit", [False, True])
+def test_attention_weights_are_softmax_of_scaled_query_key_products(zero_logit):
+    layer = _layer(zero_logit)
+    x = torch.randn(7, 16)
+    _, attention = layer(x, return_attention=True)
+    q = layer.q_proj(x).view(7, 4, 4).transpose(0, 1)
+    k = layer.k_proj(x).view(7, 4, 4).transpose(0, 1)
+    scores = q @ k.transpose(1, 2) / math.sqrt(4)
+    if zero_logit:
+        expected = scores.exp() / (1 + scores.exp().sum(dim=-1, keepdim=True))
+    else:
+        expected = scores.softmax(dim=-1)
+    assert attention.shape == (4, 7, 7)
+    torch.testing.assert_close(attention, expected)
+
+
+def test_standard_softmax_rows_sum_to_one_and_zero_logit_rows_to_less():
+    x = torch.randn(6, 16)
+    _, standard = _layer(False)(x, return_attention=True)
+    _, published = _layer(True)(x, return_attention=True)
+    torch.testing.assert_close(standard.sum(-1), torch.ones(4, 6))
+    assert (published.sum(-1) < 1).all()
+
+
+@pytest.mark.parametrize("zero_logit", [False, True])
+def test_fused_attention_path_equals_explicit_path(zero_logit):
+    layer = _layer(zero_logit)
+    x = torch.randn(9, 16)
+    explicit, _ = layer(x, return_attention=True)
+    torch.testing.assert_close(layer(x), explicit, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_has_the_contract_projections():
+    layer = MessagePassingLayer(8, 2)
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        projection = getattr(layer, name)
+        assert isinstance(projection, torch.nn.Linear)
+        assert projection.weight.shape == (8, 8) and projection.bias is not None
+
+
+def test_message_passing_network_is_permutation_equivariant_over_the_batch():
+    torch.manual_seed(0)
+    network = MessagePassingNetwork(16, num_layers=2, num_heads=4, ff_dim=32).eval()
+    x = torch.randn(10, 16)
+    permutation = torch.randperm(10)
+    features, attention = network(x, return_attention=True)
+    features_permuted, attention_permuted = network(x[permutation], return_attention=True)
+    torch.testing.assert_close(features_permuted, features[permutation], rtol=1e-5, atol=1e-5)
+    for layer_attention, layer_attention_permuted in zip(attention, attention_permuted):
+        expected = layer_attention[:, permutation][:, :, permutation]
+        torch.testing.assert_close(layer_attention_permuted, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_concatenated_layers_widen_the_classifier_input():
+    network = MessagePassingNetwork(16, num_layers=2, num_heads=2, num_classes=5, ff_dim=32, concat_layers=True)
+    features = network(torch.randn(4, 16))
+    assert features.shape == (4, 32)
+    assert network.classifier(features).shape == (4, 5)
+
+
+def test_bnneck_classifier_has_frozen_bias_and_no_linear_bias():
+    network = MessagePassingNetwork(16, 1, 2, num_classes=3)
+    assert not network.classifier.norm.bias.requires_grad
+    assert network.classifier.linear.bias is None
+
+
+def test_a_batch_of_one_gets_a_clear_error():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        _layer()(torch.randn(1, 16))
+
+
+def test_wrong_embedding_width_gets_a_clear_error():
+    with pytest.raises(ValueError, match=r"shape \(N, 16\)"):
+        _layer()(torch.randn(4, 12))
+
+
+def _glyph_model(mpn_layers=1):
+    torch.manual_seed(0)
+    config = ModelConfig(embedding_dim=16, num_classes=5, glyph_channels=(8, 16), mpn_layers=mpn_layers,
+                         mpn_heads=2, mpn_ff_dim=32, temperature=0.5)
+    return MetricLearningModel(config)
+
+
+def test_model_in_training_returns_logits_embeddings_and_attention_on_request():
+    model = _glyph_model().train()
+    output = model(torch.randn(6, 1, 32, 32), return_attention=True)
+    assert isinstance(output, ModelOutput)
+    assert output.embeddings.shape == (6, 16)
+    assert output.backbone_logits.shape == (6, 5) and output.mpn_logits.shape == (6, 5)
+    assert len(output.attention) == 1 and output.attention[0].shape == (2, 6, 6)
+
+
+def test_model_in_eval_returns_normalised_backbone_embedding_only():
+    model = _glyph_model().eval()
+    images = torch.randn(6, 1, 32, 32)
+    embeddings = model(images)
+    torch.testing.assert_close(embeddings, F.normalize(model.embed(images), dim=1))
+    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(6))
+
+
+def test_logits_are_divided_by_the_temperature():
+    model = _glyph_model().train()
+    torch.manual_seed(1)
+    output = model(torch.randn(6, 1, 32, 32))
+    torch.testing.assert_close(output.backbone_logits, model.classifier(output.embeddings) / 0.5)
+
+
+def test_refinement_runs_the_mpn_over_reciprocal_neighbourhoods():
+    model = _glyph_model().eval()
+    # two tight clusters: each point's reciprocal neighbours are its own cluster
+    centres = torch.stack([F.one_hot(torch.tensor(0), 16), F.one_hot(torch.tensor(1), 16)]).float()
+    embeddings = torch.cat([centres[0] + 0.01 * torch.randn(3, 16), centres[1] + 0.01 * torch.randn(3, 16)])
+    refined = model.refine_embeddings(embeddings, k=2)
+    assert refined.shape == (6, 16)
+    torch.testing.assert_close(refined.norm(dim=1), torch.ones(6))
+    normalized = F.normalize(embeddings, dim=1)
+    expected_first = F.normalize(model.mpn(normalized[[0, 1, 2]])[0], dim=0)
+    torch.testing.assert_close(refined[0], expected_first, rtol=1e-5, atol=1e-5)
+
+
+def test_refinement_without_an_mpn_is_refused():
+    config = ModelConfig(embedding_dim=16, num_classes=5, glyph_channels=(8,), mpn_layers=0)
+    with pytest.raises(ValueError, match="message passing"):
+        MetricLearningModel(config).refine_embeddings(torch.randn(4, 16))
+
+
+def test_glyph_encoder_uses_global_max_pooling():
+    encoder = GlyphEncoder(1, (4, 8)).eval()
+    images = torch.randn(2, 1, 32, 32)
+    expected = encoder.features(images).amax(dim=(2, 3))
+    torch.testing.assert_close(encoder(images), expected)
+
+
+def test_resnet_loads_imagenet_weights_from_a_local_file(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    backbone = ResNetBackbone("resnet18", pretrained=True, weights_path=path)
+    torch.testing.assert_close(backbone.stem[0].weight, reference.conv1.weight)
+    assert backbone(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_resnet_without_reachable_weights_explains_how_to_get_them(monkeypatch):
+    from torchvision.models._api import WeightsEnum
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="pretrained=False"):
+        ResNetBackbone("resnet18", pretrained=True)
+
+
+def test_resnet_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = ResNetBackbone("resnet18", pretrained=False).train()
+    checkpointed = ResNetBackbone("resnet18", pretrained=False, checkpointing=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    images = torch.randn(2, 3, 64, 64, requires_grad=True)
+    plain(images).sum().backward()
+    expected = plain.stem[0].weight.grad.clone()
+    checkpointed(images).sum().backward()
+    torch.testing.assert_close(checkpointed.stem[0].weight.grad, expected, rtol=1e-4, atol=1e-5)

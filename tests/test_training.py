@@ -1,0 +1,152 @@
+import dataclasses
+import fractions
+
+import pytest
+import torch
+
+from mpn_tutorial.presets import get_preset
+from mpn_tutorial.training import (
+    AttentionCapture,
+    Callback,
+    EmbeddingSnapshots,
+    build_datasets,
+    create_model,
+    evaluate,
+    load_checkpoint,
+    load_model,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(data_root):
+    """A small glyph MPN run: 3 epochs of 4 batches, a narrow network."""
+    return get_preset(
+        "glyphs", data_root=str(data_root), epochs=3, batches_per_epoch=4, glyph_channels=(8, 16),
+        embedding_dim=16, mpn_ff_dim=32, eval_batch_size=2048,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_datasets(tiny):
+    return build_datasets(tiny)
+
+
+def _without_timing(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+class _Interrupt(Callback):
+    def __init__(self, at_epoch):
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, state):
+        if state.epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tiny, tiny_datasets, tmp_path):
+    uninterrupted = train(tiny, datasets=tiny_datasets, progress=False, evaluate_test=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, callbacks=[_Interrupt(at_epoch=2)], checkpoint_dir=tmp_path, datasets=tiny_datasets,
+              progress=False, evaluate_test=False)
+    resumed = train(tiny, checkpoint_dir=tmp_path, resume=True, datasets=tiny_datasets, progress=False,
+                    evaluate_test=False)
+    assert _without_timing(resumed.history) == _without_timing(uninterrupted.history)
+    last = load_checkpoint(tmp_path / "last.pt")["model"]
+    reference = train(tiny, datasets=tiny_datasets, progress=False, evaluate_test=False,
+                      checkpoint_dir=tmp_path / "reference")
+    for name, value in load_checkpoint(tmp_path / "reference" / "last.pt")["model"].items():
+        assert torch.equal(value, last[name]), name
+    assert reference.best_epoch == resumed.best_epoch
+
+
+def test_best_checkpoint_is_chosen_by_validation_recall(tiny, tiny_datasets, tmp_path):
+    result = train(tiny, datasets=tiny_datasets, progress=False, checkpoint_dir=tmp_path, evaluate_test=False)
+    recalls = [row["val_recall@1"] for row in result.history]
+    assert result.best_epoch == 1 + recalls.index(max(recalls))
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == result.best_epoch
+    assert not any(key.startswith("test") for row in result.history for key in row)
+
+
+def test_a_saved_model_reloads_with_the_same_embeddings(tiny, tiny_datasets, tmp_path):
+    result = train(tiny, datasets=tiny_datasets, progress=False, checkpoint_dir=tmp_path, evaluate_test=False)
+    model, config = load_model(tmp_path / "best.pt")
+    images, _ = tiny_datasets.val.batch(range(8))
+    torch.testing.assert_close(model(images), result.model.eval()(images))
+    assert config == tiny
+
+
+def test_resuming_with_another_preset_is_refused(tiny, tiny_datasets, tmp_path):
+    train(tiny.replace(epochs=1), datasets=tiny_datasets, progress=False, checkpoint_dir=tmp_path,
+          evaluate_test=False)
+    with pytest.raises(ValueError, match="trained with preset 'glyphs'"):
+        train(tiny.replace(preset="glyphs-wide"), datasets=tiny_datasets, checkpoint_dir=tmp_path, resume=True,
+              progress=False)
+
+
+def test_a_checkpoint_holding_arbitrary_objects_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    # any class outside torch's weights-only allowlist stands for code a pickle could run
+    torch.save({"format": 1, "config": {}, "payload": fractions.Fraction(1, 3)}, path)
+    with pytest.raises(ValueError, match="not a readable mpn_tutorial checkpoint"):
+        load_checkpoint(path)
+
+
+class _PoisonedBatches:
+    """Wraps a dataset; the third batch is NaN."""
+
+    def __init__(self, dataset):
+        self.dataset, self.calls = dataset, 0
+        self.labels, self.num_classes = dataset.labels, dataset.num_classes
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def batch(self, indices):
+        self.calls += 1
+        images, labels = self.dataset.batch(indices)
+        return (images * float("nan") if self.calls == 3 else images), labels
+
+
+def test_nan_embeddings_stop_training_with_the_step_number(tiny, tiny_datasets):
+    poisoned = dataclasses.replace(tiny_datasets, train=_PoisonedBatches(tiny_datasets.train))
+    with pytest.raises(FloatingPointError, match="step 3"):
+        train(tiny, datasets=poisoned, progress=False)
+
+
+def test_snapshots_and_attention_are_recorded_before_training_and_after_every_epoch(tiny, tiny_datasets):
+    snapshots = EmbeddingSnapshots(tiny_datasets.val)
+    images, labels = tiny_datasets.val.batch(range(12))
+    attention = AttentionCapture(images, labels)
+    train(tiny, callbacks=[snapshots, attention], datasets=tiny_datasets, progress=False, evaluate_test=False)
+    assert [epoch for epoch, _ in snapshots.snapshots] == [0, 1, 2, 3]
+    assert snapshots.snapshots[-1][1].shape == (len(tiny_datasets.val), 16)
+    assert [epoch for epoch, _ in attention.snapshots] == [0, 1, 2, 3]
+    assert attention.snapshots[0][1].shape == (1, 2, 12, 12)
+
+
+def test_callbacks_do_not_change_the_training_run(tiny, tiny_datasets):
+    plain = train(tiny, datasets=tiny_datasets, progress=False, evaluate_test=False)
+    watched = train(tiny, callbacks=[EmbeddingSnapshots(tiny_datasets.val)], datasets=tiny_datasets,
+                    progress=False, evaluate_test=False)
+    assert _without_timing(plain.history) == _without_timing(watched.history)
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "triplet", "ce"])
+def test_every_loss_trains_with_the_same_loop(tiny, tiny_datasets, loss):
+    result = train(tiny.replace(loss=loss, epochs=1), datasets=tiny_datasets, progress=False, evaluate_test=False)
+    assert result.model.mpn is None
+    assert (result.model.classifier is None) == (loss != "ce")
+    assert 0 <= result.val_metrics["recall@1"] <= 1
+
+
+@pytest.mark.slow
+def test_short_glyph_training_beats_an_untrained_encoder_on_test_classes(data_root):
+    config = get_preset("glyphs", data_root=str(data_root), epochs=3, batches_per_epoch=50)
+    datasets = build_datasets(config)
+    untrained = evaluate(create_model(config, datasets.train.num_classes), datasets.test, ks=(1,))
+    trained = train(config, datasets=datasets, progress=False)
+    assert untrained["recall@1"] < 0.4
+    assert trained.test_metrics["recall@1"] > untrained["recall@1"] + 0.1
+    assert evaluate(trained.model, datasets.test, ks=(1,))["recall@1"] == trained.test_metrics["recall@1"]

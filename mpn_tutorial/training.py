@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import random
@@ -308,13 +310,25 @@ class Objective:
 
 
 class Callback:
-    """Hooks called by :func:`train`. ``state`` is the live :class:`TrainState`."""
+    """Hooks called by :func:`train`. ``state`` is the live :class:`TrainState`.
+
+    A callback whose recordings can be stored by :func:`train_cached` also defines
+    ``cache_key()`` (a string naming what it records), ``recordings()`` (tensors, lists, numbers)
+    and ``restore(recordings)``.
+    """
 
     def on_train_start(self, state: TrainState) -> None:  # noqa: B027 - optional hook
         pass
 
     def on_epoch_end(self, state: TrainState) -> None:  # noqa: B027 - optional hook
         pass
+
+
+def _fingerprint(*tensors) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(np.ascontiguousarray(np.asarray(tensor)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 class EmbeddingSnapshots(Callback):
@@ -344,6 +358,25 @@ class EmbeddingSnapshots(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         if state.epoch % self.every == 0 or state.epoch == state.config.epochs:
             self._take(state)
+
+    def cache_key(self) -> str:
+        return f"embeddings-every{self.every}-{_fingerprint(*_dataset_identity(self.dataset))}"
+
+    def recordings(self) -> dict:
+        return {"epochs": [epoch for epoch, _ in self.snapshots],
+                "embeddings": [torch.from_numpy(e) for _, e in self.snapshots],
+                "labels": torch.from_numpy(self.labels)}
+
+    def restore(self, recordings: dict) -> None:
+        self.snapshots = [(int(epoch), embeddings.numpy())
+                          for epoch, embeddings in zip(recordings["epochs"], recordings["embeddings"])]
+        self.labels = recordings["labels"].numpy()
+
+
+def _dataset_identity(dataset) -> tuple:
+    """Arrays that identify a dataset's content cheaply (in-memory datasets: all images)."""
+    images = getattr(dataset, "images", None)
+    return (np.asarray(dataset.labels),) + ((images.numpy(),) if isinstance(images, torch.Tensor) else ())
 
 
 class AttentionCapture(Callback):
@@ -376,6 +409,17 @@ class AttentionCapture(Callback):
 
     def on_epoch_end(self, state: TrainState) -> None:
         self.snapshots.append((state.epoch, self.attention(state.model)))
+
+    def cache_key(self) -> str:
+        return f"attention-{_fingerprint(self.images.numpy(), self.labels.numpy())}"
+
+    def recordings(self) -> dict:
+        return {"epochs": [epoch for epoch, _ in self.snapshots],
+                "attention": [torch.from_numpy(a) for _, a in self.snapshots]}
+
+    def restore(self, recordings: dict) -> None:
+        self.snapshots = [(int(epoch), attention.numpy())
+                          for epoch, attention in zip(recordings["epochs"], recordings["attention"])]
 
 
 class CSVLogger(Callback):
@@ -746,3 +790,75 @@ def load_model(
     model = MetricLearningModel(model_config)
     model.load_state_dict(checkpoint["model"])
     return model.eval(), config
+
+
+# ---------------------------------------------------------------------------------------------
+# A cache of finished runs (notebooks share runs; a teacher can prepare them before class)
+# ---------------------------------------------------------------------------------------------
+
+# Settings that change where or how fast a run computes, not what it computes.
+_NOT_IN_CACHE_KEY = ("data_root", "device", "num_workers", "eval_batch_size")
+
+
+def cache_key(config: TrainConfig) -> str:
+    """A stable name for a configuration's run (the thread count is part of it: CPU results
+    depend on it, see runtime.py)."""
+    from mpn_tutorial.runtime import thread_count
+
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_CACHE_KEY}
+    settings["threads"] = thread_count()
+    text = json.dumps(settings, sort_keys=True, default=list)
+    return f"{config.preset}-{config.loss}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def train_cached(
+    config: TrainConfig,
+    cache_dir: str | os.PathLike,
+    callbacks: Sequence[Callback] = (),
+    datasets: Datasets | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """:func:`train`, or its stored result when the same configuration ran before.
+
+    Training is deterministic, so a stored run is exactly what training again would give. The
+    store holds the best model, its history and metrics, and the recordings of callbacks that
+    support it (:class:`EmbeddingSnapshots`, :class:`AttentionCapture`); a callback whose
+    recordings are missing makes the run train again (and the entry is then completed). Entries
+    are written atomically under ``cache_dir``; delete the folder to start afresh.
+    """
+    path = Path(cache_dir) / f"{cache_key(config)}.pt"
+    wanted = {callback.cache_key(): callback for callback in callbacks}
+    entry = None
+    if path.exists():
+        try:
+            entry = load_checkpoint(path)
+        except ValueError:
+            entry = None  # unreadable: train again and overwrite
+    if entry is not None and set(wanted) <= set(entry["callbacks"]) and entry["config"] == config.to_dict():
+        for key, callback in wanted.items():
+            callback.restore(entry["callbacks"][key])
+        model = MetricLearningModel(dataclasses.replace(config.model_config(int(entry["num_classes"])),
+                                                        pretrained=False))
+        model.load_state_dict(entry["model"])
+        return TrainResult(config, model.eval(), list(entry["history"]), int(entry["best_epoch"]),
+                           dict(entry["val_metrics"]), dict(entry["test_metrics"]), float(entry["seconds"]))
+    result = train(config, callbacks=list(callbacks), datasets=datasets, progress=progress)
+    recorded = dict(entry["callbacks"]) if entry is not None and entry["config"] == config.to_dict() else {}
+    recorded.update({key: callback.recordings() for key, callback in wanted.items()})
+    save_atomically(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": config.to_dict(),
+            "model": _model_state(result.model),
+            "num_classes": int(result.model.config.num_classes),
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "val_metrics": result.val_metrics,
+            "test_metrics": result.test_metrics,
+            "seconds": result.seconds,
+            "callbacks": recorded,
+        },
+        path,
+    )
+    return result
+

@@ -15,6 +15,7 @@ from mpn_tutorial.training import (
     load_checkpoint,
     load_model,
     train,
+    train_cached,
 )
 
 
@@ -150,3 +151,24 @@ def test_short_glyph_training_beats_an_untrained_encoder_on_test_classes(data_ro
     assert untrained["recall@1"] < 0.4
     assert trained.test_metrics["recall@1"] > untrained["recall@1"] + 0.1
     assert evaluate(trained.model, datasets.test, ks=(1,))["recall@1"] == trained.test_metrics["recall@1"]
+
+
+def test_a_cached_run_returns_the_stored_model_history_and_recordings(tiny, tiny_datasets, tmp_path):
+    images, labels = tiny_datasets.val.batch(range(12))
+    first_capture = AttentionCapture(images, labels)
+    first = train_cached(tiny, tmp_path, callbacks=[first_capture], datasets=tiny_datasets, progress=False)
+    second_capture = AttentionCapture(images, labels)
+    second = train_cached(tiny, tmp_path, callbacks=[second_capture], datasets=None, progress=False)
+    assert second.history == first.history and second.test_metrics == first.test_metrics
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[name])
+    assert [e for e, _ in second_capture.snapshots] == [e for e, _ in first_capture.snapshots]
+    assert (second_capture.snapshots[-1][1] == first_capture.snapshots[-1][1]).all()
+
+
+def test_a_cached_run_without_the_asked_recordings_trains_again(tiny, tiny_datasets, tmp_path):
+    train_cached(tiny, tmp_path, datasets=tiny_datasets, progress=False)
+    snapshots = EmbeddingSnapshots(tiny_datasets.val)
+    train_cached(tiny, tmp_path, callbacks=[snapshots], datasets=tiny_datasets, progress=False)
+    assert [epoch for epoch, _ in snapshots.snapshots] == [0, 1, 2, 3]
+    assert len(list(tmp_path.glob("*.pt"))) == 1

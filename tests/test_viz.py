@@ -1,0 +1,113 @@
+"""The explorers are driven headless: set a slider's value, check what the callback computed."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mpn_tutorial import viz
+
+
+def _attention(num_layers=2, num_heads=4, n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(num_layers, num_heads, n, n))
+    return np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
+
+
+LABELS = np.array([2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1])
+IMAGES = torch.rand(12, 1, 32, 32)
+
+
+def test_uniform_attention_has_the_chance_share_and_block_attention_has_share_one():
+    n, k = 12, 4
+    uniform = np.full((1, 1, n, n), 1 / n)
+    assert viz.same_class_attention_share(uniform, LABELS)[0, 0] == pytest.approx((k - 1) / (n - 1))
+    block = (LABELS[:, None] == LABELS[None, :]).astype(float)
+    block /= block.sum(-1, keepdims=True)
+    assert viz.same_class_attention_share(block[None, None], LABELS)[0, 0] == pytest.approx(1.0)
+
+
+def test_attention_view_sorts_by_class_and_ranks_what_the_query_attends_to():
+    attention = _attention()
+    view = viz.attention_view(attention, LABELS, layer=1, head=2, query=5, top_k=3)
+    order = np.argsort(LABELS, kind="stable")
+    np.testing.assert_array_equal(view.matrix, attention[1, 2][np.ix_(order, order)])
+    assert view.boundaries.tolist() == [4, 8]
+    row = attention[1, 2, 5]
+    assert view.top.tolist() == np.argsort(-row)[:3].tolist()
+    assert "layer 2 · head 3 of 4 · query 5" in view.caption
+
+
+def test_dragging_the_head_slider_recomputes_the_view_the_caption_and_the_figure():
+    explorer = viz.AttentionExplorer([(0, _attention(seed=1)), (1, _attention(seed=2))], IMAGES, LABELS)
+    before_image, before_caption = explorer.image.value, explorer.caption.value
+    explorer.head_slider.value = 3
+    assert explorer.current.head == 2
+    assert "head 3 of 4" in explorer.caption.value and explorer.caption.value != before_caption
+    assert explorer.image.value != before_image and explorer.image.value[:4] == b"\x89PNG"
+
+
+def test_the_epoch_slider_switches_to_that_epochs_attention():
+    first, second = _attention(seed=1), _attention(seed=2)
+    explorer = viz.AttentionExplorer([(0, first), (5, second)], IMAGES, LABELS)
+    explorer.epoch_slider.value = 0
+    order = np.argsort(LABELS, kind="stable")
+    np.testing.assert_array_equal(explorer.current.matrix, first[0, 0][np.ix_(order, order)])
+    assert explorer.caption.value.startswith("<b>epoch 0</b>")
+
+
+def test_the_heads_slider_shows_that_models_heads_and_recall():
+    results = {h: (_attention(num_layers=1, num_heads=h, seed=h), 0.5 + h / 100) for h in (1, 2, 4, 8)}
+    explorer = viz.HeadsExplorer(results, LABELS)
+    explorer.heads_slider.value = 4
+    assert explorer.current["heads"] == 4 and explorer.current["recall@1"] == pytest.approx(0.54)
+    assert len(explorer.current["same_class_share"]) == 4
+    assert "4 head(s)" in explorer.caption.value
+
+
+def test_the_epoch_explorer_shows_the_chosen_frame():
+    frames = [(e, np.random.default_rng(e).normal(size=(12, 2))) for e in (0, 1, 2)]
+    explorer = viz.EpochExplorer(frames, LABELS, notes={2: "val R@1 50%"})
+    explorer.epoch_slider.value = 2
+    np.testing.assert_array_equal(explorer.current["coordinates"], frames[2][1])
+    assert "val R@1 50%" in explorer.caption.value
+
+
+def test_umap_across_training_is_deterministic_and_places_every_snapshot_on_one_map():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8))
+    labels = np.repeat(np.arange(4), 15)
+    snapshots = [(e, centres[labels] * e + rng.normal(size=(60, 8))) for e in (0, 1, 2)]
+    first = viz.umap_across_training(snapshots, seed=0)
+    second = viz.umap_across_training(snapshots, seed=0)
+    assert [epoch for epoch, _ in first] == [0, 1, 2]
+    for (_, a), (_, b) in zip(first, second):
+        assert a.shape == (60, 2)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_exported_animation_has_one_frame_per_epoch(tmp_path):
+    frames = [(e, np.random.default_rng(e).normal(size=(12, 2))) for e in range(3)]
+    path = viz.export_animation(frames, LABELS, tmp_path / "epochs.gif")
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_results_table_prints_percentages():
+    table = viz.results_table({"triplet": {"recall@1": 0.5, "map@r": 0.25}}, columns=("recall@1", "map@r"))
+    assert table.splitlines()[2].split() == ["triplet", "50.0", "25.0"]
+
+
+def test_figures_are_built_from_datasets_and_embeddings(data_root):
+    from mpn_tutorial.data import GlyphDataset
+    from mpn_tutorial.losses import TripletLoss
+
+    dataset = GlyphDataset("val", root=data_root)
+    assert len(viz.show_gallery(dataset, num_classes=3, per_class=4).axes) == 12
+    embeddings = torch.randn(len(dataset), 8)
+    assert len(viz.show_retrievals(dataset, embeddings, [0, 100], k=3).axes) == 8
+    images, labels = dataset.batch(range(0, 96, 4))
+    triplets = TripletLoss(mining="hard").mine(torch.randn(24, 8), labels)
+    assert len(viz.show_triplets(images, labels, triplets, max_rows=2).axes) == 6
+    assert len(viz.show_pairs(torch.randn(24, 8), labels).axes) == 3  # two panels and a colour bar

@@ -211,7 +211,7 @@ def dataset_root(config: TrainConfig) -> Path:
 
 def _batches(dataset, index_lists, num_workers: int, pin_memory: bool):
     """Yield (images, labels) for each list of indices; fast path for in-memory datasets."""
-    if hasattr(dataset, "batch"):
+    if getattr(dataset, "in_memory", False):
         for indices in index_lists:
             yield dataset.batch(indices)
         return
@@ -219,6 +219,22 @@ def _batches(dataset, index_lists, num_workers: int, pin_memory: bool):
         dataset, batch_sampler=index_lists, num_workers=num_workers, pin_memory=pin_memory
     )
     yield from loader
+
+
+def load_batch(dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B, C, H, W) and labels (B,) of some dataset indices, for any dataset of this package."""
+    if getattr(dataset, "in_memory", False):
+        return dataset.batch(indices)
+    items = [dataset[int(i)] for i in indices]
+    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+
+
+def sample_batch(dataset, classes_per_batch: int = 8, samples_per_class: int = 6, seed: int = 0):
+    """One P×K batch of a dataset, as the training loop would draw it: (images, labels)."""
+    from mpn_tutorial.data.sampler import PKSampler
+
+    indices = next(iter(PKSampler(dataset.labels, classes_per_batch, samples_per_class, seed=seed, num_batches=1)))
+    return load_batch(dataset, indices)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -375,8 +391,8 @@ class EmbeddingSnapshots(Callback):
 
 def _dataset_identity(dataset) -> tuple:
     """Arrays that identify a dataset's content cheaply (in-memory datasets: all images)."""
-    images = getattr(dataset, "images", None)
-    return (np.asarray(dataset.labels),) + ((images.numpy(),) if isinstance(images, torch.Tensor) else ())
+    images = dataset.images if getattr(dataset, "in_memory", False) else None
+    return (np.asarray(dataset.labels),) + ((images.numpy(),) if images is not None else ())
 
 
 class AttentionCapture(Callback):
@@ -420,6 +436,20 @@ class AttentionCapture(Callback):
     def restore(self, recordings: dict) -> None:
         self.snapshots = [(int(epoch), attention.numpy())
                           for epoch, attention in zip(recordings["epochs"], recordings["attention"])]
+
+
+def tutorial_recorders(datasets: Datasets, num_classes: int = 20, seed: int = 0) -> dict[str, Callback]:
+    """The recordings the notebooks make while training the MPN (so later notebooks share one run):
+
+    - ``"attention"``: :class:`AttentionCapture` on one fixed P×K batch (8 × 6) of training classes;
+    - ``"embeddings"``: :class:`EmbeddingSnapshots` of the first ``num_classes`` test classes.
+    """
+    from mpn_tutorial.data.splits import ClassSubset
+
+    images, labels = sample_batch(datasets.train, 8, 6, seed=seed)
+    test = datasets.test if datasets.test is not None else datasets.query
+    subset = ClassSubset(test, np.arange(min(num_classes, test.num_classes)))
+    return {"attention": AttentionCapture(images, labels), "embeddings": EmbeddingSnapshots(subset)}
 
 
 class CSVLogger(Callback):

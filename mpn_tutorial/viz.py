@@ -190,6 +190,60 @@ def results_table(results: dict[str, dict[str, float]], columns: Sequence[str] =
     return "\n".join(lines)
 
 
+def summarize_seeds(
+    runs: dict[str, list[dict[str, float]]], metric: str = "recall@1"
+) -> dict[str, tuple[float, float]]:
+    """``{variant: [metrics of each seed]}`` -> ``{variant: (mean, standard deviation)}`` of one metric."""
+    summary = {}
+    for name, results in runs.items():
+        values = np.array([r[metric] for r in results], dtype=np.float64)
+        summary[name] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+    return summary
+
+
+def plot_ablation(summary: dict[str, tuple[float, float]], metric: str = "Recall@1", title: str = "") -> Figure:
+    """Horizontal bars of mean ± standard deviation over seeds, one per variant."""
+    names = list(summary)
+    means = np.array([summary[n][0] for n in names]) * 100
+    stds = np.array([summary[n][1] for n in names]) * 100
+    figure, axis = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.2))
+    axis.barh(range(len(names)), means, xerr=stds, color="tab:blue", alpha=0.8, capsize=4)
+    axis.set_yticks(range(len(names)), names)
+    axis.invert_yaxis()
+    axis.set_xlabel(f"test {metric} (%), mean ± std over seeds")
+    low = max(0.0, float((means - stds).min()) - 5)
+    axis.set_xlim(low, min(100.0, float((means + stds).max()) + 3))
+    for index, (mean, std) in enumerate(zip(means, stds)):
+        axis.text(mean + std + 0.3, index, f"{mean:.1f} ± {std:.1f}", va="center", fontsize=8)
+    axis.set_title(title or "ablations")
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def plot_batch_graph(labels, title: str = "a P×K batch as a fully connected graph") -> Figure:
+    """Samples of a batch on a circle, coloured by class, every pair joined (self-loops drawn as rings)."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    angles = 2 * np.pi * np.arange(n) / n
+    points = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    classes = np.unique(labels)
+    colours = CLASS_COLOURS(np.searchsorted(classes, labels) % 20)
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for i in range(n):
+        for j in range(i + 1, n):
+            same = labels[i] == labels[j]
+            axis.plot(*points[[i, j]].T, color=colours[i] if same else "lightgray", linewidth=1.4 if same else 0.3,
+                      alpha=0.9 if same else 0.6, zorder=2 if same else 1)
+    axis.scatter(points[:, 0], points[:, 1], s=140, c=colours, edgecolors="black", zorder=3)
+    axis.scatter(points[:, 0] * 1.09, points[:, 1] * 1.09, s=60, facecolors="none", edgecolors="gray", zorder=3)
+    axis.set_aspect("equal")
+    axis.axis("off")
+    axis.set_title(f"{title}\n(coloured edges: same class; gray: different classes; rings: self-loops)",
+                   fontsize=10)
+    return figure
+
+
 # ---------------------------------------------------------------------------------------------
 # Attention
 # ---------------------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ def test_a_checkpoint_holding_arbitrary_objects_is_refused(tmp_path):
 class _PoisonedBatches:
     """Wraps a dataset; the third batch is NaN."""
 
+    in_memory = True
+
     def __init__(self, dataset):
         self.dataset, self.calls = dataset, 0
         self.labels, self.num_classes = dataset.labels, dataset.num_classes

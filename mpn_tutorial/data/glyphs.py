@@ -406,6 +406,8 @@ class GlyphDataset(torch.utils.data.Dataset):
         self.characters = [chr(c) for c in self.codepoints]
         self.num_classes = len(chosen_classes)
 
+    in_memory = True  # all images are one tensor: ``batch`` indexes many at once
+
     def __len__(self) -> int:
         return len(self.labels)
 

@@ -43,3 +43,20 @@ class ClassSubset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         image, _ = self.dataset[int(self.indices[index])]
         return image, int(self.labels[index])
+
+    @property
+    def in_memory(self) -> bool:
+        """True when the underlying dataset holds its images in memory (then :meth:`batch` works)."""
+        return bool(getattr(self.dataset, "in_memory", False))
+
+    @property
+    def images(self) -> torch.Tensor | None:
+        """The subset's images (N, H, W) for in-memory datasets, else None."""
+        return self.dataset.images[torch.from_numpy(self.indices)] if self.in_memory else None
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of many indices at once (in-memory datasets only)."""
+        if not self.in_memory:
+            raise TypeError(f"{type(self.dataset).__name__} loads images one by one; use dataset[i]")
+        images, _ = self.dataset.batch(self.indices[np.asarray(indices)])
+        return images, self.labels[torch.as_tensor(indices)]

@@ -47,7 +47,7 @@ PYTEST := $(BIN)/python -m pytest
 NBVAL := --nbval --nbval-current-env --nbval-cell-timeout=900 --sanitize-with tests/nbval_sanitize.cfg
 
 test: setup browser-deps
-	$(PYTEST) tests notebooks $(NBVAL)
+	$(PYTEST) notebooks tests $(NBVAL)
 
 unit: setup
 	$(PYTEST) tests --ignore=tests/browser

@@ -149,6 +149,9 @@ def show_triplets(images, labels, triplets, max_rows: int = 4, title: str = "") 
     """Rows of (anchor, positive, negative) images for triplets given as index tensors."""
     anchors, positives, negatives = (torch.as_tensor(t) for t in triplets)
     rows = min(max_rows, len(anchors))
+    # spread the rows over the list, so they show different anchors rather than one anchor's triplets
+    chosen = np.linspace(0, len(anchors) - 1, rows).round().astype(int) if rows else np.array([], dtype=int)
+    anchors, positives, negatives = anchors[chosen], positives[chosen], negatives[chosen]
     figure, axes = plt.subplots(max(rows, 1), 3, figsize=(3.3, 1.15 * max(rows, 1) + 0.4), squeeze=False)
     for row in range(rows):
         for column, (name, index, colour) in enumerate(
@@ -511,24 +514,29 @@ def plot_same_class_share(snapshots, labels, chance: float | None = None) -> Fig
 
 
 def umap_across_training(snapshots, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
-                         reference: int = -1) -> list[tuple[int, np.ndarray]]:
+                         reference: int | None = None) -> list[tuple[int, np.ndarray]]:
     """2-D UMAP coordinates of every snapshot on one fixed map.
 
-    The map is fit once, on the ``reference`` snapshot (default: the last, where the classes are
-    best separated), and every snapshot is placed on it with ``transform``, so positions can be
-    compared across epochs. Deterministic: a fixed ``random_state`` makes UMAP single-threaded.
-    Returns ``[(epoch, (N, 2) array)]``.
+    The map is fit **once**. By default it is fit on all snapshots together, so every epoch's points
+    shaped the map and positions can be compared across epochs. With ``reference=k`` it is fit on
+    snapshot k only and the others are placed on it with ``transform`` (cheaper, but snapshots
+    unlike the reference, such as an untrained network's, collapse into a few blobs).
+    Deterministic: a fixed ``random_state`` makes UMAP single-threaded. Returns ``[(epoch, (N, 2))]``.
     """
     import umap
 
     snapshots = [(epoch, np.asarray(embeddings, dtype=np.float32)) for epoch, embeddings in snapshots]
     reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric="cosine", random_state=seed,
                         transform_seed=seed, n_jobs=1)
-    reducer.fit(snapshots[reference][1])
-    return [(epoch, reducer.transform(embeddings)) for epoch, embeddings in snapshots]
+    if reference is not None:
+        reducer.fit(snapshots[reference][1])
+        return [(epoch, reducer.transform(embeddings)) for epoch, embeddings in snapshots]
+    coordinates = reducer.fit_transform(np.concatenate([embeddings for _, embeddings in snapshots]))
+    sizes = np.cumsum([len(embeddings) for _, embeddings in snapshots])[:-1]
+    return [(epoch, part) for (epoch, _), part in zip(snapshots, np.split(coordinates, sizes))]
 
 
-def _limits(frames) -> tuple[tuple[float, float], tuple[float, float]]:
+def frame_limits(frames) -> tuple[tuple[float, float], tuple[float, float]]:
     points = np.concatenate([coordinates for _, coordinates in frames])
     low, high = np.percentile(points, 0.5, axis=0), np.percentile(points, 99.5, axis=0)
     margin = 0.05 * (high - low)
@@ -564,7 +572,7 @@ class EpochExplorer:
         self.frames = dict(frames)
         self.labels = np.asarray(labels)
         self.notes = notes or {}
-        self.limits = _limits(frames)
+        self.limits = frame_limits(frames)
         epochs = list(self.frames)
         self.epoch_slider = widgets.SelectionSlider(options=epochs, value=epochs[0], description="epoch",
                                                     continuous_update=False)
@@ -600,7 +608,7 @@ def export_animation(frames, labels, path: str | Path, notes: dict[int, str] | N
 
     path = Path(path)
     notes = notes or {}
-    limits = _limits(frames)
+    limits = frame_limits(frames)
     figure, axis = plt.subplots(figsize=(5.2, 5))
 
     def draw(index: int):

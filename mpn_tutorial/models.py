@@ -151,6 +151,8 @@ class MessagePassingLayer(nn.Module):
         ff_dim: hidden width of the feed-forward network.
         dropout: on the attention weights, the messages and the feed-forward network.
         zero_logit: use the published softmax with an extra zero logit (rows sum to < 1).
+        pass_messages: False turns message passing off (an ablation control): the block keeps its
+            LayerNorms and feed-forward network, but no sample receives anything from the others.
 
     ``forward(x)``: (N, dim) -> (N, dim), through fused attention
     (``scaled_dot_product_attention``). ``forward(x, return_attention=True)`` computes the same
@@ -159,13 +161,20 @@ class MessagePassingLayer(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, ff_dim: int = 2048, dropout: float = 0.1, zero_logit: bool = False
+        self,
+        dim: int,
+        num_heads: int,
+        ff_dim: int = 2048,
+        dropout: float = 0.1,
+        zero_logit: bool = False,
+        pass_messages: bool = True,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.zero_logit = zero_logit
+        self.pass_messages = pass_messages
         self.dropout = dropout
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
@@ -216,6 +225,8 @@ class MessagePassingLayer(nn.Module):
             drop = self.dropout if self.training else 0.0
             heads = F.scaled_dot_product_attention(q[None], k[None], v[None], dropout_p=drop)[0]
         messages = self.out_proj(heads.transpose(0, 1).reshape(x.shape[0], self.dim))
+        if not self.pass_messages:
+            messages = torch.zeros_like(messages)  # ablation: nothing flows between samples
         x = self.norm1(x + self.message_dropout(messages))
         feed_forward = self.linear2(self.ff_dropout(F.relu(self.linear1(x))))
         x = self.norm2(x + self.output_dropout(feed_forward))
@@ -255,6 +266,7 @@ class MessagePassingNetwork(nn.Module):
         dropout: float = 0.1,
         zero_logit: bool = False,
         concat_layers: bool = False,
+        pass_messages: bool = True,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -264,7 +276,7 @@ class MessagePassingNetwork(nn.Module):
         self.out_dim = dim * num_layers if concat_layers else dim
         self.input_proj = nn.Linear(dim, dim)
         self.layers = nn.ModuleList(
-            MessagePassingLayer(dim, num_heads, ff_dim, dropout, zero_logit) for _ in range(num_layers)
+            MessagePassingLayer(dim, num_heads, ff_dim, dropout, zero_logit, pass_messages) for _ in range(num_layers)
         )
         self.classifier = BNNeckClassifier(self.out_dim, num_classes) if num_classes is not None else None
 
@@ -316,6 +328,7 @@ class ModelConfig:
     mpn_dropout: float = 0.1
     zero_logit: bool = False
     concat_layers: bool = False
+    mpn_pass_messages: bool = True  # False: ablation control without message passing
     temperature: float = 1.0  # logits are divided by it
 
 
@@ -356,6 +369,7 @@ class MetricLearningModel(nn.Module):
                 dropout=config.mpn_dropout,
                 zero_logit=config.zero_logit,
                 concat_layers=config.concat_layers,
+                pass_messages=config.mpn_pass_messages,
             )
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,7 @@ class TrainConfig:
     mpn_dropout: float = 0.1
     zero_logit: bool = False
     concat_layers: bool = False
+    mpn_pass_messages: bool = True  # False: the MPN head without message passing (ablation control)
     temperature: float = 0.1
     # losses
     label_smoothing: float = 0.1
@@ -142,6 +143,7 @@ class TrainConfig:
             mpn_dropout=self.mpn_dropout,
             zero_logit=self.zero_logit,
             concat_layers=self.concat_layers,
+            mpn_pass_messages=self.mpn_pass_messages,
             temperature=self.temperature,
         )
 

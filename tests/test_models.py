@@ -185,3 +185,15 @@ def test_resnet_checkpointing_gives_the_same_gradients():
     expected = plain.stem[0].weight.grad.clone()
     checkpointed(images).sum().backward()
     torch.testing.assert_close(checkpointed.stem[0].weight.grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_without_message_passing_each_output_depends_only_on_its_own_input():
+    torch.manual_seed(0)
+    network = MessagePassingNetwork(16, 1, 2, ff_dim=32, pass_messages=False).eval()
+    x = torch.randn(5, 16)
+    changed = x.clone()
+    changed[1:] = torch.randn(4, 16)
+    torch.testing.assert_close(network(changed)[0], network(x)[0])
+    with_messages = MessagePassingNetwork(16, 1, 2, ff_dim=32).eval()
+    with_messages.load_state_dict(network.state_dict())
+    assert not torch.allclose(with_messages(changed)[0], with_messages(x)[0])

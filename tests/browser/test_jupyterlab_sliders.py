@@ -1,0 +1,124 @@
+"""Drag the explorers' sliders with the mouse in JupyterLab and check that caption and figure follow.
+
+This is what a student does, end to end: kernel, ipywidgets comms, the labextension and the library callback.
+MPN_BROWSER_NOTEBOOKS points the tests at another folder of notebooks with the same names (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Locator, Page, expect
+
+pytestmark = pytest.mark.browser
+
+ATTENTION_NOTEBOOK = "04_attention.ipynb"
+EMBEDDINGS_NOTEBOOK = "05_embeddings_over_training.ipynb"
+KERNEL_START_TIMEOUT_MS = 120 * 1000
+KERNEL_IDLE = re.compile(r"^(?!No Kernel).+ \| Idle$")
+# A cell may train models when the run cache is empty, on two CPU cores.
+RUN_TIMEOUT_MS = 15 * 60 * 1000
+# After the mouse is released the kernel redraws a matplotlib figure before the widgets change.
+UPDATE_TIMEOUT_MS = 30 * 1000
+# Ends the wait for Run All: no cell queued or running ([*]) is left, or a dialog (e.g. the kernel died) is open.
+RUN_ENDED = """() => document.querySelector('.jp-Dialog') !== null ||
+    ![...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].some(p => p.textContent.includes('*'))"""
+
+
+def click_menu(page: Page, menu: str, item: str) -> None:
+    page.get_by_role("menuitem", name=menu, exact=True).click()
+    page.get_by_role("menuitem", name=item, exact=True).click()
+
+
+def run_all_cells(page: Page, url: str) -> Locator:
+    """Open the notebook at ``url``, run every cell and return its panel once the kernel is idle again."""
+    page.goto(url)
+    panel = page.locator(".jp-NotebookPanel")
+    # The status bar reads "<kernel> | <state>" from one source; the toolbar's indicator says idle even
+    # before a kernel is attached, and Run All then opens a "Select Kernel" dialog instead of running.
+    kernel_status = page.get_by_title(re.compile("^Change kernel for"))
+    expect(kernel_status).to_have_text(KERNEL_IDLE, timeout=KERNEL_START_TIMEOUT_MS)
+    # The committed notebooks carry execution counts; cleared prompts read [ ], so afterwards a number in
+    # every prompt means this run executed every cell, and a [ ] means it stopped early.
+    click_menu(page, "Edit", "Clear Outputs of All Cells")
+    click_menu(page, "Run", "Run All Cells")  # marks every code cell [*] at once
+    page.wait_for_function(RUN_ENDED, timeout=RUN_TIMEOUT_MS)
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count():
+        pytest.fail(f"JupyterLab opened a dialog while running the notebook: {dialog.inner_text()}")
+    prompts = panel.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
+    unrun = [i for i, prompt in enumerate(prompts) if not re.fullmatch(r"\[\d+\]:", prompt.strip())]
+    if unrun and unrun[0] == 0:
+        pytest.fail(f"Run All did not run the first code cell (prompts: {prompts})")
+    if unrun:
+        last_run = panel.locator(".jp-CodeCell").nth(unrun[0] - 1)
+        pytest.fail(f"Run All stopped before code cell {unrun[0] + 1} of {len(prompts)}; the cell before it "
+                    f"printed:\n{last_run.locator('.jp-OutputArea').inner_text()[-3000:]}")
+    expect(kernel_status).to_have_text(KERNEL_IDLE, timeout=UPDATE_TIMEOUT_MS)
+    return panel
+
+
+def drag_slider(explorer: Locator, description: str, to: str) -> str:
+    """Drag the handle of the slider labelled ``description`` past its track's "start" or "end"; return the readout."""
+    page = explorer.page
+    label = page.locator(".widget-label", has_text=re.compile(f"^{description}$"))
+    slider = explorer.locator(".widget-slider").filter(has=label)
+    handle, track = slider.locator(".noUi-handle"), slider.locator(".noUi-base")
+    low, high = handle.get_attribute("aria-valuemin"), handle.get_attribute("aria-valuemax")
+    assert low != high, f"the {description} slider offers a single value, so dragging it cannot change anything"
+    handle.scroll_into_view_if_needed()
+    grip, rail = handle.bounding_box(), track.bounding_box()
+    y = grip["y"] + grip["height"] / 2
+    page.mouse.move(grip["x"] + grip["width"] / 2, y)
+    page.mouse.down()
+    # In steps, as a hand would, and beyond the track: noUiSlider follows pointer moves and stops at the end.
+    page.mouse.move(rail["x"] - 30 if to == "start" else rail["x"] + rail["width"] + 30, y, steps=10)
+    page.mouse.up()
+    expect(handle, f"the drag did not take the {description} slider to its {to}").to_have_attribute(
+        "aria-valuenow", low if to == "start" else high)
+    return slider.locator(".widget-readout").inner_text().strip()
+
+
+def caption_and_figure(explorer: Locator) -> tuple[Locator, Locator]:
+    expect(explorer).to_be_visible(timeout=UPDATE_TIMEOUT_MS)
+    caption, figure = explorer.locator(".widget-html-content"), explorer.locator("img.widget-image")
+    # ipywidgets shows each new PNG under a fresh blob: URL, so a changed src means a redrawn figure.
+    expect(figure).to_have_attribute("src", re.compile("^blob:"))
+    return caption, figure
+
+
+# Each test first drags its slider to the start, since a notebook may leave it anywhere, and waits for the
+# caption to follow; the explorers write the caption after the image, so the figure compared against is settled.
+
+
+def test_dragging_the_head_slider_redraws_the_attention_explorer(page, jupyter_lab):
+    panel = run_all_cells(page, jupyter_lab.open(ATTENTION_NOTEBOOK))
+    explorer = panel.locator(".attention-explorer").first
+    caption, figure = caption_and_figure(explorer)
+    first_head = drag_slider(explorer, "head", to="start")
+    expect(caption, f"the caption did not move to head {first_head}").to_contain_text(
+        f"head {first_head} of", timeout=UPDATE_TIMEOUT_MS)
+    figure_before = figure.get_attribute("src")
+
+    last_head = drag_slider(explorer, "head", to="end")
+
+    expect(caption, f"the caption did not move to head {last_head}").to_contain_text(
+        f"head {last_head} of {last_head}", timeout=UPDATE_TIMEOUT_MS)
+    expect(figure, "the figure was not redrawn").not_to_have_attribute("src", figure_before, timeout=UPDATE_TIMEOUT_MS)
+
+
+def test_dragging_the_epoch_slider_redraws_the_embedding_explorer(page, jupyter_lab):
+    panel = run_all_cells(page, jupyter_lab.open(EMBEDDINGS_NOTEBOOK))
+    explorer = panel.locator(".epoch-explorer").first
+    caption, figure = caption_and_figure(explorer)
+    first_epoch = drag_slider(explorer, "epoch", to="start")
+    expect(caption, f"the caption did not move to epoch {first_epoch}").to_have_text(
+        re.compile(rf"^epoch {first_epoch}\b"), timeout=UPDATE_TIMEOUT_MS)
+    figure_before = figure.get_attribute("src")
+
+    last_epoch = drag_slider(explorer, "epoch", to="end")
+
+    expect(caption, f"the caption did not move to epoch {last_epoch}").to_have_text(
+        re.compile(rf"^epoch {last_epoch}\b"), timeout=UPDATE_TIMEOUT_MS)
+    expect(figure, "the figure was not redrawn").not_to_have_attribute("src", figure_before, timeout=UPDATE_TIMEOUT_MS)

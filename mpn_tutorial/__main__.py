@@ -58,6 +58,9 @@ _TRAIN_OVERRIDES = {
     "device": ("device", str),
     "num_workers": ("num_workers", int),
     "weights_path": ("weights_path", str),
+    "image_size": ("image_size", int),
+    "backbone": ("backbone", str),
+    "embedding_dim": ("embedding_dim", int),
 }
 
 
@@ -147,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     train.add_argument("--num-workers", type=int, help="data-loading processes")
     train.add_argument("--weights-path", help="local ImageNet weights file for the ResNet backbone")
+    train.add_argument("--backbone", choices=["glyph_cnn", "resnet18", "resnet50"], help="default: the preset's")
+    train.add_argument("--image-size", type=int, help="crop size (default: the preset's, 227 for benchmarks)")
+    train.add_argument("--embedding-dim", type=int)
     train.add_argument("--no-pretrained", action="store_true", help="start the ResNet from random weights")
     train.add_argument("--checkpointing", action="store_true", help="activation checkpointing (less GPU memory)")
     train.add_argument("--checkpoint-dir", help="default: runs/PRESET-LOSS-seedSEED")

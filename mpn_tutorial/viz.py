@@ -329,8 +329,9 @@ def plot_attention_view(view: AttentionView, images, labels, title: str = "") ->
     query's row highlighted, and thumbnails of the query and the samples it attends to most."""
     labels = np.asarray(labels)
     k = len(view.top)
-    figure = plt.figure(figsize=(10, 4.6))
-    grid = figure.add_gridspec(2, k + 2, width_ratios=[6, 0.3] + [1] * k, height_ratios=[1, 1])
+    figure = plt.figure(figsize=(11, 4.6))
+    # columns: heat map, colour bar, a spacer for the colour bar's tick labels, then k thumbnails
+    grid = figure.add_gridspec(2, k + 3, width_ratios=[6, 0.3, 0.9] + [1] * k, height_ratios=[1, 1])
     heat = figure.add_subplot(grid[:, 0])
     shown = heat.imshow(view.matrix, cmap="magma", vmin=0, vmax=max(float(view.matrix.max()), 1e-6))
     for boundary in view.boundaries:
@@ -343,16 +344,14 @@ def plot_attention_view(view: AttentionView, images, labels, title: str = "") ->
     heat.set_title(title or f"attention weights a_ij, layer {view.layer + 1}, head {view.head + 1}", fontsize=10)
     colour_axis = figure.add_subplot(grid[:, 1])
     figure.colorbar(shown, cax=colour_axis)
-    query_axis = figure.add_subplot(grid[0, 2])
+    query_axis = figure.add_subplot(grid[0, 3])
     _thumbnail(query_axis, images[view.query], f"query {view.query}", frame="cyan")
-    for position in range(1, k):
-        figure.add_subplot(grid[0, 2 + position]).axis("off")
     for position, (index, weight) in enumerate(zip(view.top, view.top_weights)):
-        axis = figure.add_subplot(grid[1, 2 + position])
+        axis = figure.add_subplot(grid[1, 3 + position])
         same = labels[index] == labels[view.query]
-        _thumbnail(axis, images[int(index)], f"{weight:.2f}" + (" (self)" if index == view.query else ""),
+        _thumbnail(axis, images[int(index)], f"{weight:.3f}" + (" (self)" if index == view.query else ""),
                    frame="tab:green" if same else "tab:red")
-    figure.text(0.62, 0.04, "most attended (weight; green: same class)", fontsize=9)
+    figure.text(0.66, 0.06, "most attended (weight; green: same class)", fontsize=9)
     return figure
 
 
@@ -470,9 +469,10 @@ def plot_heads(attention, labels, shares=None, title: str = "") -> Figure:
     num_heads = attention.shape[0]
     shares = same_class_attention_share(attention, labels) if shares is None else shares
     figure, axes = plt.subplots(1, num_heads, figsize=(2.6 * num_heads + 0.5, 2.9), squeeze=False)
+    largest = float(attention.max())  # one colour scale for all heads, so they can be compared
     for head in range(num_heads):
         axis = axes[0, head]
-        axis.imshow(attention[head][np.ix_(order, order)], cmap="magma", vmin=0)
+        axis.imshow(attention[head][np.ix_(order, order)], cmap="magma", vmin=0, vmax=largest)
         for boundary in boundaries:
             axis.axhline(boundary - 0.5, color="white", linewidth=0.5)
             axis.axvline(boundary - 0.5, color="white", linewidth=0.5)

@@ -363,7 +363,40 @@ def _require_widgets():
     return ipywidgets
 
 
-class AttentionExplorer:
+class _Explorer:
+    """Shared widget plumbing: sliders on top, an HTML caption, the figure as a PNG image.
+
+    Subclasses create their sliders, call :meth:`_assemble`, and implement ``update()``, which
+    computes what to show (stored in ``current``) and hands a figure and a caption to :meth:`_show`.
+    """
+
+    def _assemble(self, rows: list[list], css_class: str) -> None:
+        widgets = _require_widgets()
+        self.caption = widgets.HTML()
+        self.image = widgets.Image(format="png")
+        for row in rows:
+            for slider in row:
+                slider.observe(lambda change: self.update(), names="value")
+        self.widget = widgets.VBox([widgets.HBox(row) for row in rows if row] + [self.caption, self.image])
+        self.widget.add_class(css_class)
+        self.current = None
+        self.update()
+
+    def _show(self, figure: Figure, caption: str) -> None:
+        self.image.value = figure_to_png(figure)
+        plt.close(figure)
+        self.caption.value = caption
+
+    def update(self):  # pragma: no cover - every explorer defines it
+        raise NotImplementedError
+
+    def _ipython_display_(self) -> None:  # displaying the explorer shows its widget
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class AttentionExplorer(_Explorer):
     """Sliders for epoch (optional), layer, head and query over captured attention.
 
     ``snapshots``: list of ``(epoch, attention (L, H, N, N))`` (as recorded by
@@ -387,21 +420,8 @@ class AttentionExplorer:
                                              continuous_update=False, style=style)
         self.query_slider = widgets.IntSlider(value=0, min=0, max=n - 1, description="query",
                                               continuous_update=False, style=style)
-        self.caption = widgets.HTML()
-        self.image = widgets.Image(format="png")
-        for slider in (self.epoch_slider, self.layer_slider, self.head_slider, self.query_slider):
-            slider.observe(self._on_change, names="value")
-        controls = [self.epoch_slider] if len(epochs) > 1 else []
-        controls += [self.layer_slider] if num_layers > 1 else []
-        controls += [self.head_slider, self.query_slider]
-        self.widget = widgets.VBox([widgets.HBox(controls[:2]), widgets.HBox(controls[2:]), self.caption,
-                                   self.image])
-        self.widget.add_class("attention-explorer")
-        self.current: AttentionView | None = None
-        self.update()
-
-    def _on_change(self, change) -> None:
-        self.update()
+        first_row = ([self.epoch_slider] if len(epochs) > 1 else []) + ([self.layer_slider] if num_layers > 1 else [])
+        self._assemble([first_row, [self.head_slider, self.query_slider]], "attention-explorer")
 
     def update(self) -> AttentionView:
         epoch = self.epoch_slider.value
@@ -411,18 +431,11 @@ class AttentionExplorer:
         figure = plot_attention_view(self.current, self.images, self.labels,
                                      title=f"epoch {epoch}: layer {self.current.layer + 1}, "
                                      f"head {self.current.head + 1}")
-        self.image.value = figure_to_png(figure)
-        plt.close(figure)
-        self.caption.value = f"<b>epoch {epoch}</b> · {self.current.caption}"
+        self._show(figure, f"<b>epoch {epoch}</b> · {self.current.caption}")
         return self.current
 
-    def _ipython_display_(self) -> None:  # displaying the explorer shows its widget
-        from IPython.display import display
 
-        display(self.widget)
-
-
-class HeadsExplorer:
+class HeadsExplorer(_Explorer):
     """A slider over the number of heads that shows every head's attention map and the model's R@1.
 
     ``results``: ``{num_heads: (attention (L, H, N, N), test Recall@1)}`` for models trained with
@@ -436,13 +449,7 @@ class HeadsExplorer:
         options = list(self.results)
         self.heads_slider = widgets.SelectionSlider(options=options, value=options[0], description="heads",
                                                     continuous_update=False)
-        self.caption = widgets.HTML()
-        self.image = widgets.Image(format="png")
-        self.heads_slider.observe(lambda change: self.update(), names="value")
-        self.widget = widgets.VBox([self.heads_slider, self.caption, self.image])
-        self.widget.add_class("heads-explorer")
-        self.current: dict | None = None
-        self.update()
+        self._assemble([[self.heads_slider]], "heads-explorer")
 
     def update(self) -> dict:
         heads = self.heads_slider.value
@@ -450,16 +457,9 @@ class HeadsExplorer:
         shares = same_class_attention_share(attention[0], self.labels)
         self.current = {"heads": heads, "recall@1": recall, "same_class_share": shares}
         figure = plot_heads(attention[0], self.labels, shares, title=f"{heads} head(s): test R@1 {100 * recall:.1f}%")
-        self.image.value = figure_to_png(figure)
-        plt.close(figure)
-        self.caption.value = (f"<b>{heads} head(s)</b> · test R@1 {100 * recall:.1f}% · same-class share per head: "
-                              + ", ".join(f"{100 * s:.0f}%" for s in shares))
+        self._show(figure, f"<b>{heads} head(s)</b> · test R@1 {100 * recall:.1f}% · same-class share per head: "
+                   + ", ".join(f"{100 * s:.0f}%" for s in shares))
         return self.current
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
 
 def plot_heads(attention, labels, shares=None, title: str = "") -> Figure:
@@ -561,7 +561,7 @@ def plot_embedding_frame(coordinates, labels, epoch: int, limits=None, note: str
     return figure if figure is not None else axis.figure
 
 
-class EpochExplorer:
+class EpochExplorer(_Explorer):
     """An epoch slider over 2-D embedding frames (from :func:`umap_across_training`).
 
     ``notes`` maps an epoch to a caption line (e.g. its validation Recall@1).
@@ -576,13 +576,7 @@ class EpochExplorer:
         epochs = list(self.frames)
         self.epoch_slider = widgets.SelectionSlider(options=epochs, value=epochs[0], description="epoch",
                                                     continuous_update=False)
-        self.caption = widgets.HTML()
-        self.image = widgets.Image(format="png")
-        self.epoch_slider.observe(lambda change: self.update(), names="value")
-        self.widget = widgets.VBox([self.epoch_slider, self.caption, self.image])
-        self.widget.add_class("epoch-explorer")
-        self.current: dict | None = None
-        self.update()
+        self._assemble([[self.epoch_slider]], "epoch-explorer")
 
     def update(self) -> dict:
         epoch = self.epoch_slider.value
@@ -590,15 +584,8 @@ class EpochExplorer:
         note = self.notes.get(epoch, "")
         self.current = {"epoch": epoch, "coordinates": coordinates}
         figure = plot_embedding_frame(coordinates, self.labels, epoch, self.limits, note)
-        self.image.value = figure_to_png(figure)
-        plt.close(figure)
-        self.caption.value = f"<b>epoch {epoch}</b>" + (f" · {note}" if note else "")
+        self._show(figure, f"<b>epoch {epoch}</b>" + (f" · {note}" if note else ""))
         return self.current
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
 
 def export_animation(frames, labels, path: str | Path, notes: dict[int, str] | None = None, fps: float = 2.0,

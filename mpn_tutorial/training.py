@@ -832,12 +832,17 @@ def load_model(
 _NOT_IN_CACHE_KEY = ("data_root", "device", "num_workers", "eval_batch_size")
 
 
+def _cached_settings(config: TrainConfig | dict) -> dict:
+    values = config.to_dict() if isinstance(config, TrainConfig) else config
+    return {k: v for k, v in values.items() if k not in _NOT_IN_CACHE_KEY}
+
+
 def cache_key(config: TrainConfig) -> str:
     """A stable name for a configuration's run (the thread count is part of it: CPU results
     depend on it, see runtime.py)."""
     from mpn_tutorial.runtime import thread_count
 
-    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_CACHE_KEY}
+    settings = _cached_settings(config)
     settings["threads"] = thread_count()
     text = json.dumps(settings, sort_keys=True, default=list)
     return f"{config.preset}-{config.loss}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
@@ -866,7 +871,8 @@ def train_cached(
             entry = load_checkpoint(path)
         except ValueError:
             entry = None  # unreadable: train again and overwrite
-    if entry is not None and set(wanted) <= set(entry["callbacks"]) and entry["config"] == config.to_dict():
+    same_run = entry is not None and _cached_settings(entry["config"]) == _cached_settings(config)
+    if same_run and set(wanted) <= set(entry["callbacks"]):
         for key, callback in wanted.items():
             callback.restore(entry["callbacks"][key])
         model = MetricLearningModel(dataclasses.replace(config.model_config(int(entry["num_classes"])),
@@ -875,7 +881,7 @@ def train_cached(
         return TrainResult(config, model.eval(), list(entry["history"]), int(entry["best_epoch"]),
                            dict(entry["val_metrics"]), dict(entry["test_metrics"]), float(entry["seconds"]))
     result = train(config, callbacks=list(callbacks), datasets=datasets, progress=progress)
-    recorded = dict(entry["callbacks"]) if entry is not None and entry["config"] == config.to_dict() else {}
+    recorded = dict(entry["callbacks"]) if same_run else {}
     recorded.update({key: callback.recordings() for key, callback in wanted.items()})
     save_atomically(
         {

@@ -174,3 +174,10 @@ def test_a_cached_run_without_the_asked_recordings_trains_again(tiny, tiny_datas
     train_cached(tiny, tmp_path, callbacks=[snapshots], datasets=tiny_datasets, progress=False)
     assert [epoch for epoch, _ in snapshots.snapshots] == [0, 1, 2, 3]
     assert len(list(tmp_path.glob("*.pt"))) == 1
+
+
+def test_a_cached_run_is_found_from_another_working_directory(tiny, tiny_datasets, tmp_path):
+    first = train_cached(tiny, tmp_path, datasets=tiny_datasets, progress=False)
+    elsewhere = tiny.replace(data_root="../" + tiny.data_root, eval_batch_size=64)  # where the run ran is not part of it
+    second = train_cached(elsewhere, tmp_path, datasets=tiny_datasets, progress=False)
+    assert second.seconds == first.seconds  # loaded, not trained again

@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 LAB_IP ?= 127.0.0.1
 LAB_PORT ?= 8888
+# JupyterLab refuses to run as root unless told; containers and CI machines often are root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 # The committed notebook outputs were computed with 2 CPU threads (mpn_tutorial/runtime.py).
 export MPN_TUTORIAL_THREADS ?= 2
 export PYTHONHASHSEED := 0
@@ -29,7 +31,7 @@ data: $(INSTALLED)
 lab: setup
 	@echo "Starting JupyterLab on notebooks/. Open the http://$(LAB_IP):... URL printed below; Ctrl-C stops it."
 	$(BIN)/jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) \
-		--ServerApp.root_dir=notebooks --ServerApp.answer_yes=True
+		--ServerApp.root_dir=notebooks --ServerApp.answer_yes=True $(ALLOW_ROOT)
 
 # Chromium for the browser test comes from Debian; Playwright launches it by path and never
 # downloads a browser. Where it cannot be installed, the browser test skips and says why.

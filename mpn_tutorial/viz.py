@@ -514,13 +514,14 @@ def plot_same_class_share(snapshots, labels, chance: float | None = None) -> Fig
 
 
 def umap_across_training(snapshots, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
-                         reference: int | None = None) -> list[tuple[int, np.ndarray]]:
+                         reference: int = -1) -> list[tuple[int, np.ndarray]]:
     """2-D UMAP coordinates of every snapshot on one fixed map.
 
-    The map is fit **once**. By default it is fit on all snapshots together, so every epoch's points
-    shaped the map and positions can be compared across epochs. With ``reference=k`` it is fit on
-    snapshot k only and the others are placed on it with ``transform`` (cheaper, but snapshots
-    unlike the reference, such as an untrained network's, collapse into a few blobs).
+    The map is fit **once**, on snapshot ``reference`` (default: the last, where the classes are
+    best separated), and every snapshot is placed on it with ``transform``, so positions can be
+    compared across epochs. Snapshots very unlike the reference (an untrained network's) land in a
+    few blobs: the map has no place for them. (Fitting on all snapshots together instead makes each
+    epoch an island of its own, because the whole embedding drifts during training.)
     Deterministic: a fixed ``random_state`` makes UMAP single-threaded. Returns ``[(epoch, (N, 2))]``.
     """
     import umap
@@ -528,12 +529,8 @@ def umap_across_training(snapshots, seed: int = 0, n_neighbors: int = 15, min_di
     snapshots = [(epoch, np.asarray(embeddings, dtype=np.float32)) for epoch, embeddings in snapshots]
     reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric="cosine", random_state=seed,
                         transform_seed=seed, n_jobs=1)
-    if reference is not None:
-        reducer.fit(snapshots[reference][1])
-        return [(epoch, reducer.transform(embeddings)) for epoch, embeddings in snapshots]
-    coordinates = reducer.fit_transform(np.concatenate([embeddings for _, embeddings in snapshots]))
-    sizes = np.cumsum([len(embeddings) for _, embeddings in snapshots])[:-1]
-    return [(epoch, part) for (epoch, _), part in zip(snapshots, np.split(coordinates, sizes))]
+    reducer.fit(snapshots[reference][1])
+    return [(epoch, reducer.transform(embeddings)) for epoch, embeddings in snapshots]
 
 
 def frame_limits(frames) -> tuple[tuple[float, float], tuple[float, float]]:

@@ -178,6 +178,7 @@ def test_a_cached_run_without_the_asked_recordings_trains_again(tiny, tiny_datas
 
 def test_a_cached_run_is_found_from_another_working_directory(tiny, tiny_datasets, tmp_path):
     first = train_cached(tiny, tmp_path, datasets=tiny_datasets, progress=False)
-    elsewhere = tiny.replace(data_root="../" + tiny.data_root, eval_batch_size=64)  # where the run ran is not part of it
+    # where a run was launched from is not part of what it computes
+    elsewhere = tiny.replace(data_root="../" + tiny.data_root, eval_batch_size=64)
     second = train_cached(elsewhere, tmp_path, datasets=tiny_datasets, progress=False)
     assert second.seconds == first.seconds  # loaded, not trained again

@@ -46,7 +46,7 @@ browser-deps:
 	fi
 
 PYTEST := $(BIN)/python -m pytest
-NBVAL := --nbval --nbval-current-env --nbval-cell-timeout=900 --sanitize-with tests/nbval_sanitize.cfg
+NBVAL := --nbval --nbval-current-env --nbval-cell-timeout=900 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 test: setup browser-deps
 	$(PYTEST) notebooks tests $(NBVAL)

@@ -599,7 +599,7 @@ def create_model(config: TrainConfig, num_classes: int) -> MetricLearningModel:
     return MetricLearningModel(config.model_config(num_classes))
 
 
-def _make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     parameters = [p for p in model.parameters() if p.requires_grad]
     options = {"lr": config.lr, "weight_decay": config.weight_decay}
     # One fused kernel (or one op per group) instead of a Python loop over ~40 parameter tensors:
@@ -654,7 +654,7 @@ def train(
     model = create_model(config, num_classes).to(device)
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(config, model)
+    optimizer = make_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=list(config.lr_decay_epochs), gamma=config.lr_decay_factor
     )

@@ -119,7 +119,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mpn_tutorial.training import resolve_device
 
     model.to(resolve_device(config.device))
-    metrics = evaluate_on_test(model, build_datasets(config), config, compute_nmi=not args.no_nmi)
+    metrics = evaluate_on_test(model, build_datasets(config), config, compute_nmi=not args.no_nmi,
+                               refine_k=args.refine_k)
     print(f"{config.preset} test classes ({metrics['queries']} queries): {_format_metrics(metrics)}")
     return 0
 
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-root", help="override the dataset folder stored in the checkpoint")
     evaluate.add_argument("--device")
     evaluate.add_argument("--no-nmi", action="store_true")
+    evaluate.add_argument("--refine-k", type=int, default=0,
+                          help="test-time refinement over k-reciprocal neighbourhoods (MPN models; default off)")
     evaluate.set_defaults(handler=_evaluate)
 
     make_data = commands.add_parser("make-data", help="generate the offline glyph dataset (cached under --root)")

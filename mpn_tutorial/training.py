@@ -279,13 +279,24 @@ def evaluate(
     batch_size: int = 512,
     num_workers: int = 0,
     seed: int = 0,
+    refine_k: int = 0,
 ) -> dict[str, float]:
-    """Retrieval metrics of a model on a dataset (leave-one-out), or on query ``dataset`` vs ``gallery``."""
+    """Retrieval metrics of a model on a dataset (leave-one-out), or on query ``dataset`` vs ``gallery``.
+
+    ``refine_k > 0`` turns on the optional test-time refinement ("pseudo-test" variant, off by
+    default): each set's embeddings are replaced by the MPN's output over their k-reciprocal
+    neighbourhoods (:meth:`MetricLearningModel.refine_embeddings`).
+    """
     embeddings, labels = embed_dataset(model, dataset, batch_size, num_workers=num_workers)
+    if refine_k:
+        embeddings = model.refine_embeddings(embeddings.to(next(model.parameters()).device), k=refine_k).cpu()
     if gallery is None:
         result = metrics.retrieval_metrics(embeddings, labels, ks)
     else:
         gallery_embeddings, gallery_labels = embed_dataset(model, gallery, batch_size, num_workers=num_workers)
+        if refine_k:
+            gallery_embeddings = model.refine_embeddings(
+                gallery_embeddings.to(next(model.parameters()).device), k=refine_k).cpu()
         result = metrics.retrieval_metrics(embeddings, labels, ks, gallery_embeddings, gallery_labels)
     if compute_nmi:
         result["nmi"] = metrics.nmi(embeddings, labels, seed=seed)
@@ -802,15 +813,16 @@ def default_ks(dataset: str) -> tuple[int, ...]:
 
 
 def evaluate_on_test(
-    model: MetricLearningModel, datasets: Datasets, config: TrainConfig, compute_nmi: bool = False
+    model: MetricLearningModel, datasets: Datasets, config: TrainConfig, compute_nmi: bool = False,
+    refine_k: int = 0,
 ) -> dict[str, float]:
     """Test-class metrics with the dataset's usual K (query vs gallery for In-Shop)."""
     ks = default_ks(config.dataset)
+    options = dict(compute_nmi=compute_nmi, batch_size=config.eval_batch_size, num_workers=config.num_workers,
+                   seed=config.seed, refine_k=refine_k)
     if datasets.query is not None:
-        return evaluate(model, datasets.query, ks, gallery=datasets.gallery, compute_nmi=compute_nmi,
-                        batch_size=config.eval_batch_size, num_workers=config.num_workers, seed=config.seed)
-    return evaluate(model, datasets.test, ks, compute_nmi=compute_nmi, batch_size=config.eval_batch_size,
-                    num_workers=config.num_workers, seed=config.seed)
+        return evaluate(model, datasets.query, ks, gallery=datasets.gallery, **options)
+    return evaluate(model, datasets.test, ks, **options)
 
 
 def load_model(

@@ -4,6 +4,7 @@ import fractions
 import pytest
 import torch
 
+from mpn_tutorial.metrics import recall_at_k
 from mpn_tutorial.presets import get_preset
 from mpn_tutorial.training import (
     AttentionCapture,
@@ -11,6 +12,7 @@ from mpn_tutorial.training import (
     EmbeddingSnapshots,
     build_datasets,
     create_model,
+    embed_dataset,
     evaluate,
     load_checkpoint,
     load_model,
@@ -182,3 +184,12 @@ def test_a_cached_run_is_found_from_another_working_directory(tiny, tiny_dataset
     elsewhere = tiny.replace(data_root="../" + tiny.data_root, eval_batch_size=64)
     second = train_cached(elsewhere, tmp_path, datasets=tiny_datasets, progress=False)
     assert second.seconds == first.seconds  # loaded, not trained again
+
+
+def test_evaluation_with_test_time_refinement_uses_the_refined_embeddings(tiny, tiny_datasets):
+    result = train(tiny.replace(epochs=1), datasets=tiny_datasets, progress=False, evaluate_test=False)
+    plain = evaluate(result.model, tiny_datasets.val, ks=(1,))
+    refined = evaluate(result.model, tiny_datasets.val, ks=(1,), refine_k=5)
+    embeddings, labels = embed_dataset(result.model, tiny_datasets.val)
+    expected = recall_at_k(result.model.refine_embeddings(embeddings, k=5), labels, ks=(1,))[1]
+    assert refined["recall@1"] == expected and plain["recall@1"] != expected

@@ -439,7 +439,3 @@ class MetricLearningModel(nn.Module):
         self.mpn.train(was_training)
         return F.normalize(torch.stack(refined), dim=1)
 
-
-def build_model(config: ModelConfig) -> MetricLearningModel:
-    """The model for a configuration (a function so notebooks read ``build_model(config)``)."""
-    return MetricLearningModel(config)

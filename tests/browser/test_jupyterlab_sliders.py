@@ -88,37 +88,33 @@ def caption_and_figure(explorer: Locator) -> tuple[Locator, Locator]:
     return caption, figure
 
 
-# Each test first drags its slider to the start, since a notebook may leave it anywhere, and waits for the
-# caption to follow; the explorers write the caption after the image, so the figure compared against is settled.
+def drag_and_check_redraw(explorer: Locator, slider: str, caption_shows) -> None:
+    """Drag ``slider`` to its start, then to its end; after each drag the caption must show the value
+    (``caption_shows(value)`` gives the matcher), and after the second the figure must be redrawn.
+
+    The first drag is needed because a notebook may leave the slider anywhere; waiting for its caption
+    also settles the figure compared against (the explorers write the caption after the image).
+    """
+    caption, figure = caption_and_figure(explorer)
+    first = drag_slider(explorer, slider, to="start")
+    caption_shows(expect(caption, f"the caption did not move to {slider} {first}"), first)
+    figure_before = figure.get_attribute("src")
+
+    last = drag_slider(explorer, slider, to="end")
+
+    caption_shows(expect(caption, f"the caption did not move to {slider} {last}"), last)
+    expect(figure, "the figure was not redrawn").not_to_have_attribute("src", figure_before, timeout=UPDATE_TIMEOUT_MS)
 
 
 def test_dragging_the_head_slider_redraws_the_attention_explorer(page, jupyter_lab):
     panel = run_all_cells(page, jupyter_lab.open(ATTENTION_NOTEBOOK))
     explorer = panel.locator(".attention-explorer").first
-    caption, figure = caption_and_figure(explorer)
-    first_head = drag_slider(explorer, "head", to="start")
-    expect(caption, f"the caption did not move to head {first_head}").to_contain_text(
-        f"head {first_head} of", timeout=UPDATE_TIMEOUT_MS)
-    figure_before = figure.get_attribute("src")
-
-    last_head = drag_slider(explorer, "head", to="end")
-
-    expect(caption, f"the caption did not move to head {last_head}").to_contain_text(
-        f"head {last_head} of {last_head}", timeout=UPDATE_TIMEOUT_MS)
-    expect(figure, "the figure was not redrawn").not_to_have_attribute("src", figure_before, timeout=UPDATE_TIMEOUT_MS)
+    drag_and_check_redraw(explorer, "head", lambda check, head: check.to_contain_text(
+        f"head {head} of", timeout=UPDATE_TIMEOUT_MS))
 
 
 def test_dragging_the_epoch_slider_redraws_the_embedding_explorer(page, jupyter_lab):
     panel = run_all_cells(page, jupyter_lab.open(EMBEDDINGS_NOTEBOOK))
     explorer = panel.locator(".epoch-explorer").first
-    caption, figure = caption_and_figure(explorer)
-    first_epoch = drag_slider(explorer, "epoch", to="start")
-    expect(caption, f"the caption did not move to epoch {first_epoch}").to_have_text(
-        re.compile(rf"^epoch {first_epoch}\b"), timeout=UPDATE_TIMEOUT_MS)
-    figure_before = figure.get_attribute("src")
-
-    last_epoch = drag_slider(explorer, "epoch", to="end")
-
-    expect(caption, f"the caption did not move to epoch {last_epoch}").to_have_text(
-        re.compile(rf"^epoch {last_epoch}\b"), timeout=UPDATE_TIMEOUT_MS)
-    expect(figure, "the figure was not redrawn").not_to_have_attribute("src", figure_before, timeout=UPDATE_TIMEOUT_MS)
+    drag_and_check_redraw(explorer, "epoch", lambda check, epoch: check.to_have_text(
+        re.compile(rf"^epoch {epoch}\b"), timeout=UPDATE_TIMEOUT_MS))

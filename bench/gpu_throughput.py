@@ -3,7 +3,7 @@
 The model is mpn_tutorial's own: ``create_model(get_preset("cub", pretrained=False, loss=...))``:
 ResNet-50 with global max pooling, 512-d embedding, backbone classifier, and with ``loss="mpn"``
 the message-passing network (1 layer × 2 heads, FFN 2048) and its BNNeck classifier. A step is
-forward + loss (``Objective``) + backward + RAdam step on a batch of 112 random 227 px images
+forward + loss (``training.loss_function``) + backward + RAdam step on a batch of 112 random 227 px images
 (the published batches are 54-90 images; 112 is what this benchmark was asked to use), with
 labels grouped P×K like a real batch. Four variants: {fp32, bf16 autocast + channels_last}
 × {loss "mpn", loss "ce"}, timed round-robin with ``torch.cuda.synchronize`` around each step,
@@ -23,9 +23,10 @@ import argparse
 import torch
 from benchlib import print_header, print_ratio, time_interleaved
 
+from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.splits import carve_validation_classes
 from mpn_tutorial.presets import get_preset
-from mpn_tutorial.training import Objective, TrainConfig, create_model
+from mpn_tutorial.training import create_model, loss_function
 
 CUB_TRAIN_CLASSES = 100  # classes 1-100 of CUB-200-2011; the preset carves validation classes from them
 
@@ -37,7 +38,7 @@ def make_step(config: TrainConfig, num_classes: int, batch: int, image_size: int
     memory_format = torch.channels_last if bf16_channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.RAdam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    objective = Objective(config)
+    objective = loss_function(config)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, image_size, image_size, generator=generator)
     images = images.to(device).contiguous(memory_format=memory_format)

@@ -17,9 +17,11 @@ import itertools
 import torch
 from benchlib import REPO_ROOT, print_header, print_ratio, time_interleaved
 
+from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data import PKSampler
+from mpn_tutorial.data.build import build_datasets
 from mpn_tutorial.presets import get_preset
-from mpn_tutorial.training import Objective, TrainConfig, build_datasets, create_model, make_optimizer
+from mpn_tutorial.training import create_model, loss_function, make_optimizer
 
 # For --breakdown: the same optimizers with explicit options (e.g. torch's default for-loop Adam) to
 # compare with what mpn_tutorial.training.make_optimizer builds (fused Adam).
@@ -32,7 +34,7 @@ class Step:
     def __init__(self, config: TrainConfig, num_classes: int, batches: list[tuple[torch.Tensor, torch.Tensor]],
                  **optimizer_options) -> None:
         self.model = create_model(config, num_classes).train()
-        self.objective = Objective(config)
+        self.objective = loss_function(config)
         if optimizer_options:
             self.optimizer = OPTIMIZERS[config.optimizer](self.model.parameters(), lr=config.lr,
                                                           weight_decay=config.weight_decay, **optimizer_options)

@@ -4,11 +4,17 @@ A teaching re-implementation of Seidenschwarz, Elezi and Leal-Taixé, "Learning 
 Connections for Deep Metric Learning" (ICML 2021). Modules, one concept each:
 
 - ``data``: the offline glyph dataset, the four benchmark readers, the P×K batch sampler
-- ``models``: backbones, :class:`~mpn_tutorial.models.MessagePassingLayer`, the full model
-- ``losses``: contrastive, triplet (with mining), label-smoothed cross-entropy
-- ``metrics``: Recall@K, MAP@R, R-precision, NMI (exact, chunked)
-- ``training``: one training loop with callbacks and checkpoints
-- ``viz``: figures and widget explorers for the notebooks
+- ``backbones``, ``models``: the CNNs, :class:`~mpn_tutorial.models.MessagePassingLayer`
+  (the attention over the batch), the full model
+- ``losses``: contrastive, triplet (with mining), label-smoothed cross-entropy, the paper's objective
+- ``metrics``: Recall@K, MAP@R, R-precision, NMI (exact, chunked), attention's same-class share
+- ``config``, ``presets``: the settings of a run, and the named ones
+- ``evaluation``, ``callbacks``, ``checkpoints``: measuring, watching and saving a run
+- ``training``: the one training loop
+- ``run_store``, ``notebook``, ``viz``: what the notebooks use on top (cached runs, set-up, figures)
+
+Imports point one way: data, models, losses, metrics first; then config, evaluation, callbacks,
+checkpoints; then the loop; then the run store, viz and the command line.
 """
 
 from mpn_tutorial.runtime import set_library_thread_variables

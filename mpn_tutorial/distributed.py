@@ -154,14 +154,19 @@ class DistributedContext:
     def shard_sampler(self, sampler) -> ShardedBatchSampler:
         return ShardedBatchSampler(sampler, self.rank, self.world_size)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """Global-batch BatchNorm, then DistributedDataParallel (gradient averaging across ranks)."""
+    def wrap(self, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+        """Global-batch BatchNorm, then DistributedDataParallel (gradient averaging across ranks).
+
+        ``find_unused_parameters``: needed when some parameters get no gradient in a step (message
+        passing switched off: its attention maps are then unused).
+        """
         if self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
             model = GlobalBatchNorm.convert(model)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                   find_unused_parameters=find_unused_parameters)
 
     @staticmethod
     def gather(embeddings: torch.Tensor) -> torch.Tensor:

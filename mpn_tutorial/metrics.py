@@ -1,4 +1,6 @@
-"""Retrieval metrics of deep metric learning: Recall@K, MAP@R, R-precision, and clustering NMI.
+"""Retrieval metrics of deep metric learning: Recall@K, MAP@R, R-precision, and clustering NMI;
+plus the two measurements the notebooks build on them: each sample's nearest neighbours, and how
+much of a model's attention stays within a sample's class.
 
 All functions take torch tensors or numpy arrays, L2-normalise by default (so similarity is the
 cosine, and ranking by it equals ranking by Euclidean distance), and return plain floats in [0, 1].
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 BLOCK_SIZE = 4096
 
 
-def _as_tensor(values, name: str, dtype: torch.dtype) -> torch.Tensor:
+def _as_tensor(values, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
         tensor = values.detach().cpu()
     else:
@@ -52,8 +54,8 @@ def _as_tensor(values, name: str, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _prepare(embeddings, labels, name: str, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    embeddings = _as_tensor(embeddings, name, torch.float32)
-    labels = _as_tensor(labels, f"{name} labels", torch.int64)
+    embeddings = _as_tensor(embeddings, torch.float32)
+    labels = _as_tensor(labels, torch.int64)
     if embeddings.dim() != 2:
         raise ValueError(f"{name} must have shape (N, D), got {tuple(embeddings.shape)}")
     if labels.dim() != 1 or len(labels) != len(embeddings):
@@ -253,3 +255,40 @@ def nmi(embeddings, labels, n_clusters: int | None = None, seed: int = 0, normal
         raise ValueError(f"n_clusters must be between 1 and the number of points ({len(points)}), got {n_clusters}")
     assignment = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(points.double().numpy())
     return float(normalized_mutual_info_score(labels.numpy(), assignment))
+
+
+def nearest_neighbours(embeddings, k: int, queries: Sequence[int] | None = None,
+                       block_size: int = BLOCK_SIZE) -> torch.Tensor:
+    """Indices of each query's ``k`` most similar *other* samples (cosine), most similar first.
+
+    embeddings: (N, D); queries: indices into them (default: every sample). Returns
+    (len(queries), k) int64. Computed block by block, like the metrics above.
+    """
+    points = F.normalize(_as_tensor(embeddings, torch.float32), dim=1)
+    queries = torch.arange(len(points)) if queries is None else torch.as_tensor(list(queries), dtype=torch.long)
+    if not 1 <= k < len(points):
+        raise ValueError(f"k must be between 1 and {len(points) - 1} (the other samples), got {k}")
+    result = torch.empty(len(queries), k, dtype=torch.long)
+    for start in range(0, len(queries), block_size):
+        block = queries[start : start + block_size]
+        similarity = points[block] @ points.T
+        similarity[torch.arange(len(block)), block] = -float("inf")  # a sample is not its own neighbour
+        result[start : start + len(block)] = similarity.topk(k, dim=1).indices
+    return result
+
+
+def same_class_attention_share(attention, labels) -> np.ndarray:
+    """Per layer and head: the share of attention to *other* samples that stays within the class.
+
+    attention: (L, H, N, N) or (H, N, N), where ``[..., i, j]`` is the weight sample i gives to
+    sample j; labels (N,). Returns (L, H) (or (H,)): the mean over queries i of
+    ``sum_{j != i, same class} a_ij / sum_{j != i} a_ij``. A head that ignores classes scores about
+    (K - 1) / (N - 1) on a P×K batch (chance); one that only looks at its class, 1.
+    """
+    attention = np.asarray(attention, dtype=np.float64)
+    labels = np.asarray(labels)
+    same = labels[:, None] == labels[None, :]
+    others = ~np.eye(len(labels), dtype=bool)
+    within = (attention * (same & others)).sum(-1)
+    total = (attention * others).sum(-1)
+    return (within / np.maximum(total, 1e-12)).mean(-1)

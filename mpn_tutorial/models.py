@@ -1,4 +1,4 @@
-"""Backbones, the message-passing network over the mini-batch, and the full model.
+"""The message-passing network over the mini-batch, and the full model (backbones: ``backbones.py``).
 
 The method (Seidenschwarz, Elezi, Leal-Taixé, ICML 2021): a batch of N images gives N embeddings.
 Treat them as the nodes of a fully connected graph (with self-loops) and let every node attend to
@@ -17,115 +17,33 @@ backbone through the attention. At test time only the backbone embedding is used
 Published softmax detail: the official code normalises with an implicit extra logit of zero,
 ``a_ij = exp(s_ij) / (1 + sum_j' exp(s_ij'))``, so each row sums to slightly less than one (a node
 may "attend to nothing"). ``zero_logit=True`` reproduces it; the default is the standard softmax.
+
+Attention that learns at small scale (``bench/attention_study.md`` measures each point). With the
+published settings and a backbone trained from scratch, the attention stays uniform: two options,
+both off by default, make it learn to look at the sample's own class:
+
+- ``input_scale`` (of :class:`MessagePassingNetwork`): the MPN's input x_i is L2-normalised, so each
+  of its D coordinates is about 1/sqrt(D) and every score s_ij starts near 0.003: the softmax is
+  uniform and its gradient tiny. Multiplying x_i by sqrt(D) gives coordinates of unit size, as a
+  transformer expects, and scores of order one.
+- ``identity_values`` (of :class:`MessagePassingLayer`): W_v and W_o start as the identity, so a
+  message starts as the attention-weighted mean of the other samples' inputs. With random W_v
+  (xavier, published) and uniform attention every value receives the same gradient, the values
+  never become class-specific, and the scores have nothing to align with.
+- ``similarity_prior``: W_q and W_k start as the identity too, so attention starts as the scaled
+  similarity of the inputs (a stronger prior; the study compares it).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# ---------------------------------------------------------------------------------------------
-# Backbones: images (B, C, H, W) -> features (B, feature_dim)
-# ---------------------------------------------------------------------------------------------
-
-
-class GlyphEncoder(nn.Module):
-    """A small CNN for 32×32 one-channel glyphs, the CPU default.
-
-    One block per entry of ``channels`` (conv 3×3, BatchNorm, ReLU; 2×2 max-pool between blocks),
-    then global max pooling, like the ResNet head of the paper. (B, in_channels, H, W) ->
-    (B, channels[-1]). Runs in channels-last memory layout, which is faster for convolutions on CPU.
-    """
-
-    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        previous = in_channels
-        for index, width in enumerate(channels):
-            if index > 0:
-                layers.append(nn.MaxPool2d(2))
-            layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
-            previous = width
-        self.features = nn.Sequential(*layers).to(memory_format=torch.channels_last)
-        self.feature_dim = previous
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.features(images.contiguous(memory_format=torch.channels_last))
-        return torch.amax(features, dim=(2, 3))  # global max pooling
-
-
-IMAGENET_WEIGHT_FILES = {
-    "resnet18": "resnet18-f37072fd.pth",
-    "resnet50": "resnet50-0676ba61.pth",
-}
-
-
-class ResNetBackbone(nn.Module):
-    """torchvision ResNet-18/50 without its classifier, with global **max** pooling (as published).
-
-    ``pretrained=True`` loads ImageNet weights from ``weights_path`` when given, else from torch's
-    hub cache (``$TORCH_HOME/hub/checkpoints``), downloading them when the network allows. Offline
-    and without the file, a clear error says how to get them; ``pretrained=False`` always works.
-    ``checkpointing=True`` recomputes each residual stage in the backward pass (activation
-    checkpointing) to fit larger batches in GPU memory.
-    """
-
-    def __init__(
-        self,
-        name: str = "resnet50",
-        pretrained: bool = True,
-        weights_path: str | os.PathLike | None = None,
-        checkpointing: bool = False,
-    ) -> None:
-        super().__init__()
-        import torchvision
-
-        if name not in IMAGENET_WEIGHT_FILES:
-            raise ValueError(f"backbone must be one of {sorted(IMAGENET_WEIGHT_FILES)}, got {name!r}")
-        network = getattr(torchvision.models, name)(weights=None)
-        if pretrained:
-            network.load_state_dict(load_imagenet_weights(name, weights_path))
-        self.stem = nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool)
-        self.stages = nn.ModuleList([network.layer1, network.layer2, network.layer3, network.layer4])
-        self.feature_dim = network.fc.in_features
-        self.checkpointing = checkpointing
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.stem(images)
-        for stage in self.stages:
-            if self.checkpointing and self.training and x.requires_grad:
-                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
-            else:
-                x = stage(x)
-        return torch.amax(x, dim=(2, 3))
-
-
-def load_imagenet_weights(name: str, weights_path: str | os.PathLike | None = None) -> dict:
-    """ImageNet weights for a torchvision ResNet, loaded with ``weights_only=True``."""
-    if weights_path is not None:
-        path = Path(weights_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ImageNet weights file {path} does not exist")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    import torchvision
-
-    weights = {"resnet18": torchvision.models.ResNet18_Weights, "resnet50": torchvision.models.ResNet50_Weights}
-    try:
-        return weights[name].IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
-    except Exception as error:  # URLError, OSError, ...: offline or blocked
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_WEIGHT_FILES[name]
-        raise RuntimeError(
-            f"could not load ImageNet weights for {name} ({error.__class__.__name__}: {error}). "
-            f"On a machine with internet access, download {weights[name].IMAGENET1K_V1.url} and copy it to "
-            f"{cache} (or pass weights_path=...), or build the model with pretrained=False."
-        ) from error
-
+from mpn_tutorial.backbones import IMAGENET_WEIGHT_FILES, GlyphEncoder, ResNetBackbone, load_imagenet_weights
 
 # ---------------------------------------------------------------------------------------------
 # Message passing over the batch
@@ -153,6 +71,8 @@ class MessagePassingLayer(nn.Module):
         zero_logit: use the published softmax with an extra zero logit (rows sum to < 1).
         pass_messages: False turns message passing off (an ablation control): the block keeps its
             LayerNorms and feed-forward network, but no sample receives anything from the others.
+        identity_values: start W_v and W_o as the identity instead of xavier (module docstring).
+        similarity_prior: start W_q and W_k as the identity: attention begins as input similarity.
 
     ``forward(x)``: (N, dim) -> (N, dim), through fused attention
     (``scaled_dot_product_attention``). ``forward(x, return_attention=True)`` computes the same
@@ -168,11 +88,18 @@ class MessagePassingLayer(nn.Module):
         dropout: float = 0.1,
         zero_logit: bool = False,
         pass_messages: bool = True,
+        identity_values: bool = False,
+        similarity_prior: bool = False,
     ) -> None:
         super().__init__()
+        if dim < 1 or num_heads < 1 or ff_dim < 1:
+            raise ValueError(f"dim, num_heads and ff_dim must be at least 1, got {dim}, {num_heads}, {ff_dim}")
         if dim % num_heads != 0:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.identity_values, self.similarity_prior = identity_values, similarity_prior
         self.zero_logit = zero_logit
         self.pass_messages = pass_messages
         self.dropout = dropout
@@ -191,9 +118,13 @@ class MessagePassingLayer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Xavier-uniform weights and zero biases for the attention maps, as the official code does.
-        for projection in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_uniform_(projection.weight)
+        # Xavier-uniform weights and zero biases for the attention maps, as the official code does,
+        # unless an option asks for the identity (module docstring).
+        identity = {"v_proj": self.identity_values, "out_proj": self.identity_values,
+                    "q_proj": self.similarity_prior, "k_proj": self.similarity_prior}
+        for name, use_identity in identity.items():
+            projection = getattr(self, name)
+            nn.init.eye_(projection.weight) if use_identity else nn.init.xavier_uniform_(projection.weight)
             nn.init.zeros_(projection.bias)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,14 +177,23 @@ class BNNeckClassifier(nn.Module):
         return self.linear(self.norm(features))
 
 
+@dataclass
+class MessagePassingOutput:
+    """What :meth:`MessagePassingNetwork.classify` returns (N rows each)."""
+
+    features: torch.Tensor  # (N, out_dim) refined embeddings
+    logits: torch.Tensor  # (N, num_classes) MPN logits
+    attention: list[torch.Tensor] = field(default_factory=list)  # per layer (num_heads, N, N), if asked
+
+
 class MessagePassingNetwork(nn.Module):
     """Input projection, ``num_layers`` message-passing layers, and (optionally) a BNNeck classifier.
 
     ``forward(x)``: embeddings (N, dim) -> refined features (N, out_dim), where ``out_dim`` is
     ``dim``, or ``dim * num_layers`` with ``concat_layers=True`` (the Cars196 preset: the classifier
     sees every layer's output). ``forward(x, return_attention=True)`` -> (features, list with one
-    (num_heads, N, N) tensor per layer). ``classifier`` (present when ``num_classes`` is given)
-    maps features to the MPN logits (N, num_classes).
+    (num_heads, N, N) tensor per layer). ``classify(x)`` also runs the BNNeck classifier (present
+    when ``num_classes`` is given) and returns a :class:`MessagePassingOutput` with the MPN logits.
     """
 
     def __init__(
@@ -267,22 +207,30 @@ class MessagePassingNetwork(nn.Module):
         zero_logit: bool = False,
         concat_layers: bool = False,
         pass_messages: bool = True,
+        input_scale: float = 1.0,
+        identity_values: bool = False,
+        similarity_prior: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if not input_scale > 0:
+            raise ValueError(f"input_scale must be positive, got {input_scale}")
         self.dim = dim
         self.concat_layers = concat_layers
+        self.input_scale = input_scale
         self.out_dim = dim * num_layers if concat_layers else dim
         self.input_proj = nn.Linear(dim, dim)
         self.layers = nn.ModuleList(
-            MessagePassingLayer(dim, num_heads, ff_dim, dropout, zero_logit, pass_messages) for _ in range(num_layers)
+            MessagePassingLayer(dim, num_heads, ff_dim, dropout, zero_logit, pass_messages, identity_values,
+                                similarity_prior)
+            for _ in range(num_layers)
         )
         self.classifier = BNNeckClassifier(self.out_dim, num_classes) if num_classes is not None else None
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         _check_batch(x, self.dim, "MessagePassingNetwork")
-        x = self.input_proj(x)
+        x = self.input_proj(x * self.input_scale)
         outputs, attention = [], []
         for layer in self.layers:
             if return_attention:
@@ -294,6 +242,21 @@ class MessagePassingNetwork(nn.Module):
         features = torch.cat(outputs, dim=1) if self.concat_layers else x
         return (features, attention) if return_attention else features
 
+    def set_pass_messages(self, enabled: bool) -> None:
+        """Switch message passing on or off in every layer (off: the ablation control, or a warm-up)."""
+        for layer in self.layers:
+            layer.pass_messages = enabled
+
+    def classify(self, x: torch.Tensor, return_attention: bool = False) -> MessagePassingOutput:
+        """Message passing, then the MPN's own classifier: (N, dim) -> :class:`MessagePassingOutput`."""
+        if self.classifier is None:
+            raise ValueError("this MessagePassingNetwork has no classifier: build it with num_classes=C")
+        if return_attention:
+            features, attention = self(x, return_attention=True)
+        else:
+            features, attention = self(x), []
+        return MessagePassingOutput(features, self.classifier(features), attention)
+
 
 # ---------------------------------------------------------------------------------------------
 # The full model
@@ -302,7 +265,10 @@ class MessagePassingNetwork(nn.Module):
 
 @dataclass
 class ModelOutput:
-    """What the model returns in training mode (all tensors have N rows, the batch size)."""
+    """What the model's forward pass returns for training (all tensors have N rows, the batch size).
+
+    Logits are raw: the loss divides them by its temperature (``losses.MessagePassingObjective``).
+    """
 
     embeddings: torch.Tensor  # (N, D) backbone embedding, not normalised
     backbone_logits: torch.Tensor | None = None  # (N, C) or None without a classifier
@@ -329,18 +295,22 @@ class ModelConfig:
     zero_logit: bool = False
     concat_layers: bool = False
     mpn_pass_messages: bool = True  # False: ablation control without message passing
-    temperature: float = 1.0  # logits are divided by it
+    mpn_input_scale: float = 1.0  # the MPN's normalised input is multiplied by this (sqrt(D): unit coordinates)
+    mpn_identity_values: bool = False  # W_v, W_o start as the identity
+    mpn_similarity_prior: bool = False  # W_q, W_k start as the identity
 
 
 class MetricLearningModel(nn.Module):
     """Backbone -> embedding -> (backbone classifier, message passing network -> MPN classifier).
 
-    In training mode ``model(images)`` returns a :class:`ModelOutput` (logits already divided by the
-    temperature; attention only with ``return_attention=True``). In eval mode it returns the
-    L2-normalised backbone embedding (N, D), what retrieval uses; the MPN is not run.
+    Three ways in, each with one return type:
 
-    Optional test-time refinement (``refine_embeddings``): the "pseudo-test" variant of the paper,
-    which runs the trained MPN over each query's k-reciprocal neighbourhood. Off by default.
+    - ``retrieval_embeddings(images)``: the L2-normalised backbone embedding (N, D), what
+      retrieval uses at test time (the MPN is not run);
+    - ``model(images)``: a :class:`ModelOutput` for training (embeddings, both logits, attention
+      with ``return_attention=True``), whatever the train/eval mode;
+    - ``message_passing(embeddings)``: the MPN alone on backbone embeddings (normalised first, as
+      published), returning a :class:`MessagePassingOutput`.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -370,72 +340,61 @@ class MetricLearningModel(nn.Module):
                 zero_logit=config.zero_logit,
                 concat_layers=config.concat_layers,
                 pass_messages=config.mpn_pass_messages,
+                input_scale=config.mpn_input_scale,
+                identity_values=config.mpn_identity_values,
+                similarity_prior=config.mpn_similarity_prior,
             )
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone embedding, not normalised: (N, C, H, W) -> (N, D)."""
         return self.embedding(self.backbone(images))
 
-    def forward(self, images: torch.Tensor, return_attention: bool = False, gather=None):
-        """Training: :class:`ModelOutput`; eval: normalised embeddings (N, D).
+    def retrieval_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised backbone embedding, what retrieval compares: (N, C, H, W) -> (N, D).
+
+        Call it in eval mode (``model.eval()``) so BatchNorm uses its running statistics.
+        """
+        return F.normalize(self.embed(images), dim=1)
+
+    def forward(self, images: torch.Tensor, return_attention: bool = False, gather=None) -> ModelOutput:
+        """Training outputs for a batch of images: (N, C, H, W) -> :class:`ModelOutput`.
 
         ``gather`` (multi-GPU training only): a function that turns this process's embeddings
         into the global batch's, so the classifier and the MPN see every sample.
         """
         embeddings = self.embed(images)
-        if not self.training:
-            return F.normalize(embeddings, dim=1)
         if gather is not None:
             embeddings = gather(embeddings)
-        return self.heads(embeddings, return_attention)
+        return self.training_outputs(embeddings, return_attention)
 
-    def heads(self, embeddings: torch.Tensor, return_attention: bool = False) -> ModelOutput:
+    def training_outputs(self, embeddings: torch.Tensor, return_attention: bool = False) -> ModelOutput:
         """Backbone classifier and MPN on backbone embeddings (N, D) -> :class:`ModelOutput`."""
-        temperature = self.config.temperature
         output = ModelOutput(embeddings=embeddings)
         if self.classifier is not None:
-            output.backbone_logits = self.classifier(embeddings) / temperature
+            output.backbone_logits = self.classifier(embeddings)
         if self.mpn is not None:
-            refined = self.mpn(F.normalize(embeddings, dim=1), return_attention=return_attention)
-            if return_attention:
-                refined, output.attention = refined
-            output.mpn_logits = self.mpn.classifier(refined) / temperature
+            passed = self.message_passing(embeddings, return_attention)
+            output.mpn_logits, output.attention = passed.logits, passed.attention
         return output
 
-    @torch.no_grad()
-    def refine_embeddings(
-        self, embeddings: torch.Tensor, k: int = 10, chunk_size: int = 1024
-    ) -> torch.Tensor:
-        """Test-time refinement ("pseudo-test" variant): (N, D) normalised -> (N, out_dim) normalised.
-
-        For each sample, its k-reciprocal neighbourhood (the samples among its k nearest neighbours
-        that also have it among theirs) plus the sample itself forms a small graph; the trained MPN
-        (in eval mode, no dropout) refines the sample's embedding by message passing over it. The
-        result replaces the backbone embedding for retrieval. Needs an MPN; costs N small MPN passes.
-        """
+    def message_passing(self, embeddings: torch.Tensor, return_attention: bool = False) -> MessagePassingOutput:
+        """The MPN on backbone embeddings (N, D): normalised first, as published, then refined and
+        classified (:meth:`MessagePassingNetwork.classify`)."""
         if self.mpn is None:
-            raise ValueError("refine_embeddings needs a model trained with message passing (mpn_layers > 0)")
-        embeddings = F.normalize(embeddings, dim=1)
-        n = embeddings.shape[0]
-        k = min(k, n - 1)
-        if k < 1:
-            raise ValueError("refine_embeddings needs at least 2 embeddings")
-        neighbours = torch.empty(n, k, dtype=torch.long)
-        for start in range(0, n, chunk_size):
-            similarity = embeddings[start : start + chunk_size] @ embeddings.T
-            rows = torch.arange(similarity.shape[0])
-            similarity[rows, rows + start] = -math.inf  # not its own neighbour
-            neighbours[start : start + chunk_size] = similarity.topk(k, dim=1).indices
-        was_training = self.mpn.training
-        self.mpn.eval()
-        refined = []
-        for i in range(n):
-            candidates = neighbours[i]
-            reciprocal = candidates[(neighbours[candidates] == i).any(dim=1)]
-            group = torch.cat([torch.tensor([i]), reciprocal])
-            if len(group) < 2:  # no reciprocal neighbour: use the nearest one
-                group = torch.cat([torch.tensor([i]), candidates[:1]])
-            refined.append(self.mpn(embeddings[group])[0])
-        self.mpn.train(was_training)
-        return F.normalize(torch.stack(refined), dim=1)
+            raise ValueError("this model has no message passing network (train it with loss='mpn')")
+        return self.mpn.classify(F.normalize(embeddings, dim=1), return_attention)
 
+
+__all__ = [
+    "IMAGENET_WEIGHT_FILES",
+    "BNNeckClassifier",
+    "GlyphEncoder",
+    "MessagePassingLayer",
+    "MessagePassingNetwork",
+    "MessagePassingOutput",
+    "MetricLearningModel",
+    "ModelConfig",
+    "ModelOutput",
+    "ResNetBackbone",
+    "load_imagenet_weights",
+]

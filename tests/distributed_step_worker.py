@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from mpn_tutorial.distributed import from_environment
-from mpn_tutorial.training import Objective, create_model
+from mpn_tutorial.training import create_model, loss_function
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_distributed import CONFIG, NUM_CLASSES, global_batch  # noqa: E402
@@ -27,7 +27,7 @@ def main() -> None:
     local = slice(context.rank * size, (context.rank + 1) * size)
     torch.manual_seed(1)  # every rank draws the same dropout masks, as one process would
     output = ddp_model(images[local], gather=context.gather)
-    loss, _ = Objective(CONFIG)(output, context.gather_labels(labels[local]))
+    loss, _ = loss_function(CONFIG)(output, context.gather_labels(labels[local]))
     loss.backward()
     gradients = {name: p.grad.clone() for name, p in ddp_model.module.named_parameters() if p.grad is not None}
     torch.save({"loss": loss.detach(), "gradients": gradients}, output_dir / f"rank{context.rank}.pt")

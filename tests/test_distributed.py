@@ -10,7 +10,7 @@ import torch
 from mpn_tutorial.data import PKSampler
 from mpn_tutorial.distributed import ShardedBatchSampler
 from mpn_tutorial.presets import get_preset
-from mpn_tutorial.training import Objective, create_model
+from mpn_tutorial.training import create_model, loss_function
 
 CONFIG = get_preset("glyphs", glyph_channels=(8, 16), embedding_dim=16, mpn_ff_dim=32, mpn_heads=2, device="cpu")
 NUM_CLASSES = 6
@@ -40,7 +40,7 @@ def test_a_distributed_step_equals_one_process_over_the_concatenated_batch(tmp_p
     model = create_model(CONFIG, NUM_CLASSES).train()
     images, labels = global_batch()
     torch.manual_seed(1)
-    loss, _ = Objective(CONFIG)(model(images), labels)
+    loss, _ = loss_function(CONFIG)(model(images), labels)
     loss.backward()
     # Float tolerance relative to the model's largest gradient entry: sums run in another order, and
     # some gradients are zero in exact arithmetic (the key bias; the last LayerNorm, which the BNNeck

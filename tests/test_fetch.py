@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import http.server
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mpn_tutorial.data import fetch
+from mpn_tutorial.__main__ import main
+from mpn_tutorial.data import fetch, registry
 from mpn_tutorial.data.benchmarks import CUB200, InShop
 from mpn_tutorial.data.fetch import (
     ChecksumMismatchError,
@@ -345,9 +345,9 @@ def local_cub(server, tmp_path, monkeypatch):
     data = fake_cub_archive(tmp_path / "served.tgz")
     server.files["/CUB_200_2011.tgz"] = data
     digest = hashlib.sha256(data).hexdigest()
-    entry = fetch.DATASETS["cub"]
+    entry = registry.DATASETS["cub"]
     file = dataclasses.replace(entry.files[0], url=server.url("/CUB_200_2011.tgz"), sha256=digest)
-    monkeypatch.setitem(fetch.DATASETS, "cub", dataclasses.replace(entry, files=(file,)))
+    monkeypatch.setitem(registry.DATASETS, "cub", dataclasses.replace(entry, files=(file,)))
     return digest
 
 
@@ -400,7 +400,7 @@ def test_manually_placed_files_are_extracted_and_the_reader_opens_them(tmp_path)
 def test_a_manually_placed_archive_with_a_wrong_checksum_is_refused_and_kept(tmp_path):
     archive = tmp_path / "CUB_200_2011.tgz"
     archive.write_bytes(b"an html error page saved as .tgz")
-    with pytest.raises(ChecksumMismatchError, match=fetch.DATASETS["cub"].files[0].sha256):
+    with pytest.raises(ChecksumMismatchError, match=registry.DATASETS["cub"].files[0].sha256):
         fetch_dataset("cub", tmp_path)
     assert archive.exists()  # never delete what the user put there
 
@@ -410,15 +410,8 @@ def test_unknown_dataset_name_lists_the_known_ones(tmp_path):
         fetch_dataset("mnist", tmp_path)
 
 
-def test_fetch_arguments_parse_a_name_and_a_root():
-    parser = fetch.add_fetch_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["sop", "--root", "/big/disk"])
-    assert (args.name, args.root) == ("sop", "/big/disk")
-    assert parser.parse_args(["cars"]).root == "data"
-
-
 def test_run_fetch_prints_manual_instructions_and_returns_2(tmp_path, capsys):
-    code = fetch.run_fetch(argparse.Namespace(name="cars", root=str(tmp_path)))
+    code = main(["fetch", "cars", "--root", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 2
     assert str(tmp_path / "cars196" / "car_ims.tgz") in out and "cars_annos.mat" in out
@@ -429,7 +422,7 @@ def test_run_fetch_reports_a_failed_download_without_a_traceback_and_returns_1(
     server, tmp_path, local_cub, monkeypatch, capsys
 ):
     server.files["/CUB_200_2011.tgz"] = b"corrupted bytes"
-    code = fetch.run_fetch(argparse.Namespace(name="cub", root=str(tmp_path)))
+    code = main(["fetch", "cub", "--root", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 1
     assert "SHA-256 mismatch" in err and local_cub in err
@@ -437,14 +430,14 @@ def test_run_fetch_reports_a_failed_download_without_a_traceback_and_returns_1(
 
 
 def test_run_fetch_names_the_reader_root_and_returns_0(server, tmp_path, local_cub, capsys):
-    code = fetch.run_fetch(argparse.Namespace(name="cub", root=str(tmp_path)))
+    code = main(["fetch", "cub", "--root", str(tmp_path)])
     out, _ = capsys.readouterr()
     assert code == 0
     assert f'CUB200(root="{tmp_path / "CUB_200_2011"}"' in out
 
 
 def test_every_registry_entry_names_a_destination_and_a_way_to_get_each_file():
-    for source in fetch.DATASETS.values():
+    for source in registry.DATASETS.values():
         for file in source.files:
             assert file.url or file.manual
             assert not Path(file.path).is_absolute() and ".." not in Path(file.path).parts

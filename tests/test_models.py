@@ -99,12 +99,13 @@ def test_wrong_embedding_width_gets_a_clear_error():
 def _glyph_model(mpn_layers=1):
     torch.manual_seed(0)
     config = ModelConfig(embedding_dim=16, num_classes=5, glyph_channels=(8, 16), mpn_layers=mpn_layers,
-                         mpn_heads=2, mpn_ff_dim=32, temperature=0.5)
+                         mpn_heads=2, mpn_ff_dim=32)
     return MetricLearningModel(config)
 
 
-def test_model_in_training_returns_logits_embeddings_and_attention_on_request():
-    model = _glyph_model().train()
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_the_forward_pass_returns_training_outputs_in_either_mode(mode):
+    model = _glyph_model().train(mode == "train")
     output = model(torch.randn(6, 1, 32, 32), return_attention=True)
     assert isinstance(output, ModelOutput)
     assert output.embeddings.shape == (6, 16)
@@ -112,38 +113,28 @@ def test_model_in_training_returns_logits_embeddings_and_attention_on_request():
     assert len(output.attention) == 1 and output.attention[0].shape == (2, 6, 6)
 
 
-def test_model_in_eval_returns_normalised_backbone_embedding_only():
+def test_retrieval_embeddings_are_the_normalised_backbone_embedding():
     model = _glyph_model().eval()
     images = torch.randn(6, 1, 32, 32)
-    embeddings = model(images)
+    embeddings = model.retrieval_embeddings(images)
     torch.testing.assert_close(embeddings, F.normalize(model.embed(images), dim=1))
     torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(6))
 
 
-def test_logits_are_divided_by_the_temperature():
+def test_the_mpn_runs_on_normalised_embeddings_and_classifies_with_its_own_classifier():
+    model = _glyph_model().eval()
+    embeddings = torch.randn(6, 16) * 5
+    output = model.message_passing(embeddings)
+    features = model.mpn(F.normalize(embeddings, dim=1))
+    torch.testing.assert_close(output.features, features)
+    torch.testing.assert_close(output.logits, model.mpn.classifier(features))
+
+
+def test_the_model_returns_raw_logits_the_loss_applies_the_temperature():
     model = _glyph_model().train()
     torch.manual_seed(1)
     output = model(torch.randn(6, 1, 32, 32))
-    torch.testing.assert_close(output.backbone_logits, model.classifier(output.embeddings) / 0.5)
-
-
-def test_refinement_runs_the_mpn_over_reciprocal_neighbourhoods():
-    model = _glyph_model().eval()
-    # two tight clusters: each point's reciprocal neighbours are its own cluster
-    centres = torch.stack([F.one_hot(torch.tensor(0), 16), F.one_hot(torch.tensor(1), 16)]).float()
-    embeddings = torch.cat([centres[0] + 0.01 * torch.randn(3, 16), centres[1] + 0.01 * torch.randn(3, 16)])
-    refined = model.refine_embeddings(embeddings, k=2)
-    assert refined.shape == (6, 16)
-    torch.testing.assert_close(refined.norm(dim=1), torch.ones(6))
-    normalized = F.normalize(embeddings, dim=1)
-    expected_first = F.normalize(model.mpn(normalized[[0, 1, 2]])[0], dim=0)
-    torch.testing.assert_close(refined[0], expected_first, rtol=1e-5, atol=1e-5)
-
-
-def test_refinement_without_an_mpn_is_refused():
-    config = ModelConfig(embedding_dim=16, num_classes=5, glyph_channels=(8,), mpn_layers=0)
-    with pytest.raises(ValueError, match="message passing"):
-        MetricLearningModel(config).refine_embeddings(torch.randn(4, 16))
+    torch.testing.assert_close(output.backbone_logits, model.classifier(output.embeddings))
 
 
 def test_glyph_encoder_uses_global_max_pooling():
@@ -197,3 +188,41 @@ def test_without_message_passing_each_output_depends_only_on_its_own_input():
     with_messages = MessagePassingNetwork(16, 1, 2, ff_dim=32).eval()
     with_messages.load_state_dict(network.state_dict())
     assert not torch.allclose(with_messages(changed)[0], with_messages(x)[0])
+
+
+def test_identity_values_make_a_message_the_attention_weighted_mean_of_the_inputs():
+    torch.manual_seed(0)
+    layer = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0, identity_values=True).eval()
+    x = torch.randn(5, 8)
+    _, attention = layer(x, return_attention=True)
+    expected = torch.cat([attention[h] @ x[:, 4 * h : 4 * (h + 1)] for h in range(2)], dim=1)
+    heads = [attention[h] @ layer.v_proj(x)[:, 4 * h : 4 * (h + 1)] for h in range(2)]
+    torch.testing.assert_close(layer.out_proj(torch.cat(heads, dim=1)), expected)
+
+
+def test_a_similarity_prior_starts_attention_as_the_scaled_similarity_of_the_inputs():
+    torch.manual_seed(0)
+    layer = MessagePassingLayer(8, 1, ff_dim=16, dropout=0.0, similarity_prior=True).eval()
+    x = torch.randn(5, 8)
+    _, attention = layer(x, return_attention=True)
+    torch.testing.assert_close(attention[0], torch.softmax(x @ x.T / math.sqrt(8), dim=1))
+
+
+def test_the_input_scale_multiplies_the_mpn_input_before_its_projection():
+    torch.manual_seed(0)
+    scaled = MessagePassingNetwork(8, 1, 2, ff_dim=16, dropout=0.0, input_scale=3.0).eval()
+    plain = MessagePassingNetwork(8, 1, 2, ff_dim=16, dropout=0.0).eval()
+    plain.load_state_dict(scaled.state_dict())
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(scaled(x), plain(3.0 * x))
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(dim=16, num_heads=0), "at least 1"),
+    (dict(dim=16, num_heads=3), "divisible"),
+    (dict(dim=0, num_heads=1), "at least 1"),
+    (dict(dim=16, num_heads=2, dropout=1.0), "dropout"),
+])
+def test_impossible_layer_shapes_are_refused_with_a_clear_message(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        MessagePassingLayer(**arguments)

@@ -4,21 +4,14 @@ import fractions
 import pytest
 import torch
 
+from mpn_tutorial.callbacks import AttentionCapture, Callback, EmbeddingSnapshots
+from mpn_tutorial.checkpoints import load_checkpoint, load_model
+from mpn_tutorial.data.build import build_datasets
+from mpn_tutorial.evaluation import embed_dataset, evaluate, refine_embeddings
 from mpn_tutorial.metrics import recall_at_k
 from mpn_tutorial.presets import get_preset
-from mpn_tutorial.training import (
-    AttentionCapture,
-    Callback,
-    EmbeddingSnapshots,
-    build_datasets,
-    create_model,
-    embed_dataset,
-    evaluate,
-    load_checkpoint,
-    load_model,
-    train,
-    train_cached,
-)
+from mpn_tutorial.run_store import train_cached
+from mpn_tutorial.training import create_model, train
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +69,7 @@ def test_a_saved_model_reloads_with_the_same_embeddings(tiny, tiny_datasets, tmp
     result = train(tiny, datasets=tiny_datasets, progress=False, checkpoint_dir=tmp_path, evaluate_test=False)
     model, config = load_model(tmp_path / "best.pt")
     images, _ = tiny_datasets.val.batch(range(8))
-    torch.testing.assert_close(model(images), result.model.eval()(images))
+    torch.testing.assert_close(model.retrieval_embeddings(images), result.model.eval().retrieval_embeddings(images))
     assert config == tiny
 
 
@@ -191,5 +184,5 @@ def test_evaluation_with_test_time_refinement_uses_the_refined_embeddings(tiny, 
     plain = evaluate(result.model, tiny_datasets.val, ks=(1,))
     refined = evaluate(result.model, tiny_datasets.val, ks=(1,), refine_k=5)
     embeddings, labels = embed_dataset(result.model, tiny_datasets.val)
-    expected = recall_at_k(result.model.refine_embeddings(embeddings, k=5), labels, ks=(1,))[1]
+    expected = recall_at_k(refine_embeddings(result.model, embeddings, k=5), labels, ks=(1,))[1]
     assert refined["recall@1"] == expected and plain["recall@1"] != expected

@@ -86,6 +86,28 @@ def test_umap_across_training_is_deterministic_and_places_every_snapshot_on_one_
         np.testing.assert_array_equal(a, b)
 
 
+def test_umap_places_every_epoch_on_the_map_fitted_once(monkeypatch):
+    import umap
+
+    fitted = []
+    original_fit = umap.UMAP.fit
+
+    def counting_fit(self, data, *args, **kwargs):
+        fitted.append(np.asarray(data).copy())
+        return original_fit(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(umap.UMAP, "fit", counting_fit)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8))
+    labels = np.repeat(np.arange(4), 15)
+    snapshots = [(e, centres[labels] * e + rng.normal(size=(60, 8))) for e in (0, 1, 2)]
+    frames = viz.umap_across_training(snapshots, seed=0)
+    assert len(fitted) == 1  # one shared map: an explorer fitting each epoch separately fails here
+    np.testing.assert_array_equal(fitted[0], snapshots[-1][1].astype(np.float32))
+    # the reference epoch lands where a transform of the fitted map puts it, like every other epoch
+    assert all(coordinates.shape == (60, 2) for _, coordinates in frames)
+
+
 def test_exported_animation_has_one_frame_per_epoch(tmp_path):
     frames = [(e, np.random.default_rng(e).normal(size=(12, 2))) for e in range(3)]
     path = viz.export_animation(frames, LABELS, tmp_path / "epochs.gif")

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from mpn_tutorial.data.fetch import DATASETS
+from mpn_tutorial.data.registry import DATASETS
 
 __all__ = [
     "BenchmarkDataset",
@@ -75,7 +75,7 @@ class BenchmarkDataset(torch.utils.data.Dataset):
     """
 
     title: ClassVar[str]  # human name, for messages
-    fetch_name: ClassVar[str]  # its key in mpn_tutorial.data.fetch.DATASETS
+    fetch_name: ClassVar[str]  # its key in mpn_tutorial.data.registry.DATASETS
     layout: ClassVar[str]  # what a correct root holds, for messages
     index_files: ClassVar[tuple[str, ...]]  # relative to root; all must exist
     splits: ClassVar[tuple[str, ...]] = ("train", "test")

@@ -1,5 +1,6 @@
-"""Obtaining the four benchmarks: a registry of their archives, a resumable verified download, and
-an extraction that refuses archive members escaping the target folder.
+"""Obtaining the four benchmarks: a resumable verified download, and an extraction that refuses
+archive members escaping the target folder. What to download (addresses, checksums, folders) is in
+``registry.py``; the command line that calls this module is in ``mpn_tutorial/__main__.py``.
 
 ``python -m mpn_tutorial fetch NAME --root DIR`` (NAME: cub, cars, sop, inshop) downloads, verifies
 and extracts what can be downloaded, and otherwise prints exactly which file to download by hand,
@@ -20,11 +21,9 @@ Only the standard library is used for HTTP (``urllib``), so fetching needs no ex
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import os
-import sys
 import tarfile
 import time
 import urllib.error
@@ -32,8 +31,9 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PureWindowsPath
+
+from mpn_tutorial.data.registry import DatasetSource, RemoteFile, dataset_source
 
 USER_AGENT = "mpn_tutorial-fetch/0.1 (python urllib)"
 ProgressCallback = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
@@ -61,169 +61,6 @@ class UnsafeArchiveError(FetchError):
 
 class ManualDownloadRequired(FetchError):
     """The dataset cannot be downloaded automatically; the message says what to download by hand."""
-
-
-# --------------------------------------------------------------------------------------------
-# The registry
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file of a dataset release.
-
-    Attributes:
-        path: where the file goes, relative to the fetch root (POSIX separators).
-        url: direct download address; None when it must be downloaded by hand.
-        sha256: expected SHA-256 (hex); None when no trustworthy published value is known.
-        size: size in bytes, for messages only (None when unknown).
-        extract_to: folder (relative to the fetch root) the archive is extracted into; None for a
-            file that is used as it is.
-        manual: where to get the file by hand (also the fallback when ``url`` fails).
-    """
-
-    path: str
-    url: str | None = None
-    sha256: str | None = None
-    size: int | None = None
-    extract_to: str | None = None
-    manual: str = ""
-
-    @property
-    def name(self) -> str:
-        return PurePosixPath(self.path).name
-
-
-@dataclass(frozen=True)
-class DatasetSource:
-    """A benchmark: its files, and the folder (relative to the fetch root) its reader takes as ``root``."""
-
-    name: str
-    title: str
-    reader: str
-    splits: tuple[str, ...]
-    folder: str
-    homepage: str
-    licence: str
-    files: tuple[RemoteFile, ...]
-    note: str = ""
-
-
-DATASETS: dict[str, DatasetSource] = {
-    "cub": DatasetSource(
-        name="cub",
-        title="CUB-200-2011",
-        reader="CUB200",
-        splits=("train", "test"),
-        folder="CUB_200_2011",
-        homepage="https://www.vision.caltech.edu/datasets/cub_200_2011/",
-        licence="research use (Caltech); the images come from Flickr, copyrights with their photographers",
-        files=(
-            RemoteFile(
-                path="CUB_200_2011.tgz",
-                url="https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
-                # The value published in TensorFlow Datasets' and torchvision's checksum tables for
-                # this archive (MD5 97eceeb196236b17998738112f37df78 in older loaders).
-                sha256="0c685df5597a8b24909f6a7c9db6d11e008733779a671760afef78feb49bf081",
-                size=1_150_585_339,
-                extract_to=".",  # the archive holds CUB_200_2011/ (and a stray attributes.txt)
-                manual="https://data.caltech.edu/records/65de6-vp158 (file CUB_200_2011.tgz)",
-            ),
-        ),
-    ),
-    "cars": DatasetSource(
-        name="cars",
-        title="Cars196 (Stanford Cars)",
-        reader="Cars196",
-        splits=("train", "test"),
-        folder="cars196",
-        homepage="https://ai.stanford.edu/~jkrause/cars/car_dataset.html",
-        licence="research / non-commercial use (Stanford); images from the web, copyrights with their owners",
-        files=(
-            RemoteFile(
-                path="cars196/car_ims.tgz",
-                size=None,  # about 1.9 GB
-                extract_to="cars196",  # the archive holds car_ims/000001.jpg ... 016185.jpg
-                manual=(
-                    "the 'all images' release car_ims.tgz (16,185 images; "
-                    "MD5 d5c8f0aa497503f355e17dc7886c3f14), once at "
-                    "http://ai.stanford.edu/~jkrause/car196/car_ims.tgz; that link is dead, so use a mirror "
-                    "you trust (not the train/test-split cars_train.tgz / cars_test.tgz)"
-                ),
-            ),
-            RemoteFile(
-                path="cars196/cars_annos.mat",
-                manual=(
-                    "cars_annos.mat (annotations of all 16,185 images; "
-                    "MD5 b407c6086d669747186bd1d764ff9dbc), once at "
-                    "http://ai.stanford.edu/~jkrause/car196/cars_annos.mat; use a mirror you trust"
-                ),
-            ),
-        ),
-        note="the original Stanford download links no longer work",
-    ),
-    "sop": DatasetSource(
-        name="sop",
-        title="Stanford Online Products",
-        reader="StanfordOnlineProducts",
-        splits=("train", "test"),
-        folder="Stanford_Online_Products",
-        homepage="https://cvgl.stanford.edu/projects/lifted_struct/",
-        licence="research use (Stanford CVGL); product photos from eBay, copyrights with their owners",
-        files=(
-            RemoteFile(
-                path="Stanford_Online_Products.zip",
-                # The HTTP face of ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip: HTTP
-                # lets an interrupted 3 GB download resume (FTP through urllib cannot).
-                url="http://ftp.cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip",
-                # TensorFlow Datasets' checksum table for the same archive.
-                sha256="b04fa78210e69fab050ce73939550e1cd0f96890bdd98ec9fee732c3b756ef48",
-                size=3_083_860_082,
-                extract_to=".",  # the archive holds Stanford_Online_Products/
-                manual=(
-                    "ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip (also linked from "
-                    "https://github.com/rksltnl/Deep-Metric-Learning-CVPR16)"
-                ),
-            ),
-        ),
-    ),
-    "inshop": DatasetSource(
-        name="inshop",
-        title="In-Shop Clothes Retrieval (DeepFashion)",
-        reader="InShop",
-        splits=("train", "query", "gallery"),
-        folder="inshop",
-        homepage="https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion/InShopRetrieval.html",
-        licence=(
-            "non-commercial research and educational use only (CUHK MMLab DeepFashion agreement); "
-            "the images' copyrights are not the authors'"
-        ),
-        files=(
-            RemoteFile(
-                path="inshop/Img/img.zip",
-                extract_to="inshop/Img",  # the zip holds img/MEN/... and img/WOMEN/...
-                manual=(
-                    "Img/img.zip (52,712 images, 256x256; not img_highres.zip) in the Google Drive folder "
-                    "'In-shop Clothes Retrieval Benchmark' linked from "
-                    "https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion/InShopRetrieval.html"
-                ),
-            ),
-            RemoteFile(
-                path="inshop/Eval/list_eval_partition.txt",
-                manual="Eval/list_eval_partition.txt in the same Google Drive folder",
-            ),
-        ),
-        note="Google Drive needs a browser, and the dataset's agreement must be accepted first",
-    ),
-}
-
-
-def dataset_source(name: str) -> DatasetSource:
-    """The registry entry for ``name`` (cub, cars, sop, inshop)."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise FetchError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,7 +374,10 @@ def fetch_dataset(
         DownloadError, ChecksumMismatchError, UnsafeArchiveError: see :func:`download` and
             :func:`safe_extract`.
     """
-    source = dataset_source(name)
+    try:
+        source = dataset_source(name)
+    except ValueError as error:
+        raise FetchError(str(error)) from None
     root = Path(root).expanduser().absolute()
     pending = [file for file in source.files if not _is_done(root, file)]
     manual = [file for file in pending if file.url is None and not (root / file.path).exists()]
@@ -603,53 +443,3 @@ def manual_instructions(source: DatasetSource, root: Path, files: list[RemoteFil
         f"Licence: {source.licence}. Details: data/README.md and {source.homepage}",
     ]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-
-
-def add_fetch_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the arguments of ``fetch NAME --root DIR`` to ``parser`` (a subcommand parser)."""
-    parser.add_argument("name", choices=list(DATASETS), help="benchmark to fetch: " + ", ".join(DATASETS))
-    parser.add_argument(
-        "--root", default="data", help="folder that receives the archives and extracted data (default: data)"
-    )
-    return parser
-
-
-class _ProgressPrinter:
-    """Prints a line to stderr every 5 % (or every 256 MiB when the size is unknown)."""
-
-    def __init__(self) -> None:
-        self.last_step = -1
-
-    def __call__(self, received: int, total: int | None) -> None:
-        step = received * 20 // total if total else received // (256 << 20)
-        if step != self.last_step:
-            self.last_step = step
-            of_total = f" of {total / 2**20:,.1f} MiB ({100 * received / total:.0f} %)" if total else " MiB"
-            print(f"  {received / 2**20:,.1f}{of_total}", file=sys.stderr, flush=True)
-
-
-def run_fetch(args: argparse.Namespace) -> int:
-    """Handler of ``fetch``: 0 when the data is ready, 2 when a manual download is needed, 1 on error.
-
-    Expected failures print a message, never a traceback.
-    """
-    try:
-        source = dataset_source(args.name)
-        folder = fetch_dataset(args.name, args.root, progress=_ProgressPrinter())
-    except ManualDownloadRequired as exc:
-        print(exc)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except (FetchError, OSError) as exc:  # OSError: disk full, permission denied, ...
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    splits = " | ".join(f'"{split}"' for split in source.splits)
-    print(f'{source.title} is ready in {folder}\n  {source.reader}(root="{folder}", split={splits})')
-    return 0

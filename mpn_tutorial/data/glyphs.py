@@ -24,7 +24,6 @@ reader never sees half a file).
 from __future__ import annotations
 
 import os
-import tempfile
 import unicodedata
 import warnings
 import zipfile
@@ -35,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mpn_tutorial.atomic import write_atomically
 
 SPLITS = ("train", "val", "test")
 # Bump when anything below changes what is generated: old caches are then ignored.
@@ -321,6 +322,25 @@ def split_classes(num_classes: int, seed: int, val_fraction: float = 0.2) -> np.
     return split
 
 
+MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = CANVAS  # rendered at 64 px: larger images would only be upscaled
+MIN_IMAGES_PER_CLASS = 2  # a P×K batch needs at least 2 images of a class (a positive pair)
+
+
+def check_glyph_settings(image_size: int, images_per_class: int) -> None:
+    """Refuse sizes no dataset can have, with a message that says what would work."""
+    if not isinstance(image_size, int) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"image_size must be a whole number of pixels from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (glyphs are "
+            f"rendered at {CANVAS} px), got {image_size!r}; the default is 32"
+        )
+    if not isinstance(images_per_class, int) or images_per_class < MIN_IMAGES_PER_CLASS:
+        raise ValueError(
+            f"images_per_class must be at least {MIN_IMAGES_PER_CLASS} (metric learning needs pairs of a class), "
+            f"got {images_per_class!r}; the default is 48"
+        )
+
+
 def cache_path(root: str | os.PathLike, seed: int, image_size: int, images_per_class: int) -> Path:
     name = f"glyphs-v{GLYPH_FORMAT_VERSION}-seed{seed}-{image_size}px-{images_per_class}per-class.npz"
     return Path(root) / "glyphs" / name
@@ -333,6 +353,7 @@ def load_glyphs(
     root: str | os.PathLike = "data", seed: int = 0, image_size: int = 32, images_per_class: int = 48
 ) -> dict[str, np.ndarray]:
     """The generated arrays from the cache, generating (and caching) them first if needed."""
+    check_glyph_settings(image_size, images_per_class)
     path = cache_path(root, seed, image_size, images_per_class)
     if path.exists():
         try:
@@ -344,22 +365,8 @@ def load_glyphs(
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
             warnings.warn(f"glyph cache {path} is unreadable ({error}); regenerating it", stacklevel=2)
     arrays = generate_glyphs(seed, image_size, images_per_class)
-    _write_atomically(path, arrays)
+    write_atomically(path, lambda file: np.savez(file, **arrays))
     return arrays
-
-
-def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class GlyphDataset(torch.utils.data.Dataset):
@@ -372,7 +379,9 @@ class GlyphDataset(torch.utils.data.Dataset):
         seed: decides the class split and every augmentation.
         image_size: side of the square images.
         images_per_class: at least 48 by default.
-        transform: optional callable applied to each ``(1, H, W)`` float image.
+        transform: optional callable applied to each ``(1, H, W)`` float image (by ``ds[i]`` and by
+            :meth:`batch`, image by image).
+        val_fraction: share of the training half's classes held out as the validation split.
 
     ``ds[i]`` is ``(image (1, H, W) float32 in [0, 1], label int)``; ``ds.labels`` is (len,) int64,
     contiguous in ``0 .. ds.num_classes - 1``; ``ds.characters[label]`` is the class's character.
@@ -386,13 +395,17 @@ class GlyphDataset(torch.utils.data.Dataset):
         image_size: int = 32,
         images_per_class: int = 48,
         transform=None,
+        val_fraction: float = 0.2,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        if not 0 < val_fraction < 1:
+            raise ValueError(
+                f"val_fraction must be between 0 and 1 (a share of the training classes), got {val_fraction}"
+            )
         arrays = load_glyphs(root, seed, image_size, images_per_class)
-        chosen_classes = np.flatnonzero(arrays["class_split"] == SPLITS.index(split))
+        class_split = split_classes(len(arrays["codepoints"]), seed, val_fraction)
+        chosen_classes = np.flatnonzero(class_split == SPLITS.index(split))
         keep = np.isin(arrays["labels"], chosen_classes)
         relabel = np.full(len(arrays["codepoints"]), -1, dtype=np.int64)
         relabel[chosen_classes] = np.arange(len(chosen_classes))
@@ -418,20 +431,19 @@ class GlyphDataset(torch.utils.data.Dataset):
         return image, int(self.labels[index])
 
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``(B, 1, H, W)`` and labels ``(B,)`` for many indices at once (no transform)."""
+        """Images ``(B, 1, H, W)`` and labels ``(B,)`` for many indices at once (the fast path of
+        training and evaluation); the transform, if any, is applied to each image as ``ds[i]`` does."""
         indices = torch.as_tensor(indices)
-        return self.images[indices].float().div_(255.0)[:, None], self.labels[indices]
+        images = self.images[indices].float().div_(255.0)[:, None]
+        if self.transform is not None:
+            images = torch.stack([self.transform(image) for image in images])
+        return images, self.labels[indices]
 
     def __repr__(self) -> str:
         return (
             f"GlyphDataset(split={self.split!r}, classes={self.num_classes}, images={len(self)}, "
             f"size={tuple(self.images.shape[1:])}, seed={self.seed})"
         )
-
-
-def font_names() -> list[str]:
-    """Human-readable face names, index-aligned with ``GlyphClass.faces``."""
-    return [Path(name).stem for name in FONT_FILES]
 
 
 __all__ = [
@@ -444,5 +456,4 @@ __all__ = [
     "render_character",
     "render_missing_glyph",
     "split_classes",
-    "font_names",
 ]

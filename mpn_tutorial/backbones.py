@@ -1,0 +1,106 @@
+"""Backbones: images (B, C, H, W) -> features (B, feature_dim), with global max pooling as published.
+
+- :class:`GlyphEncoder`: a small CNN for the 32×32 glyphs, the CPU default;
+- :class:`ResNetBackbone`: torchvision's ResNet-18/50 without its classifier (the published recipe
+  uses an ImageNet-pretrained ResNet-50).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class GlyphEncoder(nn.Module):
+    """A small CNN for 32×32 one-channel glyphs, the CPU default.
+
+    One block per entry of ``channels`` (conv 3×3, BatchNorm, ReLU; 2×2 max-pool between blocks),
+    then global max pooling, like the ResNet head of the paper. (B, in_channels, H, W) ->
+    (B, channels[-1]). Runs in channels-last memory layout, which is faster for convolutions on CPU.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for index, width in enumerate(channels):
+            if index > 0:
+                layers.append(nn.MaxPool2d(2))
+            layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+            previous = width
+        self.features = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        self.feature_dim = previous
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.features(images.contiguous(memory_format=torch.channels_last))
+        return torch.amax(features, dim=(2, 3))  # global max pooling
+
+
+IMAGENET_WEIGHT_FILES = {
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+}
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet-18/50 without its classifier, with global **max** pooling (as published).
+
+    ``pretrained=True`` loads ImageNet weights from ``weights_path`` when given, else from torch's
+    hub cache (``$TORCH_HOME/hub/checkpoints``), downloading them when the network allows. Offline
+    and without the file, a clear error says how to get them; ``pretrained=False`` always works.
+    ``checkpointing=True`` recomputes each residual stage in the backward pass (activation
+    checkpointing) to fit larger batches in GPU memory.
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet50",
+        pretrained: bool = True,
+        weights_path: str | os.PathLike | None = None,
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        import torchvision
+
+        if name not in IMAGENET_WEIGHT_FILES:
+            raise ValueError(f"backbone must be one of {sorted(IMAGENET_WEIGHT_FILES)}, got {name!r}")
+        network = getattr(torchvision.models, name)(weights=None)
+        if pretrained:
+            network.load_state_dict(load_imagenet_weights(name, weights_path))
+        self.stem = nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool)
+        self.stages = nn.ModuleList([network.layer1, network.layer2, network.layer3, network.layer4])
+        self.feature_dim = network.fc.in_features
+        self.checkpointing = checkpointing
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.stem(images)
+        for stage in self.stages:
+            if self.checkpointing and self.training and x.requires_grad:
+                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
+        return torch.amax(x, dim=(2, 3))
+
+
+def load_imagenet_weights(name: str, weights_path: str | os.PathLike | None = None) -> dict:
+    """ImageNet weights for a torchvision ResNet, loaded with ``weights_only=True``."""
+    if weights_path is not None:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ImageNet weights file {path} does not exist")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    import torchvision
+
+    weights = {"resnet18": torchvision.models.ResNet18_Weights, "resnet50": torchvision.models.ResNet50_Weights}
+    try:
+        return weights[name].IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
+    except Exception as error:  # URLError, OSError, ...: offline or blocked
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_WEIGHT_FILES[name]
+        raise RuntimeError(
+            f"could not load ImageNet weights for {name} ({error.__class__.__name__}: {error}). "
+            f"On a machine with internet access, download {weights[name].IMAGENET1K_V1.url} and copy it to "
+            f"{cache} (or pass weights_path=...), or build the model with pretrained=False."
+        ) from error

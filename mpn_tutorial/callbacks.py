@@ -1,0 +1,161 @@
+"""Observers of training: they see the run after every epoch and never change it.
+
+:func:`~mpn_tutorial.training.train` calls ``on_train_start(state)`` once and
+``on_epoch_end(state)`` after every epoch, where ``state`` is the live :class:`TrainState`.
+
+- :class:`EmbeddingSnapshots`: embeddings of a dataset before training and after every epoch (UMAP);
+- :class:`AttentionCapture`: the MPN's attention on one fixed batch, likewise (attention maps);
+- :class:`CSVLogger`, :class:`TensorBoardLogger`: each epoch's numbers.
+
+The recordings are plain arrays: ``state_dict()`` returns them, ``load_state_dict()`` restores them
+(the notebooks' run store keeps them with a finished run).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mpn_tutorial.atomic import write_atomically
+from mpn_tutorial.config import TrainConfig
+from mpn_tutorial.data.build import Datasets
+from mpn_tutorial.evaluation import batch_attention, embed_dataset
+from mpn_tutorial.models import MetricLearningModel
+
+
+@dataclass
+class TrainState:
+    """What callbacks see: the run's configuration, model, datasets and progress so far."""
+
+    config: TrainConfig
+    model: MetricLearningModel
+    datasets: Datasets
+    epoch: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metric: float = -math.inf
+
+
+class Callback:
+    """Hooks called by :func:`~mpn_tutorial.training.train`; override the ones you need."""
+
+    def on_train_start(self, state: TrainState) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def on_epoch_end(self, state: TrainState) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class EmbeddingSnapshots(Callback):
+    """Embeddings of ``dataset`` before training (epoch 0) and after every ``every`` epochs.
+
+    ``snapshots``: list of ``(epoch, (N, D) float32 numpy array)``; ``labels``: (N,) numpy.
+    Evaluation-mode forward passes use no random numbers, so taking snapshots never changes
+    the training run.
+    """
+
+    def __init__(self, dataset, every: int = 1, batch_size: int = 512) -> None:
+        self.dataset = dataset
+        self.every = every
+        self.batch_size = batch_size
+        self.snapshots: list[tuple[int, np.ndarray]] = []
+        self.labels: np.ndarray | None = None
+
+    def _take(self, state: TrainState) -> None:
+        embeddings, labels = embed_dataset(state.model, self.dataset, self.batch_size)
+        self.snapshots.append((state.epoch, embeddings.numpy()))
+        self.labels = labels.numpy()
+
+    def on_train_start(self, state: TrainState) -> None:
+        if state.epoch == 0:
+            self._take(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if state.epoch % self.every == 0 or state.epoch == state.config.epochs:
+            self._take(state)
+
+    def state_dict(self) -> dict:
+        return {"epochs": [epoch for epoch, _ in self.snapshots],
+                "embeddings": [torch.from_numpy(e) for _, e in self.snapshots],
+                "labels": torch.from_numpy(self.labels)}
+
+    def load_state_dict(self, recordings: dict) -> None:
+        self.snapshots = [(int(epoch), embeddings.numpy())
+                          for epoch, embeddings in zip(recordings["epochs"], recordings["embeddings"])]
+        self.labels = recordings["labels"].numpy()
+
+
+class AttentionCapture(Callback):
+    """Attention of the MPN on one fixed batch, after every epoch (model in eval mode, no dropout).
+
+    ``snapshots``: list of ``(epoch, array (num_layers, num_heads, N, N))`` where entry
+    ``[l, h, i, j]`` is the weight sample i gives to sample j in head h of layer l.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = torch.as_tensor(labels)
+        self.snapshots: list[tuple[int, np.ndarray]] = []
+
+    def attention(self, model: MetricLearningModel) -> np.ndarray:
+        """The model's attention on the batch now: (num_layers, num_heads, N, N)."""
+        return batch_attention(model, self.images)
+
+    def on_train_start(self, state: TrainState) -> None:
+        if state.epoch == 0:
+            self.snapshots.append((0, self.attention(state.model)))
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self.snapshots.append((state.epoch, self.attention(state.model)))
+
+    def state_dict(self) -> dict:
+        return {"epochs": [epoch for epoch, _ in self.snapshots],
+                "attention": [torch.from_numpy(a) for _, a in self.snapshots]}
+
+    def load_state_dict(self, recordings: dict) -> None:
+        self.snapshots = [(int(epoch), attention.numpy())
+                          for epoch, attention in zip(recordings["epochs"], recordings["attention"])]
+
+
+class CSVLogger(Callback):
+    """Writes the run's history, one row per epoch, to a CSV file.
+
+    The whole file is rewritten (atomically) after every epoch from the run's history, so it always
+    holds exactly this run's epochs: a resumed run continues it, and a killed run never leaves a
+    half-written row or a row its checkpoint does not have.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        names = list(dict.fromkeys(name for row in state.history for name in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(state.history)
+        write_atomically(self.path, lambda file: file.write(text.getvalue().encode()))
+
+
+class TensorBoardLogger(Callback):
+    """Logs each epoch's history row to TensorBoard (needs the ``tensorboard`` package)."""
+
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # ImportError when tensorboard is missing
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        row = state.history[-1]
+        for name, value in row.items():
+            if name not in ("epoch", "step") and isinstance(value, (int, float)):
+                self.writer.add_scalar(name, value, row["epoch"])
+        self.writer.flush()

@@ -1,0 +1,128 @@
+"""The datasets of a run, and batches from them.
+
+:func:`build_datasets` turns a run's data settings (a :class:`~mpn_tutorial.config.TrainConfig`,
+or anything with the same five fields) into train / validation / test datasets: the validation
+classes are carved from the training classes, never from the test classes. :func:`load_batch`
+and :func:`iterate_batches` read batches from any dataset of this package, in one indexing
+operation for the in-memory glyphs and through a ``DataLoader`` for image files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+BENCHMARKS = ("cub", "cars", "sop", "inshop")
+DATASET_NAMES = ("glyphs",) + BENCHMARKS
+
+
+class DataSettings(Protocol):
+    """The fields of a run's settings that decide its data."""
+
+    dataset: str
+    data_root: str
+    image_size: int
+    val_fraction: float
+    data_seed: int
+
+
+@dataclass
+class Datasets:
+    """train / val are class-disjoint parts of the training classes; test (or query + gallery) the rest."""
+
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset | None = None
+    query: torch.utils.data.Dataset | None = None
+    gallery: torch.utils.data.Dataset | None = None
+
+    @property
+    def evaluation(self) -> torch.utils.data.Dataset:
+        """The test-class dataset retrieval is measured on (In-Shop: the query set)."""
+        return self.test if self.test is not None else self.query
+
+
+def build_datasets(settings: DataSettings) -> Datasets:
+    """The datasets a run trains and evaluates on (the glyphs are generated and cached on first use)."""
+    if settings.dataset == "glyphs":
+        from mpn_tutorial.data.glyphs import GlyphDataset
+
+        def glyphs(split: str) -> GlyphDataset:
+            return GlyphDataset(split, root=settings.data_root, seed=settings.data_seed,
+                                image_size=settings.image_size, val_fraction=settings.val_fraction)
+
+        return Datasets(train=glyphs("train"), val=glyphs("val"), test=glyphs("test"))
+
+    from mpn_tutorial.data import benchmarks, transforms
+    from mpn_tutorial.data.splits import ClassSubset, carve_validation_classes
+
+    readers = {
+        "cub": benchmarks.CUB200,
+        "cars": benchmarks.Cars196,
+        "sop": benchmarks.StanfordOnlineProducts,
+        "inshop": benchmarks.InShop,
+    }
+    if settings.dataset not in readers:
+        raise ValueError(f"dataset must be one of {DATASET_NAMES}, got {settings.dataset!r}")
+    reader = readers[settings.dataset]
+    root = dataset_root(settings.dataset, settings.data_root)
+    train_view = reader(root, "train", transform=transforms.train_transform(settings.image_size))
+    eval_view = reader(root, "train", transform=transforms.test_transform(settings.image_size))
+    val_classes = carve_validation_classes(train_view.num_classes, settings.val_fraction, settings.data_seed)
+    train_classes = np.setdiff1d(np.arange(train_view.num_classes), val_classes)
+    test_transform = transforms.test_transform(settings.image_size)
+    datasets = Datasets(train=ClassSubset(train_view, train_classes), val=ClassSubset(eval_view, val_classes))
+    if settings.dataset == "inshop":
+        datasets.query = reader(root, "query", transform=test_transform)
+        datasets.gallery = reader(root, "gallery", transform=test_transform)
+    else:
+        datasets.test = reader(root, "test", transform=test_transform)
+    return datasets
+
+
+def dataset_root(dataset: str, data_root: str) -> Path:
+    """The folder a benchmark reader takes: ``data_root`` itself, or the dataset's folder inside it
+    where ``fetch`` puts it (``data/CUB_200_2011`` when ``data_root`` is ``data``)."""
+    from mpn_tutorial.data.registry import DATASETS
+
+    root = Path(data_root)
+    nested = root / DATASETS[dataset].folder
+    return nested if nested.is_dir() else root
+
+
+def iterate_batches(
+    dataset, index_lists: Iterable[Sequence[int]], num_workers: int = 0, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images, labels) for each list of indices; one indexing operation for in-memory datasets."""
+    if getattr(dataset, "in_memory", False):
+        for indices in index_lists:
+            yield dataset.batch(indices)
+        return
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=index_lists, num_workers=num_workers, pin_memory=pin_memory
+    )
+    for images, labels in loader:
+        yield images, torch.as_tensor(labels)
+
+
+def load_batch(dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B, C, H, W) and labels (B,) of some dataset indices, for any dataset of this package."""
+    if getattr(dataset, "in_memory", False):
+        return dataset.batch(indices)
+    items = [dataset[int(i)] for i in indices]
+    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+
+
+def sample_batch(
+    dataset, classes_per_batch: int = 8, samples_per_class: int = 6, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One P×K batch of a dataset, as the training loop would draw it: (images, labels)."""
+    from mpn_tutorial.data.sampler import PKSampler
+
+    indices = next(iter(PKSampler(dataset.labels, classes_per_batch, samples_per_class, seed=seed, num_batches=1)))
+    return load_batch(dataset, indices)

@@ -1,0 +1,123 @@
+"""The notebooks' store of finished runs: train once, and every later notebook (or a re-run) loads it.
+
+Training is deterministic for a configuration and a thread count (``runtime.py``), so a stored run
+is exactly what training again would give. An entry holds the best model, its history and metrics,
+and the recordings of the callbacks that watched it (:class:`~mpn_tutorial.callbacks.EmbeddingSnapshots`,
+:class:`~mpn_tutorial.callbacks.AttentionCapture`), so notebook 04 can show the attention notebook 03
+recorded. Entries are written atomically; delete the folder to start afresh. A teacher can fill
+the store before class by running the notebooks once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mpn_tutorial.callbacks import AttentionCapture, Callback, EmbeddingSnapshots
+from mpn_tutorial.checkpoints import CheckpointError, load_checkpoint, model_state, save_checkpoint
+from mpn_tutorial.config import MACHINERY_FIELDS, TrainConfig
+from mpn_tutorial.data.build import Datasets, sample_batch
+from mpn_tutorial.data.splits import ClassSubset
+from mpn_tutorial.models import MetricLearningModel
+from mpn_tutorial.training import TrainResult, train
+
+# Bumped whenever the code changes what a configuration computes (e.g. the optimizer kernels).
+STORE_VERSION = 3
+
+
+def _computed_settings(config: TrainConfig | dict) -> dict:
+    values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    return {k: v for k, v in values.items() if k not in MACHINERY_FIELDS}
+
+
+def cache_key(config: TrainConfig) -> str:
+    """A stable name for a configuration's run (the thread count is part of it: CPU results
+    depend on it, see runtime.py)."""
+    from mpn_tutorial.runtime import thread_count
+
+    settings = _computed_settings(config)
+    settings.update(threads=thread_count(), store_version=STORE_VERSION)
+    text = json.dumps(settings, sort_keys=True, default=list)
+    return f"{config.preset}-{config.loss}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _fingerprint(*arrays) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(np.asarray(array)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def recording_key(callback: Callback) -> str:
+    """What a callback records, as a name: its kind and a fingerprint of the data it watches."""
+    if isinstance(callback, EmbeddingSnapshots):
+        dataset = callback.dataset
+        images = dataset.images if getattr(dataset, "in_memory", False) else None
+        content = (np.asarray(dataset.labels),) + ((images.numpy(),) if images is not None else ())
+        return f"embeddings-every{callback.every}-{_fingerprint(*content)}"
+    if isinstance(callback, AttentionCapture):
+        return f"attention-{_fingerprint(callback.images.numpy(), callback.labels.numpy())}"
+    raise TypeError(f"the run store keeps the recordings of EmbeddingSnapshots and AttentionCapture, "
+                    f"not of {type(callback).__name__}")
+
+
+def train_cached(
+    config: TrainConfig,
+    cache_dir: str | os.PathLike,
+    callbacks: Sequence[Callback] = (),
+    datasets: Datasets | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """:func:`~mpn_tutorial.training.train`, or its stored result when the same configuration ran before.
+
+    A callback whose recordings are missing from the stored entry makes the run train again (and
+    the entry is then completed); an unreadable entry is trained again and replaced.
+    """
+    path = Path(cache_dir) / f"{cache_key(config)}.pt"
+    wanted = {recording_key(callback): callback for callback in callbacks}
+    entry = None
+    if path.exists():
+        try:
+            entry = load_checkpoint(path)
+        except CheckpointError:
+            entry = None
+    same_run = entry is not None and _computed_settings(entry["config"]) == _computed_settings(config)
+    if same_run and set(wanted) <= set(entry["callbacks"]):
+        for key, callback in wanted.items():
+            callback.load_state_dict(entry["callbacks"][key])
+        model_config = dataclasses.replace(config.model_config(int(entry["num_classes"])), pretrained=False)
+        model = MetricLearningModel(model_config)
+        model.load_state_dict(entry["model"])
+        return TrainResult(config, model.eval(), list(entry["history"]), int(entry["best_epoch"]),
+                           dict(entry["val_metrics"]), dict(entry["test_metrics"]), float(entry["seconds"]))
+    result = train(config, callbacks=list(callbacks), datasets=datasets, progress=progress)
+    recorded = dict(entry["callbacks"]) if same_run else {}
+    recorded.update({key: callback.state_dict() for key, callback in wanted.items()})
+    save_checkpoint({
+        "config": config.to_dict(), "model": model_state(result.model),
+        "num_classes": int(result.model.config.num_classes), "history": result.history,
+        "best_epoch": result.best_epoch, "val_metrics": result.val_metrics, "test_metrics": result.test_metrics,
+        "seconds": result.seconds, "callbacks": recorded,
+    }, path)
+    return result
+
+
+def tutorial_recorders(datasets: Datasets, num_classes: int = 20, classes_per_batch: int = 8,
+                       samples_per_class: int = 6, seed: int = 0) -> dict[str, Callback]:
+    """The recordings the notebooks make while training an MPN (so later notebooks share one run):
+
+    - ``"attention"``: :class:`AttentionCapture` on one fixed P×K batch of **test** classes (held
+      out: what the attention does on classes the model never trained on);
+    - ``"embeddings"``: :class:`EmbeddingSnapshots` of the first ``num_classes`` test classes.
+    """
+    test = datasets.evaluation
+    images, labels = sample_batch(test, classes_per_batch, samples_per_class, seed=seed)
+    subset = ClassSubset(test, np.arange(min(num_classes, test.num_classes)))
+    return {"attention": AttentionCapture(images, torch.as_tensor(labels)), "embeddings": EmbeddingSnapshots(subset)}

@@ -1,0 +1,80 @@
+"""Embeddings across training: one UMAP map for every epoch, drawn frame by frame or as a GIF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from mpn_tutorial.viz.figures import CLASS_COLOURS
+
+
+def umap_across_training(snapshots, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
+                         reference: int = -1) -> list[tuple[int, np.ndarray]]:
+    """2-D UMAP coordinates of every snapshot on one fixed map.
+
+    The map is fit **once**, on snapshot ``reference`` (default: the last, where the classes are
+    best separated), and every snapshot is placed on it with ``transform``, so positions can be
+    compared across epochs. Snapshots very unlike the reference (an untrained network's) land in a
+    few blobs: the map has no place for them. (Fitting on all snapshots together instead makes each
+    epoch an island of its own, because the whole embedding drifts during training.)
+    Deterministic: a fixed ``random_state`` makes UMAP single-threaded. Returns ``[(epoch, (N, 2))]``.
+    """
+    import umap
+
+    snapshots = [(epoch, np.asarray(embeddings, dtype=np.float32)) for epoch, embeddings in snapshots]
+    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric="cosine", random_state=seed,
+                        transform_seed=seed, n_jobs=1)
+    reducer.fit(snapshots[reference][1])
+    return [(epoch, reducer.transform(embeddings)) for epoch, embeddings in snapshots]
+
+
+def frame_limits(frames) -> tuple[tuple[float, float], tuple[float, float]]:
+    points = np.concatenate([coordinates for _, coordinates in frames])
+    low, high = np.percentile(points, 0.5, axis=0), np.percentile(points, 99.5, axis=0)
+    margin = 0.05 * (high - low)
+    return (low[0] - margin[0], high[0] + margin[0]), (low[1] - margin[1], high[1] + margin[1])
+
+
+def plot_embedding_frame(coordinates, labels, epoch: int, limits=None, note: str = "", axis=None) -> Figure:
+    """Scatter of 2-D coordinates coloured by class, for one epoch."""
+    labels = np.asarray(labels)
+    figure = None
+    if axis is None:
+        figure, axis = plt.subplots(figsize=(5.2, 5))
+    classes = np.unique(labels)
+    colours = CLASS_COLOURS(np.searchsorted(classes, labels) % 20)
+    axis.scatter(coordinates[:, 0], coordinates[:, 1], c=colours, s=7, alpha=0.8, linewidths=0)
+    if limits is not None:
+        axis.set_xlim(*limits[0])
+        axis.set_ylim(*limits[1])
+    axis.set_xlabel("UMAP 1")
+    axis.set_ylabel("UMAP 2")
+    axis.set_title(f"test-class embeddings, epoch {epoch}" + (f"\n{note}" if note else ""), fontsize=10)
+    return figure if figure is not None else axis.figure
+
+
+def export_animation(frames, labels, path: str | Path, notes: dict[int, str] | None = None, fps: float = 2.0,
+                     dpi: int = 80) -> Path:
+    """Write the frames as an animated GIF (one frame per epoch, fixed axes) and return its path."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    path = Path(path)
+    notes = notes or {}
+    limits = frame_limits(frames)
+    figure, axis = plt.subplots(figsize=(5.2, 5))
+
+    def draw(index: int):
+        axis.clear()
+        epoch, coordinates = frames[index]
+        plot_embedding_frame(coordinates, labels, epoch, limits, notes.get(epoch, ""), axis=axis)
+        return []
+
+    animation = FuncAnimation(figure, draw, frames=len(frames), blit=False)
+    temporary = path.with_name(path.name + ".partial.gif")
+    animation.save(temporary, writer=PillowWriter(fps=fps), dpi=dpi)
+    temporary.replace(path)
+    plt.close(figure)
+    return path

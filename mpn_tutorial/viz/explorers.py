@@ -1,0 +1,151 @@
+"""Widget explorers: sliders over what the figures show. The only module of the package that
+imports ipywidgets.
+
+Each explorer computes what it shows with a library function and keeps it in ``current``; the
+widget callbacks only call :meth:`update`. Tests set a slider's value and check ``current``.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from mpn_tutorial.metrics import same_class_attention_share
+from mpn_tutorial.viz.attention import AttentionView, attention_view, plot_attention_view, plot_heads
+from mpn_tutorial.viz.embeddings import frame_limits, plot_embedding_frame
+from mpn_tutorial.viz.figures import figure_to_png
+
+
+def _require_widgets():
+    try:
+        import ipywidgets
+    except ImportError as error:  # pragma: no cover - ipywidgets is a dependency
+        raise ImportError("the explorers need ipywidgets: pip install ipywidgets") from error
+    return ipywidgets
+
+
+class _Explorer:
+    """Shared widget plumbing: sliders on top, an HTML caption, the figure as a PNG image.
+
+    Subclasses create their sliders, call :meth:`_assemble`, and implement ``update()``, which
+    computes what to show (stored in ``current``) and hands a figure and a caption to :meth:`_show`.
+    """
+
+    def _assemble(self, rows: list[list], css_class: str) -> None:
+        widgets = _require_widgets()
+        self.caption = widgets.HTML()
+        self.image = widgets.Image(format="png")
+        for row in rows:
+            for slider in row:
+                slider.observe(lambda change: self.update(), names="value")
+        self.widget = widgets.VBox([widgets.HBox(row) for row in rows if row] + [self.caption, self.image])
+        self.widget.add_class(css_class)
+        self.current = None
+        self.update()
+
+    def _show(self, figure: Figure, caption: str) -> None:
+        self.image.value = figure_to_png(figure)
+        plt.close(figure)
+        self.caption.value = caption
+
+    def update(self):  # pragma: no cover - every explorer defines it
+        raise NotImplementedError
+
+    def _ipython_display_(self) -> None:  # displaying the explorer shows its widget
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class AttentionExplorer(_Explorer):
+    """Sliders for epoch (optional), layer, head and query over captured attention.
+
+    ``snapshots``: list of ``(epoch, attention (L, H, N, N))`` (as recorded by
+    :class:`~mpn_tutorial.callbacks.AttentionCapture`), ``images`` (N, C, H, W), ``labels`` (N,).
+    Moving a slider calls :meth:`update`, which recomputes :attr:`current` (an
+    :class:`AttentionView`), redraws :attr:`image` and rewrites :attr:`caption`.
+    """
+
+    def __init__(self, snapshots, images, labels, top_k: int = 5) -> None:
+        widgets = _require_widgets()
+        self.snapshots = [(int(epoch), np.asarray(attention)) for epoch, attention in snapshots]
+        self.images, self.labels, self.top_k = images, np.asarray(labels), top_k
+        num_layers, num_heads, n, _ = self.snapshots[-1][1].shape
+        epochs = [epoch for epoch, _ in self.snapshots]
+        style = {"description_width": "60px"}
+        self.epoch_slider = widgets.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
+                                                    continuous_update=False, style=style)
+        self.layer_slider = widgets.IntSlider(value=1, min=1, max=num_layers, description="layer",
+                                              continuous_update=False, style=style)
+        self.head_slider = widgets.IntSlider(value=1, min=1, max=num_heads, description="head",
+                                             continuous_update=False, style=style)
+        self.query_slider = widgets.IntSlider(value=0, min=0, max=n - 1, description="query",
+                                              continuous_update=False, style=style)
+        first_row = ([self.epoch_slider] if len(epochs) > 1 else []) + ([self.layer_slider] if num_layers > 1 else [])
+        self._assemble([first_row, [self.head_slider, self.query_slider]], "attention-explorer")
+
+    def update(self) -> AttentionView:
+        epoch = self.epoch_slider.value
+        attention = dict(self.snapshots)[epoch]
+        self.current = attention_view(attention, self.labels, self.layer_slider.value - 1,
+                                      self.head_slider.value - 1, self.query_slider.value, self.top_k)
+        figure = plot_attention_view(self.current, self.images, self.labels,
+                                     title=f"epoch {epoch}: layer {self.current.layer + 1}, "
+                                     f"head {self.current.head + 1}")
+        self._show(figure, f"<b>epoch {epoch}</b> · {self.current.caption}")
+        return self.current
+
+
+class HeadsExplorer(_Explorer):
+    """A slider over the number of heads that shows every head's attention map and the model's R@1.
+
+    ``results``: ``{num_heads: (attention (L, H, N, N), test Recall@1)}`` for models trained with
+    1, 2, 4, 8 heads on the same batch ``labels`` (N,).
+    """
+
+    def __init__(self, results: dict[int, tuple[np.ndarray, float]], labels) -> None:
+        widgets = _require_widgets()
+        self.results = {int(h): (np.asarray(a), float(r)) for h, (a, r) in sorted(results.items())}
+        self.labels = np.asarray(labels)
+        options = list(self.results)
+        self.heads_slider = widgets.SelectionSlider(options=options, value=options[0], description="heads",
+                                                    continuous_update=False)
+        self._assemble([[self.heads_slider]], "heads-explorer")
+
+    def update(self) -> dict:
+        heads = self.heads_slider.value
+        attention, recall = self.results[heads]
+        shares = same_class_attention_share(attention[0], self.labels)
+        self.current = {"heads": heads, "recall@1": recall, "same_class_share": shares}
+        figure = plot_heads(attention[0], self.labels, shares, title=f"{heads} head(s): test R@1 {100 * recall:.1f}%")
+        self._show(figure, f"<b>{heads} head(s)</b> · test R@1 {100 * recall:.1f}% · same-class share per head: "
+                   + ", ".join(f"{100 * s:.0f}%" for s in shares))
+        return self.current
+
+
+class EpochExplorer(_Explorer):
+    """An epoch slider over 2-D embedding frames (from :func:`umap_across_training`).
+
+    ``notes`` maps an epoch to a caption line (e.g. its validation Recall@1).
+    """
+
+    def __init__(self, frames, labels, notes: dict[int, str] | None = None) -> None:
+        widgets = _require_widgets()
+        self.frames = dict(frames)
+        self.labels = np.asarray(labels)
+        self.notes = notes or {}
+        self.limits = frame_limits(frames)
+        epochs = list(self.frames)
+        self.epoch_slider = widgets.SelectionSlider(options=epochs, value=epochs[0], description="epoch",
+                                                    continuous_update=False)
+        self._assemble([[self.epoch_slider]], "epoch-explorer")
+
+    def update(self) -> dict:
+        epoch = self.epoch_slider.value
+        coordinates = self.frames[epoch]
+        note = self.notes.get(epoch, "")
+        self.current = {"epoch": epoch, "coordinates": coordinates}
+        figure = plot_embedding_frame(coordinates, self.labels, epoch, self.limits, note)
+        self._show(figure, f"<b>epoch {epoch}</b>" + (f" · {note}" if note else ""))
+        return self.current

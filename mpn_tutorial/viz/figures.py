@@ -1,0 +1,232 @@
+"""Figures of data, retrieval, pairs and triplets, training curves, ablations and the model itself.
+
+Every function returns a matplotlib ``Figure`` (testable without a browser).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from mpn_tutorial.metrics import nearest_neighbours
+
+CLASS_COLOURS = plt.get_cmap("tab20")
+
+
+def _image(array) -> np.ndarray:
+    """A (C, H, W) or (H, W) image tensor/array -> something imshow takes."""
+    array = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array, dtype=np.float32)
+    if array.ndim == 3 and array.shape[0] in (1, 3):
+        array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+    if array.ndim == 3:  # undo ImageNet normalisation roughly for display
+        array = (array - array.min()) / max(array.max() - array.min(), 1e-8)
+    return array
+
+
+def draw_thumbnail(axis, image, title: str | None = None, frame: str | None = None) -> None:
+    axis.imshow(_image(image), cmap="gray", vmin=0 if np.ndim(image) != 3 or np.shape(image)[0] == 1 else None,
+                vmax=1 if np.ndim(image) != 3 or np.shape(image)[0] == 1 else None)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    if title:
+        axis.set_title(title, fontsize=8)
+    for spine in axis.spines.values():
+        spine.set_visible(frame is not None)
+        if frame is not None:
+            spine.set_color(frame)
+            spine.set_linewidth(3)
+
+
+def figure_to_png(figure: Figure, dpi: int = 90) -> bytes:
+    """PNG bytes of a figure (what the explorers put into their image widget)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def class_order(labels) -> tuple[np.ndarray, np.ndarray]:
+    """Indices that sort samples by class (stable) and the positions where a new class starts."""
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    boundaries = np.flatnonzero(sorted_labels[1:] != sorted_labels[:-1]) + 1
+    return order, boundaries
+
+
+def draw_class_boundaries(axis, boundaries, linewidth: float = 0.8) -> None:
+    """White lines between the classes of a class-sorted N×N matrix drawn with ``imshow``."""
+    for boundary in boundaries:
+        axis.axhline(boundary - 0.5, color="white", linewidth=linewidth)
+        axis.axvline(boundary - 0.5, color="white", linewidth=linewidth)
+
+
+def show_gallery(dataset, num_classes: int = 8, per_class: int = 10, seed: int = 0) -> Figure:
+    """A grid: one row per class (chosen at random), ``per_class`` of its images."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(dataset.labels)
+    classes = np.sort(rng.choice(np.unique(labels), size=min(num_classes, len(np.unique(labels))), replace=False))
+    figure, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95),
+                                squeeze=False)
+    names = getattr(dataset, "characters", None)
+    for row, label in enumerate(classes):
+        members = rng.permutation(np.flatnonzero(labels == label))[:per_class]
+        for column in range(per_class):
+            axis = axes[row, column]
+            if column < len(members):
+                draw_thumbnail(axis, dataset[int(members[column])][0])
+            else:
+                axis.axis("off")
+        name = f"'{names[label]}' (U+{ord(names[label]):04X})" if names is not None else f"class {label}"
+        axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    figure.suptitle(f"{len(classes)} classes × {per_class} images", fontsize=11)
+    figure.tight_layout()
+    return figure
+
+
+def show_retrievals(dataset, embeddings, queries: Sequence[int], k: int = 6, title: str = "") -> Figure:
+    """Each row: a query, then its k nearest neighbours; green frame = same class, red = other class."""
+    neighbours = nearest_neighbours(embeddings, k, queries)
+    labels = np.asarray(dataset.labels)
+    figure, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * 0.95, len(queries) * 1.0), squeeze=False)
+    for row, query in enumerate(queries):
+        draw_thumbnail(axes[row, 0], dataset[int(query)][0], "query" if row == 0 else None, frame="black")
+        for column, neighbour in enumerate(neighbours[row].tolist(), start=1):
+            same = labels[neighbour] == labels[query]
+            draw_thumbnail(axes[row, column], dataset[neighbour][0], f"#{column}" if row == 0 else None,
+                       frame="tab:green" if same else "tab:red")
+    figure.suptitle(title or "nearest neighbours (green: same class, red: other class)", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def show_pairs(embeddings, labels, title: str = "pairs in a P×K batch") -> Figure:
+    """Left: which pairs are positive / negative; right: their distances, both sorted by class."""
+    from mpn_tutorial.losses import pair_masks, pairwise_distances
+
+    labels = torch.as_tensor(labels)
+    order = torch.argsort(labels, stable=True)
+    positive, negative = pair_masks(labels[order])
+    kind = np.zeros(positive.shape)
+    kind[positive.numpy()] = 1
+    kind[negative.numpy()] = -1
+    distances = pairwise_distances(torch.as_tensor(embeddings, dtype=torch.float32)[order]).detach().numpy()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.4))
+    left.imshow(kind, cmap="coolwarm_r", vmin=-1.5, vmax=1.5)
+    left.set_title("positive pairs (blue), negative pairs (red)", fontsize=10)
+    shown = right.imshow(distances, cmap="viridis")
+    right.set_title("distance between embeddings", fontsize=10)
+    figure.colorbar(shown, ax=right, fraction=0.046)
+    for axis in (left, right):
+        axis.set_xlabel("sample j (sorted by class)")
+        axis.set_ylabel("sample i (sorted by class)")
+        draw_class_boundaries(axis, class_order(labels[order].numpy())[1], linewidth=0.8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def show_triplets(images, labels, triplets, max_rows: int = 4, title: str = "") -> Figure:
+    """Rows of (anchor, positive, negative) images for triplets given as index tensors."""
+    anchors, positives, negatives = (torch.as_tensor(t) for t in triplets)
+    rows = min(max_rows, len(anchors))
+    # spread the rows over the list, so they show different anchors rather than one anchor's triplets
+    chosen = np.linspace(0, len(anchors) - 1, rows).round().astype(int) if rows else np.array([], dtype=int)
+    anchors, positives, negatives = anchors[chosen], positives[chosen], negatives[chosen]
+    figure, axes = plt.subplots(max(rows, 1), 3, figsize=(3.3, 1.15 * max(rows, 1) + 0.4), squeeze=False)
+    for row in range(rows):
+        for column, (name, index, colour) in enumerate(
+            (("anchor", anchors[row], "black"), ("positive", positives[row], "tab:green"),
+             ("negative", negatives[row], "tab:red"))
+        ):
+            draw_thumbnail(axes[row, column], images[int(index)], name if row == 0 else None, frame=colour)
+    if rows == 0:
+        for axis in axes[0]:
+            axis.axis("off")
+        axes[0, 1].set_title("no triplet chosen", fontsize=9)
+    figure.suptitle(title or f"{len(anchors)} triplets", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_histories(histories: dict[str, list[dict]], metric: str = "val_recall@1") -> Figure:
+    """One line per run: a history metric (default validation Recall@1) against the epoch."""
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    for name, history in histories.items():
+        axis.plot([row["epoch"] for row in history], [row[metric] for row in history], marker="o", label=name)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(metric.replace("val_", "validation ").replace("recall@", "Recall@"))
+    axis.set_title(f"{metric.replace('val_', 'validation ')} during training")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def results_table(results: dict[str, dict[str, float]], columns: Sequence[str] = ("recall@1", "recall@2",
+                  "recall@4", "recall@8", "map@r")) -> str:
+    """A plain-text table of metrics in percent, one row per run (printed by the notebooks)."""
+    header = f"{'method':<28}" + "".join(f"{c.replace('recall@', 'R@').replace('map@r', 'MAP@R'):>8}"
+                                         for c in columns)
+    lines = [header, "-" * len(header)]
+    for name, values in results.items():
+        lines.append(f"{name:<28}" + "".join(f"{100 * values[c]:8.1f}" for c in columns))
+    return "\n".join(lines)
+
+
+def summarize_seeds(
+    runs: dict[str, list[dict[str, float]]], metric: str = "recall@1"
+) -> dict[str, tuple[float, float]]:
+    """``{variant: [metrics of each seed]}`` -> ``{variant: (mean, standard deviation)}`` of one metric."""
+    summary = {}
+    for name, results in runs.items():
+        values = np.array([r[metric] for r in results], dtype=np.float64)
+        summary[name] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+    return summary
+
+
+def plot_ablation(summary: dict[str, tuple[float, float]], metric: str = "Recall@1", title: str = "") -> Figure:
+    """Horizontal bars of mean ± standard deviation over seeds, one per variant."""
+    names = list(summary)
+    means = np.array([summary[n][0] for n in names]) * 100
+    stds = np.array([summary[n][1] for n in names]) * 100
+    figure, axis = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.2))
+    axis.barh(range(len(names)), means, xerr=stds, color="tab:blue", alpha=0.8, capsize=4)
+    axis.set_yticks(range(len(names)), names)
+    axis.invert_yaxis()
+    axis.set_xlabel(f"test {metric} (%), mean ± std over seeds")
+    # bars start at zero: an axis cut off above zero makes small differences look large
+    axis.set_xlim(0, min(100.0, float((means + stds).max()) + 12))
+    for index, (mean, std) in enumerate(zip(means, stds)):
+        axis.text(mean + std + 0.3, index, f"{mean:.1f} ± {std:.1f}", va="center", fontsize=8)
+    axis.set_title(title or "ablations")
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def plot_batch_graph(labels, title: str = "a P×K batch as a fully connected graph") -> Figure:
+    """Samples of a batch on a circle, coloured by class, every pair joined (self-loops drawn as rings)."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    angles = 2 * np.pi * np.arange(n) / n
+    points = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    classes = np.unique(labels)
+    colours = CLASS_COLOURS(np.searchsorted(classes, labels) % 20)
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for i in range(n):
+        for j in range(i + 1, n):
+            same = labels[i] == labels[j]
+            axis.plot(*points[[i, j]].T, color=colours[i] if same else "lightgray", linewidth=1.4 if same else 0.3,
+                      alpha=0.9 if same else 0.6, zorder=2 if same else 1)
+    axis.scatter(points[:, 0], points[:, 1], s=140, c=colours, edgecolors="black", zorder=3)
+    axis.scatter(points[:, 0] * 1.09, points[:, 1] * 1.09, s=60, facecolors="none", edgecolors="gray", zorder=3)
+    axis.set_aspect("equal")
+    axis.axis("off")
+    axis.set_title(f"{title}\n(coloured edges: same class; gray: different classes; rings: self-loops)",
+                   fontsize=10)
+    return figure

@@ -139,7 +139,10 @@ def run_name(config, changed_flags: dict) -> str:
         field = _TRAIN_OVERRIDES.get(flag, flag)
         if flag in _NOT_IN_RUN_NAME or getattr(preset, field, None) == value:
             continue
-        text = {True: "", False: "off"}.get(value, f"{value:g}" if isinstance(value, float) else str(value))
+        if isinstance(value, bool):
+            text = "" if value else "off"
+        else:
+            text = f"{value:g}" if isinstance(value, float) else str(value)
         parts.append(f"{flag.replace('_', '-')}{text}")
     return "-".join(parts + [f"seed{config.seed}"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 from mpn_tutorial.data.build import DATASET_NAMES
@@ -166,6 +167,8 @@ class TrainConfig:
         _check_number("lr_decay_factor", self.lr_decay_factor, 0, 1, low_open=True)
         _check_int("classes_per_batch", self.classes_per_batch, 2, hint="a batch needs negatives: P >= 2")
         _check_int("samples_per_class", self.samples_per_class, 2, hint="a batch needs positives: K >= 2")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         _check_int("num_workers", self.num_workers, 0)
         _check_int("eval_batch_size", self.eval_batch_size, 1)
 

@@ -1,0 +1,242 @@
+"""The command line never loses a run and answers every bad argument with one line and exit status 2."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpn_tutorial.__main__ import build_parser, main
+
+# a glyph run small enough for seconds: narrow network, 1 epoch of 3 batches, no NMI
+TINY = ["--preset", "glyphs", "--epochs", "1", "--batches-per-epoch", "3", "--embedding-dim", "16", "--no-nmi",
+        "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch, data_root):
+    """Run commands from an empty folder (runs/ is created there), reading the project's glyphs."""
+    monkeypatch.chdir(tmp_path)
+    return ["--data-root", str(data_root)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    """A finished tiny run: its best.pt, for the evaluate cases."""
+    folder = tmp_path_factory.mktemp("trained")
+    assert main(["train", *TINY, "--data-root", str(data_root), "--checkpoint-dir", str(folder)]) == 0
+    return folder
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.glob("*"))
+            if path.is_file()}
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Two runs, one folder
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_second_run_with_another_hyperparameter_goes_to_its_own_folder(in_tmp, capsys):
+    assert main(["train", *TINY, *in_tmp]) == 0
+    first = Path("runs") / "glyphs-mpn-batches-per-epoch3-embedding-dim16-epochs1-seed0"
+    assert first.is_dir(), sorted(Path("runs").iterdir())
+    before = _files(first)
+    capsys.readouterr()
+    assert main(["train", *TINY, *in_tmp, "--lr", "0.1"]) == 0
+    out = capsys.readouterr().out
+    second = Path("runs") / "glyphs-mpn-batches-per-epoch3-embedding-dim16-epochs1-lr0.1-seed0"
+    assert f"saved in {second}" in out and "test  R@1" in out  # the second run's outcome is on screen
+    assert _files(first) == before  # the first run is untouched
+    assert len((second / "metrics.csv").read_text().splitlines()) == 2  # header + its own epoch
+
+
+def test_training_into_a_folder_holding_another_run_is_refused_and_changes_nothing(in_tmp, capsys, tmp_path):
+    folder = tmp_path / "mine"
+    assert main(["train", *TINY, *in_tmp, "--checkpoint-dir", str(folder)]) == 0
+    before = _files(folder)
+    capsys.readouterr()
+    assert main(["train", *TINY, *in_tmp, "--checkpoint-dir", str(folder), "--lr", "0.1"]) == 2
+    message = _one_line_error(capsys)
+    assert "--resume" in message and "--checkpoint-dir" in message and "--overwrite" in message
+    assert _files(folder) == before
+
+
+def test_resuming_with_changed_settings_is_refused_and_names_the_change(in_tmp, capsys, tmp_path):
+    folder = tmp_path / "mine"
+    assert main(["train", *TINY, *in_tmp, "--checkpoint-dir", str(folder)]) == 0
+    capsys.readouterr()
+    assert main(["train", *TINY, *in_tmp, "--checkpoint-dir", str(folder), "--lr", "0.1", "--resume"]) == 2
+    assert "lr=0.1" in _one_line_error(capsys)
+
+
+def test_overwrite_replaces_the_run_and_metrics_hold_only_the_new_one(in_tmp, capsys, tmp_path):
+    folder = tmp_path / "mine"
+    assert main(["train", *TINY, *in_tmp, "--checkpoint-dir", str(folder)]) == 0
+    assert main(["train", *TINY, *in_tmp, "--checkpoint-dir", str(folder), "--lr", "0.01", "--overwrite"]) == 0
+    rows = (folder / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2
+    assert torch.load(folder / "last.pt", weights_only=True)["config"]["lr"] == 0.01
+
+
+# --------------------------------------------------------------------------------------------
+# Bad arguments: every option of every command
+# --------------------------------------------------------------------------------------------
+
+A_FILE = str(Path(__file__).resolve().parents[1] / "pyproject.toml")  # a file where a folder is expected
+
+BAD_ARGUMENTS = {
+    "train": [
+        (["--preset", "nope"], "invalid choice"),
+        (["--loss", "nope"], "invalid choice"),
+        (["--data-root", A_FILE], "is a file"),
+        (["--epochs", "0"], "at least 1"),
+        (["--epochs", "two"], "whole number"),
+        (["--batches-per-epoch", "0"], "at least 1"),
+        (["--batches-per-epoch", "-3"], "at least 1"),
+        (["--lr", "0"], "above 0"),
+        (["--lr", "-1"], "above 0"),
+        (["--lr", "nan"], "above 0"),
+        (["--lr", "fast"], "a number"),
+        (["--seed", "-1"], "at least 0"),
+        (["--seed", "1.5"], "whole number"),
+        (["--layers", "0"], "at least 1"),
+        (["--heads", "0"], "at least 1"),
+        (["--heads", "3"], "divisible"),
+        (["--temperature", "0"], "above 0"),
+        (["--temperature", "inf"], "above 0"),
+        (["--classes-per-batch", "1"], "at least 2"),
+        (["--classes-per-batch", "1000"], "classes"),
+        (["--samples-per-class", "1"], "at least 2"),
+        (["--device", "tpu"], "device"),
+        (["--num-workers", "-1"], "at least 0"),
+        (["--weights-path", "missing.pth"], "not an existing file"),
+        (["--backbone", "vgg"], "invalid choice"),
+        (["--image-size", "0"], "at least 8"),
+        (["--image-size", "5"], "at least 8"),
+        (["--image-size", "100"], "image_size"),
+        (["--embedding-dim", "0"], "at least 1"),
+        (["--checkpoint-dir", A_FILE], "is a file"),
+        (["--unknown-flag"], "unrecognized"),
+    ],
+    "evaluate": [
+        (["--checkpoint", "missing.pt"], "not an existing file"),
+        (["--checkpoint", A_FILE], "not a readable mpn_tutorial checkpoint"),
+        (["--checkpoint", "{best}", "--preset", "nope"], "invalid choice"),
+        (["--checkpoint", "{best}", "--preset", "cub"], "trained with preset 'glyphs'"),
+        (["--checkpoint", "{best}", "--data-root", A_FILE], "is a file"),
+        (["--checkpoint", "{best}", "--device", "tpu"], "device"),
+        (["--checkpoint", "{best}", "--refine-k", "-1"], "at least 0"),
+        (["--checkpoint", "{ce_best}", "--refine-k", "5"], "message passing"),
+        ([], "required"),
+    ],
+    "make-data": [
+        (["nope"], "invalid choice"),
+        (["glyphs", "--root", A_FILE], "is a file"),
+        (["glyphs", "--seed", "-1"], "at least 0"),
+        (["glyphs", "--image-size", "0"], "from 8 to 64"),
+        (["glyphs", "--image-size", "100"], "from 8 to 64"),
+        (["glyphs", "--images-per-class", "0"], "at least 2"),
+        (["glyphs", "--images-per-class", "1"], "at least 2"),
+    ],
+    "fetch": [
+        (["nope"], "invalid choice"),
+        (["cub", "--root", A_FILE], "is a file"),
+        ([], "required"),
+    ],
+}
+CASES = [(command, arguments, expected) for command, cases in BAD_ARGUMENTS.items()
+         for arguments, expected in cases]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(trained, tmp_path_factory, data_root):
+    ce = tmp_path_factory.mktemp("ce")
+    assert main(["train", *TINY, "--loss", "ce", "--data-root", str(data_root), "--checkpoint-dir", str(ce)]) == 0
+    return {"best": str(trained / "best.pt"), "ce_best": str(ce / "best.pt")}
+
+
+@pytest.mark.parametrize("command, arguments, expected", CASES,
+                         ids=[f"{c}:{' '.join(a) or 'nothing'}" for c, a, _ in CASES])
+def test_a_bad_argument_gets_one_line_and_exit_status_2(command, arguments, expected, checkpoints, capsys,
+                                                        monkeypatch, data_root, tmp_path):
+    monkeypatch.chdir(tmp_path)  # nothing a refused command might write lands in the project
+    arguments = [a.format(**checkpoints) for a in arguments]
+    if command == "train":
+        arguments = [*TINY, "--data-root", str(data_root), *arguments]
+    try:
+        status = main([command, *arguments])
+    except SystemExit as exit_:  # argparse's own refusal
+        status = exit_.code
+    assert status == 2
+    assert expected in _one_line_error(capsys)
+
+
+def test_every_option_of_every_command_has_a_bad_argument_case():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, subparser in commands.items():
+        tried = {token for arguments, _ in BAD_ARGUMENTS[name] for token in arguments if token.startswith("--")}
+        options = {option for action in subparser._actions for option in action.option_strings
+                   if option.startswith("--") and option != "--help" and action.nargs != 0}
+        assert options <= tried, f"{name}: no bad-value case for {sorted(options - tried)}"
+
+
+def test_a_bad_argument_prints_no_traceback_from_a_real_process(tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "mpn_tutorial", "train", "--heads", "0"], capture_output=True,
+                               text=True, timeout=120, cwd=tmp_path)
+    assert completed.returncode == 2
+    assert completed.stderr.count("\n") == 1 and "Traceback" not in completed.stderr
+
+
+def test_a_corrupt_checkpoint_gets_one_line_without_torchs_unsafe_advice(tmp_path, trained, capsys):
+    broken = tmp_path / "best.pt"
+    broken.write_bytes((trained / "best.pt").read_bytes()[:5000])  # an interrupted copy
+    assert main(["evaluate", "--checkpoint", str(broken)]) == 2
+    line = _one_line_error(capsys)
+    assert "not a readable mpn_tutorial checkpoint" in line and "weights_only" not in line
+
+
+# --------------------------------------------------------------------------------------------
+# A killed run resumes to the same weights
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_run_killed_mid_epoch_keeps_its_last_checkpoint_and_resumes_bit_for_bit(tmp_path, data_root):
+    worker = Path(__file__).with_name("sigkill_worker.py")
+    environment = {**os.environ, "MPN_TUTORIAL_THREADS": "1"}
+
+    def run(folder, *extra):
+        return subprocess.run([sys.executable, str(worker), str(data_root), str(folder), *extra],
+                              capture_output=True, text=True, timeout=300, env=environment)
+
+    killed = run(tmp_path / "killed", "--kill-at-step", "9")  # epoch 3 of 4, batch 1 of 4
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 2  # the previous epoch's checkpoint, intact
+    assert len((tmp_path / "killed" / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    resumed = run(tmp_path / "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    uninterrupted = run(tmp_path / "whole")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    final = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    reference = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    for name, value in reference["model"].items():
+        assert torch.equal(value, final["model"][name]), name
+    assert final["history"] == [dict(row, seconds=mine["seconds"]) for row, mine in
+                                zip(reference["history"], final["history"])]
+    assert (tmp_path / "killed" / "metrics.csv").read_text().count("\n") == 5  # header + 4 epochs, one run

@@ -87,6 +87,11 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig fields {unknown}; see mpn_tutorial/config.py for the fields")
         return dataclasses.replace(self, **changes)
 
+    def without_messages(self) -> TrainConfig:
+        """The messages-off control of this run: the same MPN head, initialisation and batches, but no
+        sample receives anything from the others (a message warm-up is then moot)."""
+        return self.replace(mpn_pass_messages=False, message_warmup_epochs=0)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -19,8 +19,8 @@ Published softmax detail: the official code normalises with an implicit extra lo
 may "attend to nothing"). ``zero_logit=True`` reproduces it; the default is the standard softmax.
 
 Attention that learns at small scale (``bench/attention_study.md`` measures each point). With the
-published settings and a backbone trained from scratch, the attention stays uniform: two options,
-both off by default, make it learn to look at the sample's own class:
+published settings and a backbone trained from scratch, the attention stays uniform. Options, all
+off by default (the published behaviour), and what each changes:
 
 - ``input_scale`` (of :class:`MessagePassingNetwork`): the MPN's input x_i is L2-normalised, so each
   of its D coordinates is about 1/sqrt(D) and every score s_ij starts near 0.003: the softmax is
@@ -32,6 +32,10 @@ both off by default, make it learn to look at the sample's own class:
   never become class-specific, and the scores have nothing to align with.
 - ``similarity_prior``: W_q and W_k start as the identity too, so attention starts as the scaled
   similarity of the inputs (a stronger prior; the study compares it).
+
+The third change the study needed is not in the model: ``TrainConfig.message_warmup_epochs`` trains
+the backbone with the MPN head alone before messages start (the published recipe starts from an
+ImageNet-pretrained backbone instead). ``presets.GLYPHS_ATTENTION`` combines them.
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ class MessagePassingLayer(nn.Module):
             nn.init.eye_(projection.weight) if use_identity else nn.init.xavier_uniform_(projection.weight)
             nn.init.zeros_(projection.bias)
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(N, dim) -> (num_heads, N, head_dim)."""
         return x.view(x.shape[0], self.num_heads, self.head_dim).transpose(0, 1)
 
@@ -142,7 +146,7 @@ class MessagePassingLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         _check_batch(x, self.dim, "MessagePassingLayer")
-        q, k, v = (self._split_heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (self.split_heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
         if return_attention:
             weights = self.attention_weights(q, k)  # (H, N, N)
             heads = self.attention_dropout(weights) @ v  # (H, N, head_dim)

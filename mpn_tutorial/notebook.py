@@ -26,6 +26,7 @@ from mpn_tutorial.runtime import thread_count
 from mpn_tutorial.training import TrainResult
 
 DATA_VARIABLE = "MPN_TUTORIAL_DATA"
+RUNS_VARIABLE = "MPN_TUTORIAL_RUNS"  # another run store, e.g. an empty one to time the notebooks from scratch
 
 
 def find_data_folder(start_at: str | os.PathLike | None = None) -> Path:
@@ -49,7 +50,7 @@ class Tutorial:
     def __init__(self, config: TrainConfig, data: Path) -> None:
         self.config = config
         self.data = data
-        self.runs = data / "runs"
+        self.runs = Path(os.environ.get(RUNS_VARIABLE) or data / "runs")
 
     @cached_property
     def datasets(self) -> Datasets:

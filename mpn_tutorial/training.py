@@ -180,15 +180,7 @@ def train(
         step_model = distributed.wrap(model, find_unused_parameters=model.mpn is not None and messages_ever_off)
 
     state = TrainState(config=config, model=model, datasets=datasets)
-    best_model = model_state(model)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        state.epoch, state.step, state.history = checkpoint["epoch"], checkpoint["step"], list(checkpoint["history"])
-        state.best_epoch, state.best_metric = checkpoint["best_epoch"], checkpoint["best_metric"]
-        best_model = checkpoint["best_model"]
-        set_rng_state(checkpoint["rng"])
+    best_model = model_state(model) if checkpoint is None else _restore(checkpoint, optimizer, scheduler, state)
     for callback in callbacks:
         callback.on_train_start(state)
     use_amp = config.amp and device.type == "cuda"
@@ -237,12 +229,11 @@ def train(
                 save_checkpoint({"config": config.to_dict(), "model": best_model, "epoch": epoch,
                                  "num_classes": num_classes, "val_metrics": val}, folder / "best.pt")
         if folder is not None and is_main:
-            save_checkpoint({
-                "config": config.to_dict(), "model": model_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": state.epoch, "step": state.step,
-                "history": state.history, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
-                "best_model": best_model, "num_classes": num_classes, "rng": rng_state(),
-            }, folder / "last.pt")
+            save_checkpoint({"model": model_state(model), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "epoch": state.epoch, "step": state.step,
+                             "history": state.history, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
+                             "best_model": best_model, "num_classes": num_classes, "rng": rng_state(),
+                             "config": config.to_dict()}, folder / "last.pt")
         for callback in callbacks:
             callback.on_epoch_end(state)
 
@@ -257,6 +248,18 @@ def train(
                                         seed=config.seed)
     return TrainResult(config, model, state.history, state.best_epoch, val_metrics, test_metrics,
                        time.perf_counter() - start_time)
+
+
+def _restore(checkpoint: dict, optimizer, scheduler, state: TrainState) -> dict:
+    """Continue from a ``last.pt``: model, optimizer, scheduler, progress and random state; returns
+    the best model so far."""
+    state.model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    state.epoch, state.step, state.history = checkpoint["epoch"], checkpoint["step"], list(checkpoint["history"])
+    state.best_epoch, state.best_metric = checkpoint["best_epoch"], checkpoint["best_metric"]
+    set_rng_state(checkpoint["rng"])
+    return checkpoint["best_model"]
 
 
 def _check_finite(output: ModelOutput, loss: torch.Tensor, step: int, epoch: int) -> None:

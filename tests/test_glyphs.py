@@ -111,3 +111,26 @@ def test_a_corrupt_cache_is_regenerated(tmp_path):
     assert arrays["images"].shape[1:] == (32, 32)
     with np.load(path) as archive:  # the regenerated cache replaced the corrupt one
         np.testing.assert_array_equal(archive["images"], arrays["images"])
+
+
+def test_a_transform_is_applied_by_item_and_by_batch(data_root):
+    flipped = GlyphDataset("val", root=data_root, transform=lambda image: image.flip(-1))
+    plain = GlyphDataset("val", root=data_root)
+    images, _ = flipped.batch([0, 1])
+    assert torch.equal(images[1], plain[1][0].flip(-1)) and torch.equal(flipped[0][0], images[0])
+
+
+def test_the_validation_fraction_decides_how_many_training_classes_are_held_out(data_root):
+    small = GlyphDataset("val", root=data_root, val_fraction=0.1)
+    large = GlyphDataset("val", root=data_root, val_fraction=0.3)
+    train_small = GlyphDataset("train", root=data_root, val_fraction=0.1)
+    train_large = GlyphDataset("train", root=data_root, val_fraction=0.3)
+    assert small.num_classes < large.num_classes
+    assert small.num_classes + train_small.num_classes == large.num_classes + train_large.num_classes
+
+
+@pytest.mark.parametrize("settings, message", [(dict(image_size=0), "image_size"), (dict(image_size=128), "image_size"),
+                                               (dict(images_per_class=1), "images_per_class")])
+def test_impossible_glyph_settings_are_refused(settings, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        GlyphDataset("train", root=tmp_path, **settings)

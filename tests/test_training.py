@@ -186,3 +186,47 @@ def test_evaluation_with_test_time_refinement_uses_the_refined_embeddings(tiny, 
     embeddings, labels = embed_dataset(result.model, tiny_datasets.val)
     expected = recall_at_k(refine_embeddings(result.model, embeddings, k=5), labels, ks=(1,))[1]
     assert refined["recall@1"] == expected and plain["recall@1"] != expected
+
+
+def test_messages_stay_off_during_the_warm_up_and_start_after_it(tiny, tiny_datasets):
+    class Recorder(Callback):
+        def __init__(self):
+            self.passing = []
+
+        def on_epoch_end(self, state):
+            self.passing.append(state.model.mpn.layers[0].pass_messages)
+
+    recorder = Recorder()
+    train(tiny.replace(message_warmup_epochs=2), callbacks=[recorder], datasets=tiny_datasets, progress=False,
+          evaluate_test=False)
+    assert recorder.passing == [False, False, True]
+
+
+def test_the_attention_maps_learn_only_once_the_warm_up_is_over(tiny, tiny_datasets):
+    class Weights(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_start(self, state):
+            self.seen.append(state.model.mpn.layers[0].q_proj.weight.detach().clone())
+
+        on_epoch_end = on_train_start
+
+    weights = Weights()
+    train(tiny.replace(message_warmup_epochs=2), callbacks=[weights], datasets=tiny_datasets, progress=False,
+          evaluate_test=False)
+    start, after_1, after_2, after_3 = weights.seen
+    assert torch.equal(start, after_1) and torch.equal(start, after_2) and not torch.equal(after_2, after_3)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(message_warmup_epochs=3), "message_warmup_epochs"),
+    (dict(mpn_input_scale=0.0), "mpn_input_scale"),
+    (dict(lr=float("nan")), "lr"),
+    (dict(classes_per_batch=1), "classes_per_batch"),
+    (dict(loss="magnet"), "loss"),
+    (dict(device="gpu0"), "device"),
+])
+def test_a_config_no_run_can_have_is_refused_with_the_field_named(tiny, changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny.replace(**changes).validate()

@@ -56,15 +56,6 @@ def test_the_epoch_slider_switches_to_that_epochs_attention():
     assert explorer.caption.value.startswith("<b>epoch 0</b>")
 
 
-def test_the_heads_slider_shows_that_models_heads_and_recall():
-    results = {h: (_attention(num_layers=1, num_heads=h, seed=h), 0.5 + h / 100) for h in (1, 2, 4, 8)}
-    explorer = viz.HeadsExplorer(results, LABELS)
-    explorer.heads_slider.value = 4
-    assert explorer.current["heads"] == 4 and explorer.current["recall@1"] == pytest.approx(0.54)
-    assert len(explorer.current["same_class_share"]) == 4
-    assert "4 head(s)" in explorer.caption.value
-
-
 def test_the_epoch_explorer_shows_the_chosen_frame():
     frames = [(e, np.random.default_rng(e).normal(size=(12, 2))) for e in (0, 1, 2)]
     explorer = viz.EpochExplorer(frames, LABELS, notes={2: "val R@1 50%"})

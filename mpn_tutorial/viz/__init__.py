@@ -7,20 +7,22 @@ callbacks only call ``update``.
 - ``figures``: data and retrieval (:func:`show_gallery`, :func:`show_retrievals`), pairs and
   triplets (:func:`show_pairs`, :func:`show_triplets`), training curves and tables
   (:func:`plot_histories`, :func:`results_table`), seeds and ablations (:func:`summarize_seeds`,
+  :func:`seed_table`,
   :func:`plot_ablation`), the batch as a graph and the model (:func:`plot_batch_graph`,
   :func:`plot_architecture`), the paper's table next to the glyphs' (:func:`plot_reported_results`)
-- ``attention``: :func:`attention_view`, :func:`plot_attention_view`, :func:`plot_heads`,
-  :func:`plot_same_class_share` (the share itself: :func:`same_class_attention_share`)
+- ``attention``: :func:`attention_view`, :func:`plot_attention_view`,
+  :func:`plot_same_class_share`, :func:`plot_attention_comparison` (the share itself:
+  :func:`same_class_attention_share`)
 - ``embeddings``: :func:`umap_across_training`, :func:`plot_embedding_frame`, :func:`export_animation`
-- ``explorers``: :class:`AttentionExplorer`, :class:`HeadsExplorer`, :class:`EpochExplorer`
+- ``explorers``: :class:`AttentionExplorer`, :class:`EpochExplorer`
 """
 
 from mpn_tutorial.metrics import same_class_attention_share
 from mpn_tutorial.viz.attention import (
     AttentionView,
     attention_view,
+    plot_attention_comparison,
     plot_attention_view,
-    plot_heads,
     plot_same_class_share,
 )
 from mpn_tutorial.viz.embeddings import (
@@ -29,16 +31,19 @@ from mpn_tutorial.viz.embeddings import (
     plot_embedding_frame,
     umap_across_training,
 )
-from mpn_tutorial.viz.explorers import AttentionExplorer, EpochExplorer, HeadsExplorer
+from mpn_tutorial.viz.explorers import AttentionExplorer, EpochExplorer
 from mpn_tutorial.viz.figures import (
     CLASS_COLOURS,
     class_order,
     draw_class_boundaries,
     figure_to_png,
     plot_ablation,
+    plot_architecture,
     plot_batch_graph,
     plot_histories,
+    plot_reported_results,
     results_table,
+    seed_table,
     show_gallery,
     show_pairs,
     show_retrievals,
@@ -51,7 +56,6 @@ __all__ = [
     "AttentionExplorer",
     "AttentionView",
     "EpochExplorer",
-    "HeadsExplorer",
     "attention_view",
     "class_order",
     "draw_class_boundaries",
@@ -59,14 +63,17 @@ __all__ = [
     "figure_to_png",
     "frame_limits",
     "plot_ablation",
+    "plot_architecture",
+    "plot_attention_comparison",
     "plot_attention_view",
     "plot_batch_graph",
     "plot_embedding_frame",
-    "plot_heads",
     "plot_histories",
+    "plot_reported_results",
     "plot_same_class_share",
     "results_table",
     "same_class_attention_share",
+    "seed_table",
     "show_gallery",
     "show_pairs",
     "show_retrievals",

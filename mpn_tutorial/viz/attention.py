@@ -86,29 +86,6 @@ def plot_attention_view(view: AttentionView, images, labels, title: str = "") ->
     return figure
 
 
-def plot_heads(attention, labels, shares=None, title: str = "") -> Figure:
-    """Every head of one layer side by side: attention (H, N, N) sorted by class."""
-    attention = np.asarray(attention)
-    order, boundaries = class_order(labels)
-    num_heads = attention.shape[0]
-    shares = same_class_attention_share(attention, labels) if shares is None else shares
-    figure, axes = plt.subplots(1, num_heads, figsize=(2.6 * num_heads + 0.5, 2.9), squeeze=False)
-    largest = float(attention.max())  # one colour scale for all heads, so they can be compared
-    for head in range(num_heads):
-        axis = axes[0, head]
-        axis.imshow(attention[head][np.ix_(order, order)], cmap="magma", vmin=0, vmax=largest)
-        draw_class_boundaries(axis, boundaries, linewidth=0.5)
-        axis.set_title(f"head {head + 1}: {100 * shares[head]:.0f}% same class", fontsize=9)
-        axis.set_xticks([])
-        axis.set_yticks([])
-        if head == 0:
-            axis.set_ylabel("query (sorted by class)", fontsize=8)
-        axis.set_xlabel("attended sample", fontsize=8)
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    return figure
-
-
 def plot_same_class_share(snapshots, labels, chance: float | None = None) -> Figure:
     """Share of attention on same-class samples, per head, across training epochs."""
     epochs = [epoch for epoch, _ in snapshots]
@@ -126,5 +103,32 @@ def plot_same_class_share(snapshots, labels, chance: float | None = None) -> Fig
     axis.set_title("how much each head attends to samples of the query's class")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_attention_comparison(attentions: dict[str, np.ndarray], labels, title: str = "") -> Figure:
+    """One row per model, one heat map per head (layer 1), sorted by class, each row on its own colour
+    scale: ``{name: attention (L, H, N, N)}`` of models on the same batch."""
+    order, boundaries = class_order(labels)
+    num_heads = max(np.asarray(a).shape[1] for a in attentions.values())
+    figure, axes = plt.subplots(len(attentions), num_heads, figsize=(2.7 * num_heads + 1, 2.8 * len(attentions)),
+                                squeeze=False)
+    for row, (name, attention) in enumerate(attentions.items()):
+        layer = np.asarray(attention)[0]
+        shares = same_class_attention_share(layer, labels)
+        for head in range(num_heads):
+            axis = axes[row, head]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if head >= len(layer):
+                axis.axis("off")
+                continue
+            axis.imshow(layer[head][np.ix_(order, order)], cmap="magma", vmin=0, vmax=float(layer.max()))
+            draw_class_boundaries(axis, boundaries, linewidth=0.5)
+            axis.set_title(f"head {head + 1}: {100 * shares[head]:.0f}% same class", fontsize=9)
+            if head == 0:
+                axis.set_ylabel(name, fontsize=9)
+    figure.suptitle(title or "attention on the same held-out batch (rows and columns sorted by class)", fontsize=10)
     figure.tight_layout()
     return figure

@@ -11,8 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from mpn_tutorial.metrics import same_class_attention_share
-from mpn_tutorial.viz.attention import AttentionView, attention_view, plot_attention_view, plot_heads
+from mpn_tutorial.viz.attention import AttentionView, attention_view, plot_attention_view
 from mpn_tutorial.viz.embeddings import frame_limits, plot_embedding_frame
 from mpn_tutorial.viz.figures import figure_to_png
 
@@ -94,33 +93,6 @@ class AttentionExplorer(_Explorer):
                                      title=f"epoch {epoch}: layer {self.current.layer + 1}, "
                                      f"head {self.current.head + 1}")
         self._show(figure, f"<b>epoch {epoch}</b> · {self.current.caption}")
-        return self.current
-
-
-class HeadsExplorer(_Explorer):
-    """A slider over the number of heads that shows every head's attention map and the model's R@1.
-
-    ``results``: ``{num_heads: (attention (L, H, N, N), test Recall@1)}`` for models trained with
-    1, 2, 4, 8 heads on the same batch ``labels`` (N,).
-    """
-
-    def __init__(self, results: dict[int, tuple[np.ndarray, float]], labels) -> None:
-        widgets = _require_widgets()
-        self.results = {int(h): (np.asarray(a), float(r)) for h, (a, r) in sorted(results.items())}
-        self.labels = np.asarray(labels)
-        options = list(self.results)
-        self.heads_slider = widgets.SelectionSlider(options=options, value=options[0], description="heads",
-                                                    continuous_update=False)
-        self._assemble([[self.heads_slider]], "heads-explorer")
-
-    def update(self) -> dict:
-        heads = self.heads_slider.value
-        attention, recall = self.results[heads]
-        shares = same_class_attention_share(attention[0], self.labels)
-        self.current = {"heads": heads, "recall@1": recall, "same_class_share": shares}
-        figure = plot_heads(attention[0], self.labels, shares, title=f"{heads} head(s): test R@1 {100 * recall:.1f}%")
-        self._show(figure, f"<b>{heads} head(s)</b> · test R@1 {100 * recall:.1f}% · same-class share per head: "
-                   + ", ".join(f"{100 * s:.0f}%" for s in shares))
         return self.current
 
 

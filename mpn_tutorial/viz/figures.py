@@ -189,6 +189,30 @@ def summarize_seeds(
     return summary
 
 
+def seed_table(runs: dict[str, list[dict[str, float]]], columns: dict[str, str] | None = None) -> str:
+    """A plain-text table, one row per variant, of mean ± standard deviation over seeds.
+
+    ``runs``: ``{variant: [metrics of each seed]}``; ``columns``: ``{metric key: heading}`` (default
+    Recall@1 and MAP@R in percent). Keys ending in ``share`` are printed as fractions.
+    """
+    columns = columns or {"recall@1": "R@1 (%)", "map@r": "MAP@R (%)"}
+    width = max(len(name) for name in runs) + 2
+    lines = [f"{'variant':<{width}}" + "".join(f"{heading:>16}" for heading in columns.values())]
+    lines.append("-" * len(lines[0]))
+    for name, results in runs.items():
+        cells = []
+        for key in columns:
+            values = np.array([r[key] for r in results if key in r], dtype=np.float64)
+            if len(values) == 0:
+                cells.append(f"{'—':>16}")
+                continue
+            scale, digits = (1, 3) if key.endswith("share") else (100, 1)
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{scale * values.mean():>{9 if digits == 1 else 8}.{digits}f} ± {scale * std:<4.{digits}f}")
+        lines.append(f"{name:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
 def plot_ablation(summary: dict[str, tuple[float, float]], metric: str = "Recall@1", title: str = "") -> Figure:
     """Horizontal bars of mean ± standard deviation over seeds, one per variant."""
     names = list(summary)
@@ -229,4 +253,81 @@ def plot_batch_graph(labels, title: str = "a P×K batch as a fully connected gra
     axis.axis("off")
     axis.set_title(f"{title}\n(coloured edges: same class; gray: different classes; rings: self-loops)",
                    fontsize=10)
+    return figure
+
+
+def plot_architecture(config=None) -> Figure:
+    """The model as boxes and arrows: what trains, what the MPN sees, what retrieval uses at test time.
+
+    ``config`` (a TrainConfig) fills in the dimensions, heads and layers; without it, symbols.
+    """
+    dim = f"{config.embedding_dim}-d" if config is not None else "D-d"
+    heads = f"{config.mpn_heads} heads" if config is not None else "H heads"
+    layers = f"× {config.mpn_layers}" if config is not None else "× L"
+    backbone = {"glyph_cnn": "glyph CNN", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}.get(
+        getattr(config, "backbone", ""), "backbone")
+    figure, axis = plt.subplots(figsize=(11, 4.2))
+    axis.set_xlim(0, 11)
+    axis.set_ylim(0, 4.2)
+    axis.axis("off")
+
+    def box(x, y, text, colour, width=1.55):
+        axis.add_patch(plt.Rectangle((x, y), width, 0.7, facecolor=colour, edgecolor="black", linewidth=1))
+        axis.text(x + width / 2, y + 0.35, text, ha="center", va="center", fontsize=8.5)
+        return x + width, y + 0.35
+
+    def arrow(start, end, colour="black"):
+        axis.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", color=colour, linewidth=1.2))
+
+    test_colour, train_colour, mpn_colour = "#cde8cd", "#e4e4e4", "#fde2b8"
+    right, middle = box(0.1, 1.75, "P×K images", "white", 1.2)
+    box(1.6, 1.75, f"{backbone}\nmax pooling", test_colour, 1.5)
+    arrow((right, middle), (1.6, middle))
+    box(3.45, 1.75, f"linear: embedding\ne ({dim})", test_colour, 1.7)
+    arrow((3.1, middle), (3.45, middle))
+    box(5.6, 3.05, "backbone classifier\n(linear)", train_colour, 1.9)
+    box(7.9, 3.05, "CE_ε(z_b / T)", train_colour, 1.4)
+    arrow((5.15, middle + 0.2), (5.6, 3.4))
+    arrow((7.5, 3.4), (7.9, 3.4))
+    box(5.6, 1.75, "L2-normalise", test_colour, 1.3)
+    arrow((5.15, middle), (5.6, middle))
+    axis.text(7.45, 1.97, "retrieval at\ntest time", fontsize=8.5, color="darkgreen", ha="left", va="center")
+    arrow((6.9, middle + 0.1), (7.4, 2.0), "darkgreen")
+    box(5.6, 0.45, f"MPN: linear, then\nattention over the batch\n({heads}) {layers}", mpn_colour, 2.2)
+    arrow((6.25, 1.75), (6.25, 1.15))
+    box(8.2, 0.45, "BNNeck\nclassifier", train_colour, 1.1)
+    arrow((7.8, 0.8), (8.2, 0.8))
+    box(9.65, 0.45, "CE_ε(z_m / T)", train_colour, 1.3)
+    arrow((9.3, 0.8), (9.65, 0.8))
+    axis.text(9.5, 2.2, "L = sum of\nthe two terms", fontsize=8.5, ha="center", va="center")
+    axis.text(0.1, 0.1, "green: used at test time   gray: training only   orange: message passing (training only)",
+              fontsize=8.5)
+    axis.set_title("the model: both cross-entropies train the backbone; retrieval uses only the normalised "
+                   "backbone embedding", fontsize=10)
+    return figure
+
+
+def plot_reported_results(rows: dict[str, tuple[float | None, float | None]], title: str = "") -> Figure:
+    """Bars of Recall@1 (%): ``{dataset: (published R@1 or None, measured here or None)}``."""
+    names = list(rows)
+    figure, axis = plt.subplots(figsize=(7.5, 3.4))
+    positions = np.arange(len(names))
+    labelled = set()
+    for position, name in zip(positions, names):
+        for offset, value, colour, label in ((-0.2, rows[name][0], "tab:gray", "paper (ResNet-50, GPUs)"),
+                                             (0.2, rows[name][1], "tab:blue", "this package")):
+            if value is None:
+                axis.text(position + offset, 3, "not\nmeasured\nhere" if offset > 0 else "—", ha="center",
+                          va="bottom", fontsize=7.5)
+                continue
+            axis.bar(position + offset, value, width=0.4, color=colour, label=None if label in labelled else label)
+            labelled.add(label)
+            axis.text(position + offset, value + 1, f"{value:.1f}", ha="center", fontsize=8)
+    axis.set_xticks(positions, names)
+    axis.set_ylim(0, 118)
+    axis.set_ylabel("Recall@1 (%)")
+    axis.set_title(title or "Recall@1: the paper's numbers and what this package measured")
+    axis.legend(fontsize=8, loc="upper left", ncol=2)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
     return figure

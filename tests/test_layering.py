@@ -1,0 +1,55 @@
+"""The library's imports point one way (DESIGN.md §2): no module imports one above it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mpn_tutorial"
+
+# 0: plumbing; 1: the ground floor (independent of each other); 2: what stands on it;
+# 3: the loop; 4: what the notebooks and the command line use on top.
+LEVELS = {
+    "runtime": 0, "atomic": 0,
+    "data": 1, "backbones": 1, "models": 1, "losses": 1, "metrics": 1, "distributed": 1,
+    "config": 2, "presets": 2, "evaluation": 2, "callbacks": 2, "checkpoints": 2,
+    "training": 3,
+    "run_store": 4, "viz": 4, "exercises": 4, "solutions": 4, "notebook": 4, "__main__": 5, "__init__": 0,
+}
+GROUND_FLOOR_EXCEPTIONS = {("models", "backbones")}  # the full model is built on the backbones
+
+
+def _top(name: str) -> str:
+    return name.split(".")[1] if name.startswith("mpn_tutorial.") else "__init__"
+
+
+def _imports() -> list[tuple[str, str, int]]:
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        module = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mpn_tutorial"):
+                names = [node.module] if node.module != "mpn_tutorial" else [f"mpn_tutorial.{a.name}" for a in node.names]
+                found += [(module, _top(name), node.lineno) for name in names]
+    return found
+
+
+def test_every_module_has_a_level():
+    modules = {path.relative_to(PACKAGE).parts[0].removesuffix(".py") for path in PACKAGE.rglob("*.py")}
+    assert modules <= set(LEVELS), sorted(modules - set(LEVELS))
+
+
+def test_no_import_points_up_and_the_ground_floor_modules_are_independent():
+    for importer, imported, line in _imports():
+        if importer == imported or importer == "__init__":
+            continue
+        assert LEVELS[imported] <= LEVELS[importer], f"{importer} (level {LEVELS[importer]}) imports {imported} " \
+            f"(level {LEVELS[imported]}) at line {line}"
+        if LEVELS[importer] == LEVELS[imported] == 1:
+            assert (importer, imported) in GROUND_FLOOR_EXCEPTIONS, f"{importer} imports {imported} (line {line})"
+
+
+def test_only_viz_imports_widgets():
+    for path in PACKAGE.rglob("*.py"):
+        if "ipywidgets" in path.read_text():
+            assert path.parent.name == "viz", path

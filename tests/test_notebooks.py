@@ -1,0 +1,60 @@
+"""The notebooks as a learner meets them: exercises to do, and a preset switch that fails clearly."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mpn_tutorial.exercises import EXERCISES
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SETUP_LINE = 'start(preset="glyphs")'
+
+
+def _code(path: Path) -> list[str]:
+    return [cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+
+
+def test_there_is_one_exercise_per_notebook():
+    exercises = {exercise.notebook for exercise in EXERCISES.values()}
+    assert exercises == {path.name[:2] for path in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_the_exercise_cell_holds_a_placeholder_and_its_check_says_not_tried(path):
+    notebook = nbformat.read(path, as_version=4)
+    cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    checks = [i for i, cell in enumerate(cells) if re.search(r'^check\("', cell.source, re.MULTILINE)]
+    assert len(checks) == 1, "one exercise check per notebook"
+    exercise_cell = cells[checks[0] - 1].source
+    assert "None  # your code" in exercise_cell, exercise_cell
+    shown = "".join(output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
+                    for output in cells[checks[0]].outputs)
+    assert "not tried" in shown, f"the committed check output should say 'not tried', got: {shown!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_every_notebook_starts_with_the_one_line_setup(path):
+    assert SETUP_LINE in _code(path)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_with_a_benchmark_preset_a_notebook_runs_until_the_missing_data_and_says_so(path, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    notebook = nbformat.read(path, as_version=4)
+    first = next(cell for cell in notebook.cells if cell.cell_type == "code")
+    first.source = first.source.replace(SETUP_LINE, 'start(preset="cub")')
+    monkeypatch.setenv("MPN_TUTORIAL_RUNS", str(Path(__file__).resolve().parents[1] / "data" / "runs"))
+    client = NotebookClient(notebook, kernel_name="python3", timeout=900,
+                            resources={"metadata": {"path": str(path.parent)}})
+    try:
+        client.execute()
+    except CellExecutionError as error:
+        assert error.ename == "DatasetNotFoundError", f"{error.ename}: {str(error)[-1500:]}"
+        assert "fetch cub" in str(error)

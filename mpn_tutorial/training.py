@@ -109,20 +109,23 @@ def prepare_run_folder(config: TrainConfig, folder: Path, resume: bool, overwrit
     only (same settings, apart from where and how fast it computes).
     """
     existing = [name for name in RUN_FILES if (folder / name).exists()]
-    last = folder / "last.pt"
-    if resume and last.exists():
-        checkpoint = load_checkpoint(last)
-        check_same_preset(checkpoint, config, last)
+    if not existing:
+        return None
+    last, best = folder / "last.pt", folder / "best.pt"
+    stored = last if last.exists() else best if best.exists() else None
+    if resume and stored is not None:
+        checkpoint = load_checkpoint(stored)
+        check_same_preset(checkpoint, config, stored)
         changed = config.differences(checkpoint["config"])
-        if changed and not overwrite:
+        if not changed:  # the same run: continue it (without a last.pt it never finished an epoch: restart it)
+            return checkpoint if stored == last else None
+        if not overwrite:
             listed = ", ".join(f"{name}={new!r} (the folder's run: {old!r})" for name, (new, old) in changed.items())
             raise CheckpointError(
                 f"{folder} holds a different run; --resume continues the same settings only, and this run "
                 f"changes {listed}. Train into another --checkpoint-dir, or pass --overwrite to replace it."
             )
-        if not changed:
-            return checkpoint
-    elif existing and not overwrite:
+    if not overwrite:
         raise CheckpointError(
             f"{folder} already holds a run ({', '.join(existing)}); nothing was changed. Use --resume to "
             "continue that run, another --checkpoint-dir for a new one, or --overwrite to replace it."

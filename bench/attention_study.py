@@ -15,7 +15,7 @@ Runs are stored under ``data/study_runs`` (the notebooks' run store), so an inte
 resumes where it stopped; delete the folder to retrain everything. Writes the tables to
 ``bench/attention_study.md`` and the per-seed numbers to ``bench/attention_study.json``.
 
-    nice -n 19 python bench/attention_study.py            # about 45 min on 2 cores (from scratch)
+    nice -n 19 python bench/attention_study.py            # about an hour on 2 cores from scratch
     python bench/attention_study.py --quick --output /tmp/study   # tiny networks: ~1 min, checks the machinery
 """
 

@@ -51,7 +51,7 @@ class Step:
         loss.backward()
         self.optimizer.step()
 
-    def heads_only(self) -> None:
+    def on_embeddings_only(self) -> None:
         """Forward + backward of what sits on the embedding (classifier, MPN) and the loss: no backbone."""
         self.model.zero_grad(set_to_none=True)
         loss, _ = self.objective(self.model.training_outputs(self.fixed_embeddings), self.fixed_labels)
@@ -118,7 +118,8 @@ def breakdown(mpn_config: TrainConfig, ce_config: TrainConfig, num_classes: int,
     loop_mpn = Step(mpn_config, num_classes, batches, foreach=False)
     loop_ce = Step(ce_config, num_classes, batches, foreach=False)
     seconds = time_interleaved({
-        "mpn_heads_fwd_bwd": mpn.heads_only, "ce_heads_fwd_bwd": ce.heads_only, **optimizer_steps,
+        "mpn_on_embeddings_fwd_bwd": mpn.on_embeddings_only, "ce_on_embeddings_fwd_bwd": ce.on_embeddings_only,
+        **optimizer_steps,
         "mpn_step_for_loop_adam": loop_mpn, "ce_step_for_loop_adam": loop_ce,
     }, warmup=args.warmup, repeats=args.repeats)
     for name, value in seconds.items():

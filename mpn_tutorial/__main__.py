@@ -121,9 +121,12 @@ _TRAIN_OVERRIDES = {
     "image_size": "image_size",
     "backbone": "backbone",
     "embedding_dim": "embedding_dim",
+    "mpn_input_scale": "mpn_input_scale",
+    "message_warmup_epochs": "message_warmup_epochs",
 }
-# changes that do not make a different run, so the default folder name leaves them out
-_NOT_IN_RUN_NAME = ("loss", "seed", "data_root", "device", "num_workers")
+# flags the default folder name leaves out: loss and seed have their own place in it; the others say
+# where or how fast a run computes, or name a file (a path would nest folders)
+_NOT_IN_RUN_NAME = ("loss", "seed", "data_root", "device", "num_workers", "weights_path")
 
 
 def run_name(config, changed_flags: dict) -> str:
@@ -157,6 +160,8 @@ def _train(args: argparse.Namespace) -> int:
     flags = {flag: getattr(args, flag) for flag in _TRAIN_OVERRIDES if getattr(args, flag) is not None}
     if args.no_pretrained:
         changes["pretrained"] = flags["pretrained"] = False
+    if args.identity_values:
+        changes["mpn_identity_values"] = flags["identity_values"] = True
     if args.checkpointing:
         changes["checkpointing"] = True
     config = get_preset(args.preset, **changes)
@@ -300,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", choices=BACKBONES, help="default: the preset's")
     train.add_argument("--image-size", type=whole_number(8), help="crop size (default: the preset's; glyphs 8-64)")
     train.add_argument("--embedding-dim", type=at_least_1)
+    train.add_argument("--mpn-input-scale", type=positive_number,
+                       help="multiply the MPN's normalised input by this (1 published; glyphs-attention: 2·sqrt(D))")
+    train.add_argument("--identity-values", action="store_true", help="start the MPN's W_v and W_o as the identity")
+    train.add_argument("--message-warmup-epochs", type=count,
+                       help="epochs trained with messages off before they start (glyphs-attention: 5)")
     train.add_argument("--no-pretrained", action="store_true", help="start the ResNet from random weights")
     train.add_argument("--checkpointing", action="store_true", help="activation checkpointing (less GPU memory)")
     train.add_argument("--checkpoint-dir", type=folder,

@@ -146,12 +146,19 @@ class CSVLogger(Callback):
 
 
 class TensorBoardLogger(Callback):
-    """Logs each epoch's history row to TensorBoard (needs the ``tensorboard`` package)."""
+    """Logs each epoch's history row to TensorBoard (needs the ``tensorboard`` package).
+
+    The event files are created when training starts, not before: a run that is refused (its folder
+    holds another run) writes nothing.
+    """
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
         from torch.utils.tensorboard import SummaryWriter  # ImportError when tensorboard is missing
 
-        self.writer = SummaryWriter(str(log_dir))
+        self.log_dir, self.make_writer, self.writer = str(log_dir), SummaryWriter, None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.writer = self.make_writer(self.log_dir)
 
     def on_epoch_end(self, state: TrainState) -> None:
         row = state.history[-1]

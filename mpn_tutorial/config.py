@@ -19,7 +19,7 @@ from mpn_tutorial.models import ModelConfig
 
 LOSSES = ("contrastive", "triplet", "ce", "mpn")
 # Settings that change where or how fast a run computes, not what it computes.
-MACHINERY_FIELDS = ("data_root", "device", "num_workers", "eval_batch_size")
+MACHINERY_FIELDS = ("data_root", "device", "num_workers", "eval_batch_size", "checkpointing", "channels_last")
 BACKBONES = ("glyph_cnn", "resnet18", "resnet50")
 OPTIMIZERS = ("adam", "radam", "adamw", "sgd")
 
@@ -126,6 +126,9 @@ class TrainConfig:
         _check_choice("backbone", self.backbone, BACKBONES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("triplet_mining", self.triplet_mining, MINING_STRATEGIES)
+        if self.dataset == "glyphs" and self.backbone != "glyph_cnn":
+            raise ValueError(f"backbone {self.backbone!r} takes RGB benchmark images; the glyphs are one-channel 32 px "
+                             "images: use backbone 'glyph_cnn' (or a benchmark preset for a ResNet)")
         smallest_image = 8 if self.backbone == "glyph_cnn" else 32
         _check_int("image_size", self.image_size, smallest_image,
                    hint="the glyph CNN needs at least 8 px, a ResNet at least 32 px (227 published)")
@@ -163,8 +166,9 @@ class TrainConfig:
         _check_number("lr", self.lr, 0, low_open=True, hint="e.g. 1e-3 (glyphs) or 1e-4 (published)")
         _check_number("weight_decay", self.weight_decay, 0)
         _check_int("epochs", self.epochs, 1)
-        _check_int("message_warmup_epochs", self.message_warmup_epochs, 0, self.epochs - 1,
-                   hint="messages must start before the last epoch")
+        if self.loss == "mpn":
+            _check_int("message_warmup_epochs", self.message_warmup_epochs, 0, self.epochs - 1,
+                       hint="messages must be on for at least the last epoch: lower --message-warmup-epochs")
         if self.batches_per_epoch is not None:
             _check_int("batches_per_epoch", self.batches_per_epoch, 1, hint="or None for one pass over the data")
         if any(not _is_int(e) or e < 1 for e in self.lr_decay_epochs):

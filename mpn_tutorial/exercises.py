@@ -161,7 +161,7 @@ def _welch_t(answer, first, second) -> str:
 
 
 def _training_steps(answer, epochs, training_images, batch_size) -> str:
-    yours = _evaluated(answer)
+    yours = _evaluated(answer, epochs, training_images, batch_size)
     expected = epochs * (training_images // batch_size)
     if yours == epochs * training_images // batch_size and yours != expected:
         raise AssertionError("an epoch has a whole number of batches: round down per epoch, then multiply")

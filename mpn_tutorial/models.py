@@ -12,7 +12,8 @@ every other node with multi-head dot-product attention, a transformer block over
     x_i <- LayerNorm(x_i + Dropout(W_2 Dropout(ReLU(W_1 x_i))))         (feed-forward network)
 
 A classifier on the refined embeddings gives the MPN logits; a cross-entropy on them trains the
-backbone through the attention. At test time only the backbone embedding is used.
+backbone through the MPN head (attention, feed-forward network, classifier). At test time only the
+backbone embedding is used (optionally refined by the trained MPN: ``evaluation.refine_embeddings``).
 
 Published softmax detail: the official code normalises with an implicit extra logit of zero,
 ``a_ij = exp(s_ij) / (1 + sum_j' exp(s_ij'))``, so each row sums to slightly less than one (a node
@@ -23,19 +24,22 @@ published settings and a backbone trained from scratch, the attention stays unif
 off by default (the published behaviour), and what each changes:
 
 - ``input_scale`` (of :class:`MessagePassingNetwork`): the MPN's input x_i is L2-normalised, so each
-  of its D coordinates is about 1/sqrt(D) and every score s_ij starts near 0.003: the softmax is
-  uniform and its gradient tiny. Multiplying x_i by sqrt(D) gives coordinates of unit size, as a
-  transformer expects, and scores of order one.
-- ``identity_values`` (of :class:`MessagePassingLayer`): W_v and W_o start as the identity, so a
-  message starts as the attention-weighted mean of the other samples' inputs. With random W_v
-  (xavier, published) and uniform attention every value receives the same gradient, the values
-  never become class-specific, and the scores have nothing to align with.
-- ``similarity_prior``: W_q and W_k start as the identity too, so attention starts as the scaled
-  similarity of the inputs (a stronger prior; the study compares it).
+  of its D coordinates is about 1/sqrt(D), and before training the scores s_ij spread over only
+  about ±0.003: the softmax is uniform and its gradient tiny. Multiplying x_i by a multiple of
+  sqrt(D) gives coordinates of unit size, as a transformer expects (at 2 sqrt(D) the scores start
+  at about ±0.3).
+- ``identity_values`` (of :class:`MessagePassingLayer` and the network): W_v and W_o start as the
+  identity, so a message starts as the attention-weighted mean of the layer's inputs (all samples',
+  the receiver's own included). With random W_v (xavier, published) and uniform attention every
+  value receives the same gradient, the values never become class-specific, and the scores have
+  nothing to align with.
+- ``similarity_prior`` (an extra option, not needed by the study's preset): W_q and W_k start as
+  the identity too, so attention starts as the scaled similarity of the inputs.
 
 The third change the study needed is not in the model: ``TrainConfig.message_warmup_epochs`` trains
 the backbone with the MPN head alone before messages start (the published recipe starts from an
-ImageNet-pretrained backbone instead). ``presets.GLYPHS_ATTENTION`` combines them.
+ImageNet-pretrained backbone instead). ``presets.GLYPHS_ATTENTION`` combines ``input_scale``,
+``identity_values`` and the warm-up.
 """
 
 from __future__ import annotations
@@ -307,14 +311,16 @@ class ModelConfig:
 class MetricLearningModel(nn.Module):
     """Backbone -> embedding -> (backbone classifier, message passing network -> MPN classifier).
 
-    Three ways in, each with one return type:
+    The ways in, each with one return type:
 
     - ``retrieval_embeddings(images)``: the L2-normalised backbone embedding (N, D), what
       retrieval uses at test time (the MPN is not run);
     - ``model(images)``: a :class:`ModelOutput` for training (embeddings, both logits, attention
       with ``return_attention=True``), whatever the train/eval mode;
     - ``message_passing(embeddings)``: the MPN alone on backbone embeddings (normalised first, as
-      published), returning a :class:`MessagePassingOutput`.
+      published), returning a :class:`MessagePassingOutput`;
+    - ``embed(images)``: the backbone embedding, not normalised; ``training_outputs(embeddings)``:
+      both classifiers on given embeddings (what ``forward`` does after ``embed``).
     """
 
     def __init__(self, config: ModelConfig) -> None:

@@ -12,6 +12,7 @@ data allows: without the data it stops at the first cell that needs it, with the
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from functools import cached_property
@@ -72,6 +73,15 @@ class Tutorial:
                         for name in ("dataset", "data_root", "image_size", "val_fraction", "data_seed"))
         return train_cached(config, self.runs, callbacks=recorders, datasets=self.datasets if same_data else None,
                             progress=False)
+
+    def study(self) -> dict:
+        """The attention study's per-seed numbers (``bench/attention_study.json`` next to this package,
+        written by ``bench/attention_study.py``)."""
+        path = Path(__file__).resolve().parents[1] / "bench" / "attention_study.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; run `python bench/attention_study.py` from the project "
+                                    "to produce it (about an hour on 2 cores)")
+        return json.loads(path.read_text())
 
     def __repr__(self) -> str:
         return (f"preset {self.config.preset} · data in {self.data} · trained runs kept in {self.runs} · "

@@ -1,6 +1,6 @@
 """Named training configurations: ``glyphs`` (the CPU default, minutes) and the published recipe.
 
-The four benchmark presets restate the hyperparameters of the official release (DESIGN.md §4):
+The four benchmark presets restate the hyperparameters of the official release (dvl-tum/intra_batch):
 ImageNet-pretrained ResNet-50, 512-d embedding, RAdam for 70 epochs with the learning rate
 divided by 10 at epoch 30, 227 px crops, and per dataset:
 
@@ -119,5 +119,7 @@ def with_budget(config: TrainConfig, budget: str) -> TrainConfig:
     def scaled(epoch: int) -> int:
         return min(epochs - 1, max(1, math.floor(epoch * fraction))) if epoch else 0
 
-    return config.replace(epochs=epochs, lr_decay_epochs=tuple(scaled(e) for e in config.lr_decay_epochs),
+    # a decay that would fall on epoch 0 or after the last epoch is dropped
+    decays = tuple(sorted({scaled(e) for e in config.lr_decay_epochs} - {0}))
+    return config.replace(epochs=epochs, lr_decay_epochs=decays,
                           message_warmup_epochs=scaled(config.message_warmup_epochs))

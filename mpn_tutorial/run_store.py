@@ -22,7 +22,7 @@ import torch
 
 from mpn_tutorial.callbacks import AttentionCapture, Callback, EmbeddingSnapshots
 from mpn_tutorial.checkpoints import CheckpointError, load_checkpoint, model_state, save_checkpoint
-from mpn_tutorial.config import MACHINERY_FIELDS, TrainConfig
+from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import Datasets, sample_batch
 from mpn_tutorial.data.splits import ClassSubset
 from mpn_tutorial.models import MetricLearningModel
@@ -30,11 +30,13 @@ from mpn_tutorial.training import TrainResult, train
 
 # Bumped whenever the code changes what a configuration computes (e.g. the optimizer kernels).
 STORE_VERSION = 3
+# Settings that do not name a different stored run (fixed here, so that stored runs keep their names).
+_NOT_IN_KEY = ("data_root", "device", "num_workers", "eval_batch_size")
 
 
 def _computed_settings(config: TrainConfig | dict) -> dict:
     values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
-    return {k: v for k, v in values.items() if k not in MACHINERY_FIELDS}
+    return {k: v for k, v in values.items() if k not in _NOT_IN_KEY}
 
 
 def cache_key(config: TrainConfig) -> str:

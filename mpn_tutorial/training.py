@@ -26,6 +26,7 @@ from mpn_tutorial.callbacks import Callback, TrainState
 from mpn_tutorial.checkpoints import (
     CheckpointError,
     check_same_preset,
+    config_of,
     load_checkpoint,
     model_state,
     rng_state,
@@ -116,7 +117,7 @@ def prepare_run_folder(config: TrainConfig, folder: Path, resume: bool, overwrit
     if resume and stored is not None:
         checkpoint = load_checkpoint(stored)
         check_same_preset(checkpoint, config, stored)
-        changed = config.differences(checkpoint["config"])
+        changed = config.differences(config_of(checkpoint, stored))  # defaults filled in for older checkpoints
         if not changed:  # the same run: continue it (without a last.pt it never finished an epoch: restart it)
             return checkpoint if stored == last else None
         if not overwrite:

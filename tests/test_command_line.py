@@ -126,6 +126,11 @@ BAD_ARGUMENTS = {
         (["--num-workers", "-1"], "at least 0"),
         (["--weights-path", "missing.pth"], "not an existing file"),
         (["--backbone", "vgg"], "invalid choice"),
+        (["--backbone", "resnet18"], "glyph_cnn"),
+        (["--mpn-input-scale", "0"], "above 0"),
+        (["--mpn-input-scale", "-2"], "above 0"),
+        (["--message-warmup-epochs", "-1"], "at least 0"),
+        (["--message-warmup-epochs", "1"], "--message-warmup-epochs"),
         (["--image-size", "0"], "at least 8"),
         (["--image-size", "5"], "at least 8"),
         (["--image-size", "100"], "image_size"),
@@ -194,6 +199,16 @@ def test_every_option_of_every_command_has_a_bad_argument_case():
         options = {option for action in subparser._actions for option in action.option_strings
                    if option.startswith("--") and option != "--help" and action.nargs != 0}
         assert options <= tried, f"{name}: no bad-value case for {sorted(options - tried)}"
+
+
+def test_the_default_folder_name_leaves_out_where_and_how_a_run_computes():
+    from mpn_tutorial.__main__ import run_name
+    from mpn_tutorial.presets import get_preset
+
+    config = get_preset("cub", lr=1e-4, seed=2)
+    name = run_name(config, {"lr": 1e-4, "weights_path": "/w/r50.pth", "device": "cuda:1", "num_workers": 8,
+                             "seed": 2, "identity_values": True})
+    assert name == "cub-mpn-identity-values-lr0.0001-seed2"
 
 
 def test_a_bad_argument_prints_no_traceback_from_a_real_process(tmp_path):

@@ -134,3 +134,9 @@ def test_the_validation_fraction_decides_how_many_training_classes_are_held_out(
 def test_impossible_glyph_settings_are_refused(settings, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         GlyphDataset("train", root=tmp_path, **settings)
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.999])
+def test_a_validation_fraction_that_leaves_a_split_empty_is_refused(fraction, data_root):
+    with pytest.raises(ValueError, match="at least 2"):
+        GlyphDataset("val", root=data_root, val_fraction=fraction)

@@ -1,4 +1,4 @@
-"""The library's imports point one way (DESIGN.md §2): no module imports one above it."""
+"""The library's imports point one way (README, "The library"): no module imports one above it."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def _imports() -> list[tuple[str, str, int]]:
         module = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mpn_tutorial"):
-                names = [node.module] if node.module != "mpn_tutorial" else [f"mpn_tutorial.{a.name}" for a in node.names]
+                names = ([node.module] if node.module != "mpn_tutorial"
+                         else [f"mpn_tutorial.{alias.name}" for alias in node.names])
                 found += [(module, _top(name), node.lineno) for name in names]
     return found
 

@@ -73,6 +73,18 @@ def test_a_saved_model_reloads_with_the_same_embeddings(tiny, tiny_datasets, tmp
     assert config == tiny
 
 
+def test_a_checkpoint_written_before_a_setting_existed_resumes_with_its_default(tiny, tiny_datasets, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, callbacks=[_Interrupt(at_epoch=1)], datasets=tiny_datasets, progress=False,
+              checkpoint_dir=tmp_path, evaluate_test=False)
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    del checkpoint["config"]["message_warmup_epochs"]  # an older version had no such field
+    torch.save(checkpoint, tmp_path / "last.pt")
+    resumed = train(tiny, datasets=tiny_datasets, progress=False, checkpoint_dir=tmp_path, resume=True,
+                    evaluate_test=False)
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+
+
 def test_resuming_with_another_preset_is_refused(tiny, tiny_datasets, tmp_path):
     train(tiny.replace(epochs=1), datasets=tiny_datasets, progress=False, checkpoint_dir=tmp_path,
           evaluate_test=False)

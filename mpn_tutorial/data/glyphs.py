@@ -316,6 +316,12 @@ def split_classes(num_classes: int, seed: int, val_fraction: float = 0.2) -> np.
     order = np.random.default_rng(seed).permutation(num_classes)
     num_test = num_classes // 2
     num_val = int(round(val_fraction * (num_classes - num_test)))
+    if num_val < 2 or num_classes - num_test - num_val < 2:
+        raise ValueError(
+            f"val_fraction={val_fraction} leaves {num_val} validation and {num_classes - num_test - num_val} "
+            f"training classes of the {num_classes - num_test} in the training half; both need at least 2 "
+            "(the default 0.2 gives 62 and 247)"
+        )
     split = np.zeros(num_classes, dtype=np.int64)
     split[order[:num_test]] = 2
     split[order[num_test : num_test + num_val]] = 1

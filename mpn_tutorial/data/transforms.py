@@ -1,4 +1,4 @@
-"""Image transforms of the published recipe (DESIGN.md section 4), for the four benchmarks.
+"""Image transforms of the published recipe (the official release, dvl-tum/intra_batch), for the four benchmarks.
 
 Both transforms take an RGB ``PIL.Image`` (the benchmark readers convert every image to RGB) and
 return a normalised ``(3, image_size, image_size) float32`` tensor.

@@ -90,6 +90,11 @@ def load_model(
     """Rebuild the model saved in a ``best.pt`` / ``last.pt`` checkpoint (in eval mode)."""
     checkpoint = load_checkpoint(path, map_location)
     config = config_of(checkpoint, path)
+    return model_from(checkpoint, config, path), config
+
+
+def model_from(checkpoint: dict, config: TrainConfig, path: str | os.PathLike) -> MetricLearningModel:
+    """The model a loaded checkpoint (or run-store entry) holds, in eval mode."""
     # the weights come from the checkpoint: never fetch ImageNet weights for this
     model_config = dataclasses.replace(config.model_config(int(checkpoint["num_classes"])), pretrained=False)
     model = MetricLearningModel(model_config)
@@ -97,7 +102,7 @@ def load_model(
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, KeyError) as error:
         raise CheckpointError(f"{path}: its weights do not fit the model its settings describe ({error})") from None
-    return model.eval(), config
+    return model.eval()
 
 
 def model_state(model: torch.nn.Module) -> dict:

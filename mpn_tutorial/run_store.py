@@ -10,7 +10,6 @@ the store before class by running the notebooks once.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -21,11 +20,10 @@ import numpy as np
 import torch
 
 from mpn_tutorial.callbacks import AttentionCapture, Callback, EmbeddingSnapshots
-from mpn_tutorial.checkpoints import CheckpointError, load_checkpoint, model_state, save_checkpoint
+from mpn_tutorial.checkpoints import CheckpointError, load_checkpoint, model_from, model_state, save_checkpoint
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import Datasets, sample_batch
 from mpn_tutorial.data.splits import ClassSubset
-from mpn_tutorial.models import MetricLearningModel
 from mpn_tutorial.training import TrainResult, train
 
 # Bumped whenever the code changes what a configuration computes (e.g. the optimizer kernels).
@@ -94,10 +92,7 @@ def train_cached(
     if same_run and set(wanted) <= set(entry["callbacks"]):
         for key, callback in wanted.items():
             callback.load_state_dict(entry["callbacks"][key])
-        model_config = dataclasses.replace(config.model_config(int(entry["num_classes"])), pretrained=False)
-        model = MetricLearningModel(model_config)
-        model.load_state_dict(entry["model"])
-        return TrainResult(config, model.eval(), list(entry["history"]), int(entry["best_epoch"]),
+        return TrainResult(config, model_from(entry, config, path), list(entry["history"]), int(entry["best_epoch"]),
                            dict(entry["val_metrics"]), dict(entry["test_metrics"]), float(entry["seconds"]))
     result = train(config, callbacks=list(callbacks), datasets=datasets, progress=progress)
     recorded = dict(entry["callbacks"]) if same_run else {}

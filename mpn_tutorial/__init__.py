@@ -15,15 +15,9 @@ Connections for Deep Metric Learning" (ICML 2021). Modules, one concept each:
 
 Imports point one way: data, models, losses, metrics first; then config, evaluation, callbacks,
 checkpoints; then the loop; then the run store, viz and the command line.
+
+Importing the package (or any module of it) changes nothing in the process: threads are pinned
+by the entry points (``runtime.py`` says which, and how to change the count).
 """
-
-from mpn_tutorial.runtime import set_library_thread_variables
-
-# Before numpy/torch load their thread pools (see runtime.py for why).
-set_library_thread_variables()
-
-from mpn_tutorial.runtime import pin_threads  # noqa: E402
-
-pin_threads()
 
 __version__ = "0.1.0"

@@ -39,6 +39,10 @@ class GlyphEncoder(nn.Module):
         return torch.amax(features, dim=(2, 3))  # global max pooling
 
 
+class WeightsUnavailableError(FileNotFoundError):
+    """The ImageNet weights of a pretrained backbone are neither in a given file nor obtainable."""
+
+
 IMAGENET_WEIGHT_FILES = {
     "resnet18": "resnet18-f37072fd.pth",
     "resnet50": "resnet50-0676ba61.pth",
@@ -90,7 +94,7 @@ def load_imagenet_weights(name: str, weights_path: str | os.PathLike | None = No
     if weights_path is not None:
         path = Path(weights_path)
         if not path.is_file():
-            raise FileNotFoundError(f"ImageNet weights file {path} does not exist")
+            raise WeightsUnavailableError(f"ImageNet weights file {path} does not exist")
         return torch.load(path, map_location="cpu", weights_only=True)
     import torchvision
 
@@ -99,7 +103,7 @@ def load_imagenet_weights(name: str, weights_path: str | os.PathLike | None = No
         return weights[name].IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
     except Exception as error:  # URLError, OSError, ...: offline or blocked
         cache = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_WEIGHT_FILES[name]
-        raise RuntimeError(
+        raise WeightsUnavailableError(
             f"could not load ImageNet weights for {name} ({error.__class__.__name__}: {error}). "
             f"On a machine with internet access, download {weights[name].IMAGENET1K_V1.url} and copy it to "
             f"{cache} (or pass weights_path=...), or build the model with pretrained=False."

@@ -5,7 +5,10 @@
 
 - :class:`EmbeddingSnapshots`: embeddings of a dataset before training and after every epoch (UMAP);
 - :class:`AttentionCapture`: the MPN's attention on one fixed batch, likewise (attention maps);
-- :class:`CSVLogger`, :class:`TensorBoardLogger`: each epoch's numbers.
+- :class:`EpochEvaluation`: retrieval metrics of another dataset after every epoch (e.g. the test
+  classes, to measure what choosing the epoch on them would add: never used to choose);
+- :class:`CSVLogger`, :class:`TensorBoardLogger`: each epoch's numbers (:func:`flatten` names the
+  columns).
 
 The recordings are plain arrays: ``state_dict()`` returns them, ``load_state_dict()`` restores them
 (the notebooks' run store keeps them with a finished run).
@@ -26,7 +29,7 @@ import torch
 from mpn_tutorial.atomic import write_atomically
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import Datasets
-from mpn_tutorial.evaluation import batch_attention, embed_dataset
+from mpn_tutorial.evaluation import batch_attention, embed_dataset, evaluate
 from mpn_tutorial.models import MetricLearningModel
 
 
@@ -107,7 +110,8 @@ class AttentionCapture(Callback):
 
     def attention(self, model: MetricLearningModel) -> np.ndarray:
         """The model's attention on the batch now: (num_layers, num_heads, N, N)."""
-        return batch_attention(model, self.images)
+        oracle = model.config.mpn_attention == "oracle"  # the oracle's attention is the labels'
+        return batch_attention(model, self.images, self.labels if oracle else None)
 
     def on_train_start(self, state: TrainState) -> None:
         if state.epoch == 0:
@@ -125,8 +129,39 @@ class AttentionCapture(Callback):
                           for epoch, attention in zip(recordings["epochs"], recordings["attention"])]
 
 
+class EpochEvaluation(Callback):
+    """Retrieval metrics of ``dataset`` after every epoch: ``results`` is a list of ``(epoch, {metric:
+    value})``. An observer only: the run still chooses its best epoch on the validation classes."""
+
+    def __init__(self, dataset, ks=(1,), batch_size: int = 512) -> None:
+        self.dataset, self.ks, self.batch_size = dataset, tuple(ks), batch_size
+        self.results: list[tuple[int, dict[str, float]]] = []
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        measured = evaluate(state.model, self.dataset, ks=self.ks, batch_size=self.batch_size)
+        self.results.append((state.epoch, {k: v for k, v in measured.items() if isinstance(v, float)}))
+
+    def state_dict(self) -> dict:
+        return {"epochs": [epoch for epoch, _ in self.results], "metrics": [m for _, m in self.results]}
+
+    def load_state_dict(self, recordings: dict) -> None:
+        self.results = [(int(epoch), dict(m)) for epoch, m in zip(recordings["epochs"], recordings["metrics"])]
+
+
+def flatten(row: dict) -> dict:
+    """A history row as columns: nested groups become ``group_name`` (``{"val": {"recall@1": x}}`` ->
+    ``{"val_recall@1": x}``)."""
+    columns = {}
+    for name, value in row.items():
+        if isinstance(value, dict):
+            columns.update({f"{name}_{key}": inner for key, inner in value.items()})
+        else:
+            columns[name] = value
+    return columns
+
+
 class CSVLogger(Callback):
-    """Writes the run's history, one row per epoch, to a CSV file.
+    """Writes the run's history, one row per epoch, to a CSV file (columns: :func:`flatten`).
 
     The whole file is rewritten (atomically) after every epoch from the run's history, so it always
     holds exactly this run's epochs: a resumed run continues it, and a killed run never leaves a
@@ -137,11 +172,12 @@ class CSVLogger(Callback):
         self.path = Path(path)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        names = list(dict.fromkeys(name for row in state.history for name in row))
+        rows = [flatten(row) for row in state.history]
+        names = list(dict.fromkeys(name for row in rows for name in row))
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=names)
         writer.writeheader()
-        writer.writerows(state.history)
+        writer.writerows(rows)
         write_atomically(self.path, lambda file: file.write(text.getvalue().encode()))
 
 
@@ -162,7 +198,9 @@ class TensorBoardLogger(Callback):
 
     def on_epoch_end(self, state: TrainState) -> None:
         row = state.history[-1]
-        for name, value in row.items():
-            if name not in ("epoch", "step") and isinstance(value, (int, float)):
-                self.writer.add_scalar(name, value, row["epoch"])
+        for name, value in row.items():  # groups become TensorBoard sections: "val/recall@1", "attention/share"
+            values = value if isinstance(value, dict) else {None: value}
+            for key, number in values.items():
+                if name not in ("epoch", "step") and isinstance(number, (int, float)):
+                    self.writer.add_scalar(name if key is None else f"{name}/{key}", number, row["epoch"])
         self.writer.flush()

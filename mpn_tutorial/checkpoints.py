@@ -1,7 +1,9 @@
 """Checkpoints: written atomically, loaded safely, and complete enough to resume a run exactly.
 
-``save_checkpoint`` writes to a temporary file and renames it (``atomic.py``), so a process killed
-while saving leaves the previous checkpoint intact. ``load_checkpoint`` uses
+This module owns the format: :func:`save_checkpoint` is its one writer (training's ``best.pt`` and
+``last.pt``, the run store's entries) and :func:`load_checkpoint` its one reader. A checkpoint is
+serialised in memory, then written to a temporary file and renamed (``atomic.py``), so a process
+killed while saving, or a disk that fills up, leaves the previous checkpoint intact. ``load_checkpoint`` uses
 ``torch.load(weights_only=True)``: a checkpoint is tensors, numbers, strings and containers of them,
 never pickled code. A file that is not a checkpoint of this package gets one clear error.
 
@@ -13,7 +15,7 @@ by validation Recall@1 with its config; :func:`load_model` rebuilds it.
 
 from __future__ import annotations
 
-import dataclasses
+import io
 import os
 import random
 from pathlib import Path
@@ -22,24 +24,34 @@ import numpy as np
 import torch
 
 from mpn_tutorial.atomic import write_atomically
-from mpn_tutorial.config import TrainConfig
+from mpn_tutorial.config import TrainConfig, create_model
 from mpn_tutorial.models import MetricLearningModel
 
-CHECKPOINT_FORMAT = 1
+# 2: the layers' attention and feed-forward parameters moved into their own modules; nested metrics.
+CHECKPOINT_FORMAT = 2
 
 
 class CheckpointError(ValueError):
     """A file is not a readable checkpoint of this package, or not one this run can use."""
 
 
-def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` a checkpoint dictionary atomically (the format version is added)."""
-    payload = {"format": CHECKPOINT_FORMAT, **payload}
-    return write_atomically(path, lambda file: torch.save(payload, file))
+def save_checkpoint(path: str | os.PathLike, config: TrainConfig, model: torch.nn.Module | dict, num_classes: int,
+                    **contents) -> Path:
+    """The one writer of the format: ``{"format", "config", "num_classes", "model", **contents}``,
+    written atomically. ``model``: a module or a state dict; ``contents``: what this kind of
+    checkpoint adds (``last.pt``: optimizer, scheduler, RNG state, history...; ``best.pt``: epoch and
+    validation metrics; a run-store entry: history, metrics and recordings). Tensors, numbers,
+    strings and containers of them only, so that :func:`load_checkpoint` can read it safely."""
+    state = model if isinstance(model, dict) else model_state(model)
+    payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "num_classes": int(num_classes),
+               "model": state, **contents}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)  # serialised in memory first: a full disk then fails in one plain write
+    return write_atomically(path, lambda file: file.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by this package, safely (``weights_only=True``)."""
+    """The one reader: a checkpoint written by :func:`save_checkpoint`, loaded safely (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -52,6 +64,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "holds objects other than tensors and numbers. Use a best.pt or last.pt written by "
             "`python -m mpn_tutorial train`."
         ) from None
+    if isinstance(payload, dict) and isinstance(payload.get("format"), int) and payload["format"] < CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} was written by an older version of mpn_tutorial (checkpoint format {payload['format']}, this "
+            f"version reads {CHECKPOINT_FORMAT}); train it again, or evaluate it with the version that wrote it"
+        )
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "config" not in payload:
         raise CheckpointError(
             f"{path} is not an mpn_tutorial checkpoint (format {CHECKPOINT_FORMAT}); use a best.pt or last.pt "
@@ -61,27 +78,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def config_of(checkpoint: dict, path: str | os.PathLike) -> TrainConfig:
-    """The run settings stored in a checkpoint."""
+    """The run settings stored in a checkpoint (fields it lacks take their defaults)."""
     try:
         return TrainConfig.from_dict(checkpoint["config"])
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path} holds settings this version cannot read ({error})") from None
-
-
-def check_same_preset(checkpoint: dict, config: TrainConfig, path: str | os.PathLike) -> None:
-    """Refuse a checkpoint trained with another preset or another model shape."""
-    saved = checkpoint["config"]
-    if saved.get("preset") != config.preset:
-        raise CheckpointError(
-            f"checkpoint {path} was trained with preset {saved.get('preset')!r}, not {config.preset!r}; "
-            f"use --preset {saved.get('preset')} or another checkpoint directory"
-        )
-    for name in ("dataset", "backbone", "embedding_dim", "loss", "mpn_layers", "mpn_heads"):
-        if saved.get(name) != getattr(config, name):
-            raise CheckpointError(
-                f"checkpoint {path} has {name}={saved.get(name)!r} but this run asks for "
-                f"{getattr(config, name)!r}; use another checkpoint directory"
-            )
 
 
 def load_model(
@@ -96,8 +97,7 @@ def load_model(
 def model_from(checkpoint: dict, config: TrainConfig, path: str | os.PathLike) -> MetricLearningModel:
     """The model a loaded checkpoint (or run-store entry) holds, in eval mode."""
     # the weights come from the checkpoint: never fetch ImageNet weights for this
-    model_config = dataclasses.replace(config.model_config(int(checkpoint["num_classes"])), pretrained=False)
-    model = MetricLearningModel(model_config)
+    model = create_model(config.replace(pretrained=False), int(checkpoint["num_classes"]))
     try:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, KeyError) as error:

@@ -1,5 +1,13 @@
 """The settings of a training run: :class:`TrainConfig`. Presets (``presets.py``) fill it per dataset.
 
+One description, declared once: :class:`TrainConfig` extends the data part
+(:class:`~mpn_tutorial.data.build.DataConfig`, what ``build_datasets`` reads) and the model part
+(:class:`~mpn_tutorial.models.ModelConfig`, what ``MetricLearningModel`` reads) with the loss and
+the optimisation. No field is declared twice. A field that only says where or how fast a run
+computes is declared with ``runtime.machinery``; everything that compares runs derives from that:
+:meth:`TrainConfig.computed_settings` (what names a stored run, ``run_store.cache_key``),
+:meth:`TrainConfig.differences` (what ``--resume`` must match) and the command line's run names.
+
 A config is a plain dataclass: ``config.replace(lr=1e-4)`` gives a changed copy, ``to_dict`` /
 ``from_dict`` store it in checkpoints, and :meth:`TrainConfig.validate` refuses settings no run
 can have, with a message that names the field, the value and what would work (the command line
@@ -11,47 +19,35 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from mpn_tutorial.data.build import DATASET_NAMES
+import torch
+
+from mpn_tutorial.data.build import DATASET_NAMES, DataConfig
 from mpn_tutorial.losses import MINING_STRATEGIES
-from mpn_tutorial.models import ModelConfig
+from mpn_tutorial.models import ATTENTION_MODES, MetricLearningModel, ModelConfig
+from mpn_tutorial.runtime import is_machinery, machinery
 
 LOSSES = ("contrastive", "triplet", "ce", "mpn")
-# Settings that change where or how fast a run computes, not what it computes.
-MACHINERY_FIELDS = ("data_root", "device", "num_workers", "eval_batch_size", "checkpointing", "channels_last")
 BACKBONES = ("glyph_cnn", "resnet18", "resnet50")
-OPTIMIZERS = ("adam", "radam", "adamw", "sgd")
+# One fused kernel (or one op per group) instead of a Python loop over ~40 parameter tensors: the
+# MPN adds many small tensors, and per-tensor overhead dominated its cost on CPU.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": lambda parameters, **options: torch.optim.Adam(parameters, fused=True, **options),
+    "radam": lambda parameters, **options: torch.optim.RAdam(parameters, foreach=True, **options),
+    "adamw": lambda parameters, **options: torch.optim.AdamW(parameters, fused=True, **options),
+    "sgd": lambda parameters, **options: torch.optim.SGD(parameters, momentum=0.9, **options),
+}
 
 
 @dataclass
-class TrainConfig:
-    """Every setting of a training run. Presets (``presets.py``) fill it for each dataset."""
+class TrainConfig(DataConfig, ModelConfig):
+    """Every setting of a training run: the data (``DataConfig``), the model (``ModelConfig``), and
+    the fields below. Presets (``presets.py``) fill it for each dataset."""
 
     preset: str = "glyphs"
-    dataset: str = "glyphs"  # glyphs | cub | cars | sop | inshop
-    data_root: str = "data"
-    image_size: int = 32
-    val_fraction: float = 0.2  # share of training classes held out for validation
-    data_seed: int = 0  # glyph rendering and class split; `seed` below is for the training run
     loss: str = "mpn"  # contrastive | triplet | ce | mpn
-    # model (fields with the same name as in models.ModelConfig are copied into it)
-    backbone: str = "glyph_cnn"
-    glyph_channels: tuple[int, ...] = (32, 64, 128, 256)
-    embedding_dim: int = 64
-    pretrained: bool = False
-    weights_path: str | None = None
-    mpn_layers: int = 1
-    mpn_heads: int = 2
-    mpn_ff_dim: int = 2048
-    mpn_dropout: float = 0.1
-    zero_logit: bool = False
-    concat_layers: bool = False
-    mpn_pass_messages: bool = True  # False: the MPN head without message passing (ablation control)
-    # attention that learns at small scale (models.py docstring, bench/attention_study.md); off as published
-    mpn_input_scale: float = 1.0  # multiply the MPN's normalised input by this; sqrt(embedding_dim): unit coordinates
-    mpn_identity_values: bool = False  # W_v and W_o start as the identity
-    mpn_similarity_prior: bool = False  # W_q and W_k start as the identity
     message_warmup_epochs: int = 0  # epochs trained with messages off (the MPN head alone) before they start
     # losses
     temperature: float = 0.1  # of the cross-entropy on both classifiers' logits
@@ -72,13 +68,15 @@ class TrainConfig:
     classes_per_batch: int = 8
     samples_per_class: int = 6
     seed: int = 0
+    amp: bool = False  # bf16 autocast (CUDA only): changes the numerics, so it is part of the run
+    # attention diagnostics after every epoch (evaluation.attention_diagnostics), on this many fixed
+    # P×K batches of validation classes; 0: none
+    attention_batches: int = 4
     # machinery
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int = 0
-    eval_batch_size: int = 512
-    amp: bool = False  # bf16 autocast (CUDA only)
-    channels_last: bool = False  # CUDA only
-    checkpointing: bool = False  # activation checkpointing of the ResNet stages
+    device: str = machinery("auto")  # auto | cpu | cuda | cuda:N
+    num_workers: int = machinery(0)
+    eval_batch_size: int = machinery(512)
+    channels_last: bool = machinery(False)  # memory layout of the convolutions (CUDA only)
 
     def replace(self, **changes) -> TrainConfig:
         """A copy with some fields changed (unknown names raise)."""
@@ -97,6 +95,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        """A config from ``to_dict`` output; fields missing (older checkpoints) take their defaults."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -107,12 +106,15 @@ class TrainConfig:
                 values[name] = tuple(values[name])
         return cls(**values)
 
+    def computed_settings(self) -> dict:
+        """The fields that decide what a run computes (all but the machinery fields), as a dict."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not is_machinery(f)}
+
     def differences(self, other: TrainConfig | dict) -> dict[str, tuple]:
         """``{field: (this value, other value)}`` for the fields that change what a run computes."""
         theirs = other.to_dict() if isinstance(other, TrainConfig) else dict(other)
-        mine = self.to_dict()
-        return {name: (value, theirs.get(name)) for name, value in mine.items()
-                if name not in MACHINERY_FIELDS and _comparable(theirs.get(name)) != _comparable(value)}
+        return {name: (value, theirs.get(name)) for name, value in self.computed_settings().items()
+                if _comparable(theirs.get(name)) != _comparable(value)}
 
     @property
     def steps(self) -> int | None:
@@ -141,10 +143,11 @@ class TrainConfig:
         if not self.glyph_channels or any(not _is_int(c) or c < 1 for c in self.glyph_channels):
             raise ValueError(f"glyph_channels must be positive whole numbers, got {self.glyph_channels!r}")
         _check_int("embedding_dim", self.embedding_dim, 1, hint="e.g. 128 (glyphs) or 512 (published)")
-        _check_int("mpn_layers", self.mpn_layers, 1 if self.loss == "mpn" else 0,
-                   hint="loss 'mpn' needs at least one message-passing layer")
+        _check_int("mpn_layers", self.mpn_layers, 1 if self.concat_layers else 0,
+                   hint="0 is the MPN head without message-passing layers; concat_layers needs at least 1")
         _check_int("mpn_heads", self.mpn_heads, 1)
-        if self.loss == "mpn" and self.embedding_dim % self.mpn_heads:
+        _check_choice("mpn_attention", self.mpn_attention, ATTENTION_MODES)
+        if self.loss == "mpn" and self.mpn_layers > 0 and self.embedding_dim % self.mpn_heads:
             divisors = [h for h in range(1, min(self.embedding_dim, 16) + 1) if self.embedding_dim % h == 0]
             raise ValueError(
                 f"embedding_dim={self.embedding_dim} must be divisible by mpn_heads={self.mpn_heads} (each head "
@@ -180,17 +183,26 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         _check_int("num_workers", self.num_workers, 0)
         _check_int("eval_batch_size", self.eval_batch_size, 1)
+        _check_int("attention_batches", self.attention_batches, 0)
 
-    def model_config(self, num_classes: int) -> ModelConfig:
-        """The model this run trains, for ``num_classes`` training classes."""
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig) if hasattr(self, f.name)}
-        shared.update(
-            num_classes=num_classes if self.loss in ("ce", "mpn") else 0,
-            in_channels=1 if self.dataset == "glyphs" else 3,
-            glyph_channels=tuple(self.glyph_channels),
-            mpn_layers=self.mpn_layers if self.loss == "mpn" else 0,
-        )
-        return ModelConfig(**shared)
+
+def names_run(name: str) -> bool:
+    """Whether a field, when changed, names a different run: it changes what is computed and is not a
+    file path (a path would nest folders). From the field's declaration (``runtime.machinery``)."""
+    setting = next((f for f in dataclasses.fields(TrainConfig) if f.name == name), None)
+    return setting is not None and not is_machinery(setting) and not setting.metadata.get("path")
+
+
+def create_model(config: TrainConfig, num_classes: int) -> MetricLearningModel:
+    """A freshly initialised model for ``config`` and ``num_classes`` training classes, on the CPU.
+
+    Initialised from ``config.seed`` alone, on a forked random number generator: the global one is
+    left as it was, so building a model never changes what a notebook or test draws next.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return MetricLearningModel(config, num_classes if config.loss in ("ce", "mpn") else 0,
+                                   in_channels=1 if config.dataset == "glyphs" else 3, mpn_head=config.loss == "mpn")
 
 
 def _comparable(value):

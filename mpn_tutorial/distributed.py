@@ -15,8 +15,8 @@ messages within slices, which silently changes the method. Here:
 Every rank uses the same seed, so the MPN's dropout masks agree across ranks and every rank
 computes the same loss as one process would on the concatenated batch; DDP averages the
 gradients, which then equal the single-process gradients (tests/test_distributed.py checks
-this with 2 CPU processes). With world size 1 none of this is used: ``from_environment`` returns
-``None`` and training is exactly the single-process path.
+this with 2 CPU processes). With one process, :class:`SingleProcess` stands in: its gather is the
+identity, so the training loop has a single path.
 
 Launch: ``torchrun --nproc_per_node=K -m mpn_tutorial train --preset cub --data-root DIR``.
 """
@@ -24,6 +24,7 @@ Launch: ``torchrun --nproc_per_node=K -m mpn_tutorial train --preset cub --data-
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -181,12 +182,51 @@ class DistributedContext:
             dist.destroy_process_group()
 
 
+class SingleProcess:
+    """The one-process case of :class:`DistributedContext`: the batch is already global, so gathering
+    is the identity and nothing is wrapped. The training loop has one path for both."""
+
+    rank, world_size, is_main = 0, 1, True
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def shard_sampler(self, sampler):
+        return sampler
+
+    def wrap(self, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+        return model
+
+    @staticmethod
+    def gather(embeddings: torch.Tensor) -> torch.Tensor:
+        return embeddings
+
+    @staticmethod
+    def gather_labels(labels: torch.Tensor) -> torch.Tensor:
+        return labels
+
+    def close(self) -> None:
+        pass
+
+
+# What torchrun sets for every process it starts; a WORLD_SIZE alone (left over in a shell, or set by
+# a cluster for another tool) does not make a distributed launch.
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def from_environment(config) -> DistributedContext | None:
     """A context when launched by torchrun with more than one process, else None (one process)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    present = [name for name in TORCHRUN_VARIABLES if name in os.environ]
+    if len(present) < len(TORCHRUN_VARIABLES):
+        if present and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            missing = sorted(set(TORCHRUN_VARIABLES) - set(present))
+            warnings.warn(f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {', '.join(missing)} are not: training "
+                          "in one process. Launch with torchrun --nproc_per_node=K to use K GPUs.", stacklevel=2)
+        return None
+    world_size = int(os.environ["WORLD_SIZE"])
     if world_size <= 1:
         return None
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     use_cuda = torch.cuda.is_available() and config.device != "cpu"
     if use_cuda:
         device = torch.device("cuda", local_rank)
@@ -202,6 +242,7 @@ __all__ = [
     "DistributedContext",
     "GlobalBatchNorm",
     "ShardedBatchSampler",
+    "SingleProcess",
     "from_environment",
     "gather_labels",
     "gather_with_gradients",

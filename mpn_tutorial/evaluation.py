@@ -3,9 +3,11 @@
 - :func:`embed_dataset`: L2-normalised backbone embeddings of a whole dataset (what retrieval uses);
 - :func:`evaluate`: Recall@K, MAP@R, R-precision (and NMI) on a dataset, leave-one-out or query
   vs. gallery; :func:`evaluate_on_test` with each benchmark's usual K;
-- :func:`refine_embeddings`: optional test-time refinement with the trained MPN (off by default);
-- :func:`attention_share`: how much of the MPN's attention stays within a sample's class, on
-  held-out P×K batches.
+- :func:`refine_embeddings`: optional test-time refinement over k-reciprocal neighbourhoods, by the
+  trained MPN or by the non-learned baselines (query expansion) on the same neighbourhoods;
+- :func:`attention_diagnostics`: what the MPN's attention does on fixed P×K batches (same-class
+  share per layer and head, self-weight, score spread, the backbone-similarity reference);
+  :func:`attention_share` its share on held-out batches.
 """
 
 from __future__ import annotations
@@ -46,33 +48,74 @@ def embed_dataset(
     return torch.cat(embeddings), torch.cat(labels)
 
 
-@torch.no_grad()
-def refine_embeddings(model: MetricLearningModel, embeddings: torch.Tensor, k: int = 10) -> torch.Tensor:
-    """Test-time refinement ("pseudo-test" variant of the paper): (N, D) -> (N, out_dim), normalised.
+REFINEMENTS = ("mpn", "mpn_without_messages", "mean", "similarity_weighted")
 
-    For each sample, its k-reciprocal neighbourhood (the samples among its k nearest neighbours
-    that also have it among theirs) plus the sample itself forms a small graph; the trained MPN
-    (in eval mode, no dropout) refines the sample's embedding by message passing over it. The
-    result replaces the backbone embedding for retrieval. Needs an MPN; costs N small MPN passes.
-    """
-    if model.mpn is None:
-        raise ValueError("test-time refinement needs a model trained with message passing (loss='mpn')")
+
+def reciprocal_neighbourhoods(embeddings: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """Per sample i: ``[i, its k-reciprocal neighbours...]``, the samples among its k nearest that also
+    have i among theirs (or its nearest neighbour when none is mutual). embeddings (N, D)."""
     if k < 1:
         raise ValueError(f"refinement needs k >= 1 neighbours, got {k}")
-    embeddings = torch.nn.functional.normalize(embeddings.float(), dim=1)
     if len(embeddings) < 2:
         raise ValueError("test-time refinement needs at least 2 embeddings")
     neighbours = metrics.nearest_neighbours(embeddings.cpu(), min(k, len(embeddings) - 1))
-    was_training = model.mpn.training
-    model.mpn.eval()
-    refined = []
+    groups = []
     for i in range(len(embeddings)):
         candidates = neighbours[i]
         reciprocal = candidates[(neighbours[candidates] == i).any(dim=1)]
-        group = torch.cat([torch.tensor([i]), reciprocal if len(reciprocal) else candidates[:1]])
-        refined.append(model.mpn(embeddings[group.to(embeddings.device)])[0])
-    model.mpn.train(was_training)
+        groups.append(torch.cat([torch.tensor([i]), reciprocal if len(reciprocal) else candidates[:1]]))
+    return groups
+
+
+@torch.no_grad()
+def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tensor, k: int = 10,
+                      method: str = "mpn", alpha: float = 3.0) -> torch.Tensor:
+    """Test-time refinement over k-reciprocal neighbourhoods (:func:`reciprocal_neighbourhoods`):
+    (N, D) -> (N, D'), L2-normalised. ``method``:
+
+    - ``"mpn"`` (the paper's "pseudo-test" variant): the trained MPN (eval mode, messages on) passes
+      messages over each sample's neighbourhood; the sample's output replaces its embedding (D' is the
+      MPN's output size). A model trained without messages gets attention it never trained.
+    - ``"mpn_without_messages"``: the MPN applied to each sample alone, messages off: the change of
+      feature space alone, the neighbourhood unused (a control for ``"mpn"``).
+    - ``"mean"``: average query expansion, the plain mean of the neighbourhood (self included).
+    - ``"similarity_weighted"``: alpha-query expansion, the mean weighted by cos(e_i, e_j)^alpha
+      (self weight 1), non-negative similarities only.
+
+    The last two are non-learned baselines on the same neighbourhoods (``model`` may be None).
+    """
+    if method not in REFINEMENTS:
+        raise ValueError(f"method must be one of {', '.join(REFINEMENTS)}, got {method!r}")
+    if method.startswith("mpn") and (model is None or model.mpn is None):
+        raise ValueError("test-time refinement by the MPN needs a model trained with message passing (loss='mpn')")
+    embeddings = torch.nn.functional.normalize(embeddings.float(), dim=1)
+    if method == "mpn_without_messages":
+        return torch.nn.functional.normalize(_run_mpn(model, embeddings, messages=False), dim=1)
+    groups = reciprocal_neighbourhoods(embeddings, k)
+    refined = []
+    for group in groups:
+        members = embeddings[group.to(embeddings.device)]
+        if method == "mpn":
+            refined.append(_run_mpn(model, members, messages=True)[0])
+        else:
+            weights = torch.ones(len(group), device=embeddings.device)
+            if method == "similarity_weighted":
+                weights = (members @ members[0]).clamp_min(0) ** alpha
+            refined.append((weights[:, None] * members).sum(dim=0))
     return torch.nn.functional.normalize(torch.stack(refined), dim=1)
+
+
+def _run_mpn(model: MetricLearningModel, embeddings: torch.Tensor, messages: bool) -> torch.Tensor:
+    """The model's MPN in eval mode on normalised embeddings, with messages on or off (then restored)."""
+    was_training, passing = model.mpn.training, [layer.pass_messages for layer in model.mpn.layers]
+    model.mpn.eval()
+    model.mpn.set_pass_messages(messages)
+    try:
+        return model.mpn(embeddings)
+    finally:
+        for layer, passed in zip(model.mpn.layers, passing):
+            layer.pass_messages = passed
+        model.mpn.train(was_training)
 
 
 def evaluate(
@@ -85,17 +128,18 @@ def evaluate(
     num_workers: int = 0,
     seed: int = 0,
     refine_k: int = 0,
+    refine_method: str = "mpn",
 ) -> dict[str, float]:
     """Retrieval metrics of a model on a dataset (leave-one-out), or on query ``dataset`` vs ``gallery``.
 
     ``refine_k > 0`` turns on the optional test-time refinement (:func:`refine_embeddings`, off by
-    default): each set's embeddings are replaced by the MPN's output over their k-reciprocal
-    neighbourhoods.
+    default): each set's embeddings are replaced by their refinement over their k-reciprocal
+    neighbourhoods (``refine_method``: the MPN by default, or a baseline).
     """
     def embeddings_of(data) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings, labels = embed_dataset(model, data, batch_size, num_workers=num_workers)
         if refine_k:
-            embeddings = refine_embeddings(model, embeddings.to(_device_of(model)), k=refine_k).cpu()
+            embeddings = refine_embeddings(model, embeddings.to(_device_of(model)), refine_k, refine_method).cpu()
         return embeddings, labels
 
     embeddings, labels = embeddings_of(dataset)
@@ -115,35 +159,105 @@ def default_ks(dataset: str) -> tuple[int, ...]:
 
 def evaluate_on_test(
     model: MetricLearningModel, datasets: Datasets, dataset_name: str, compute_nmi: bool = False,
-    refine_k: int = 0, batch_size: int = 512, num_workers: int = 0, seed: int = 0,
+    refine_k: int = 0, batch_size: int = 512, num_workers: int = 0, seed: int = 0, refine_method: str = "mpn",
 ) -> dict[str, float]:
     """Test-class metrics with the dataset's usual K (query vs gallery for In-Shop)."""
     options = dict(compute_nmi=compute_nmi, batch_size=batch_size, num_workers=num_workers, seed=seed,
-                   refine_k=refine_k)
+                   refine_k=refine_k, refine_method=refine_method)
     return evaluate(model, datasets.evaluation, default_ks(dataset_name), gallery=datasets.gallery, **options)
 
 
 @torch.no_grad()
-def batch_attention(model: MetricLearningModel, images: torch.Tensor) -> np.ndarray:
+def batch_attention(model: MetricLearningModel, images: torch.Tensor, labels: torch.Tensor | None = None) -> np.ndarray:
     """The MPN's attention on one batch, in eval mode (no dropout): (num_layers, num_heads, N, N),
-    where ``[l, h, i, j]`` is the weight sample i gives to sample j in head h of layer l."""
+    where ``[l, h, i, j]`` is the weight sample i gives to sample j in head h of layer l (``labels``:
+    for oracle attention only)."""
     was_training = model.training
     model.eval()
     embeddings = model.embed(images.to(_device_of(model)))
-    attention = model.message_passing(embeddings, return_attention=True).attention
+    labels = None if labels is None else torch.as_tensor(labels).to(embeddings.device)
+    attention = model.message_passing(embeddings, return_attention=True, labels=labels).attention
     model.train(was_training)
     return torch.stack(attention).float().cpu().numpy()
+
+
+def diagnostic_batches(dataset, count: int, classes_per_batch: int = 8, samples_per_class: int = 6,
+                       seed: int = 1000) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` fixed P×K batches of ``dataset`` (images, labels), the same for every run of a preset:
+    what :func:`attention_diagnostics` measures on."""
+    return [sample_batch(dataset, classes_per_batch, samples_per_class, seed=seed + index) for index in range(count)]
+
+
+@torch.no_grad()
+def attention_diagnostics(model: MetricLearningModel, batches) -> dict[str, float]:
+    """What the MPN's attention does on some P×K batches (eval mode, no dropout), averaged over them:
+
+    - ``share``: the same-class share of the attention to other samples
+      (:func:`metrics.same_class_attention_share`), mean over layers, heads and queries; and
+      ``share_layer{l}_head{h}`` for each (from 1). Chance is (K - 1) / (P·K - 1).
+    - ``self_weight``: the mean weight a sample gives itself, a_ii (uniform: 1 / (P·K)).
+    - ``score_spread``: the standard deviation of the scores s_ij over j within a row (what the
+      softmax sees; rows are shift-invariant), mean over rows, heads and layers: about 0 means uniform
+      attention. Computed as the spread of log a_ij, equal to it for the softmax. Not for the oracle.
+    - ``similarity_share``: the share of a non-learned reference, the backbone's own cosine similarity
+      used as attention, softmax_j(beta cos(e_i, e_j)), with beta set per batch so that its rows are as
+      sharp (the same mean entropy) as the learned attention's: how much of the class the learned
+      attention finds beyond what the embedding's similarity already gives.
+
+    Oracle attention is measured with the batch's labels (its share is 1 by construction).
+    """
+    oracle = model.config.mpn_attention == "oracle"
+    shares, self_weights, spreads, references = [], [], [], []
+    was_training = model.training
+    model.eval()
+    for images, labels in batches:
+        attention = batch_attention(model, images, labels if oracle else None)  # (L, H, N, N)
+        labels = np.asarray(labels)
+        shares.append(metrics.same_class_attention_share(attention, labels))
+        self_weights.append(np.diagonal(attention, axis1=-2, axis2=-1).mean())
+        if not oracle:
+            spreads.append(np.log(np.maximum(attention, 1e-38)).std(axis=-1).mean())
+            embeddings = model.retrieval_embeddings(images.to(_device_of(model))).float().cpu().numpy()
+            references.append(similarity_attention_share(embeddings, labels, _row_entropy(attention).mean()))
+    model.train(was_training)
+    per_head = np.mean(shares, axis=0)  # (L, H)
+    result = {"share": float(per_head.mean()), "self_weight": float(np.mean(self_weights))}
+    if not oracle:
+        result.update(score_spread=float(np.mean(spreads)), similarity_share=float(np.mean(references)))
+    result.update({f"share_layer{layer + 1}_head{head + 1}": float(per_head[layer, head])
+                   for layer in range(per_head.shape[0]) for head in range(per_head.shape[1])})
+    return result
+
+
+def _row_entropy(weights: np.ndarray) -> np.ndarray:
+    weights = np.asarray(weights, dtype=np.float64)
+    weights = weights / weights.sum(axis=-1, keepdims=True)
+    return -(weights * np.log(np.maximum(weights, 1e-300))).sum(axis=-1)
+
+
+def similarity_attention_share(embeddings: np.ndarray, labels: np.ndarray, entropy: float) -> float:
+    """Same-class share of softmax_j(beta cos(e_i, e_j)) (self included), with beta chosen so that the
+    rows' mean entropy equals ``entropy`` (bisection; beta = 0 is uniform, the most entropy)."""
+    normalised = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    cosine = normalised @ normalised.T
+
+    def attention(beta: float) -> np.ndarray:
+        logits = beta * cosine
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    low, high = 0.0, 1e4
+    for _ in range(60):  # entropy falls as beta grows
+        middle = (low + high) / 2
+        low, high = (middle, high) if _row_entropy(attention(middle)).mean() > entropy else (low, middle)
+    return float(metrics.same_class_attention_share(attention((low + high) / 2), labels))
 
 
 def attention_share(
     model: MetricLearningModel, dataset, num_batches: int = 10, classes_per_batch: int = 8,
     samples_per_class: int = 6, seed: int = 1000,
 ) -> float:
-    """Mean same-class share of the MPN's attention (:func:`metrics.same_class_attention_share`,
-    over layers, heads and queries) on ``num_batches`` P×K batches of ``dataset``, e.g. held-out
-    test classes. Chance (attention that ignores classes) is (K - 1) / (P·K - 1)."""
-    shares = []
-    for index in range(num_batches):
-        images, labels = sample_batch(dataset, classes_per_batch, samples_per_class, seed=seed + index)
-        shares.append(metrics.same_class_attention_share(batch_attention(model, images), labels.numpy()).mean())
-    return float(np.mean(shares))
+    """Mean same-class share of the MPN's attention on ``num_batches`` P×K batches of ``dataset``, e.g.
+    held-out test classes (:func:`attention_diagnostics`). Chance is (K - 1) / (P·K - 1)."""
+    batches = diagnostic_batches(dataset, num_batches, classes_per_batch, samples_per_class, seed)
+    return attention_diagnostics(model, batches)["share"]

@@ -1,9 +1,12 @@
 """The notebooks' one-line set-up: ``tutorial = start(preset="glyphs")``.
 
-:func:`start` pins the CPU threads (importing the package does), finds the project's ``data/``
-folder, applies a preset, shows figures inline, and returns a :class:`Tutorial` that builds the
-datasets on first use and trains runs through the run store (``data/runs``), so a run trained by
-one notebook is loaded, not retrained, by the next.
+:func:`start` pins the CPU threads (``runtime.py``: the notebooks are an entry point), finds the
+data folder (the project's ``data/``, or a per-user folder when a notebook is opened outside the
+project, e.g. after ``pip install mpn_tutorial``), applies a preset, shows figures inline, and
+returns a :class:`Tutorial` that builds the datasets on first use (the glyphs are generated there
+the first time) and trains runs through the run store (``DATA/runs``), so a run trained by one
+notebook is loaded, not retrained, by the next. The studies' results ship with the package
+(:func:`load_study`).
 
 Change the preset to a benchmark (``start(preset="cub")``) and every notebook runs as far as its
 data allows: without the data it stops at the first cell that needs it, with the reader's
@@ -16,41 +19,65 @@ import json
 import os
 from collections.abc import Sequence
 from functools import cached_property
+from importlib.resources import files
 from pathlib import Path
 
 from mpn_tutorial.callbacks import Callback
 from mpn_tutorial.config import TrainConfig
-from mpn_tutorial.data.build import Datasets, build_datasets
+from mpn_tutorial.data.build import DATA_FIELDS, Datasets, build_datasets
 from mpn_tutorial.presets import get_preset, with_budget
 from mpn_tutorial.run_store import train_cached
-from mpn_tutorial.runtime import thread_count
+from mpn_tutorial.runtime import pin_threads, thread_count
 from mpn_tutorial.training import TrainResult
 
 DATA_VARIABLE = "MPN_TUTORIAL_DATA"
 RUNS_VARIABLE = "MPN_TUTORIAL_RUNS"  # another run store, e.g. an empty one to time the notebooks from scratch
+STUDIES = ("messages", "attention")  # the studies whose results ship with the package (mpn_tutorial/results/)
 
 
-def find_data_folder(start_at: str | os.PathLike | None = None) -> Path:
-    """``$MPN_TUTORIAL_DATA``, else the ``data`` folder of the nearest folder above (or at) the
-    working directory that has one next to a ``notebooks`` folder or a ``pyproject.toml``."""
+def user_data_folder() -> Path:
+    """The per-user data folder, for a notebook opened outside the project: ``$XDG_CACHE_HOME/mpn_tutorial``
+    (``~/.cache/mpn_tutorial`` by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mpn_tutorial"
+
+
+def find_data_folder(start_at: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """Where a notebook keeps its data and run store, and why there:
+
+    1. ``$MPN_TUTORIAL_DATA`` when set;
+    2. the project's ``data`` folder: the nearest folder above (or at) the working directory that has
+       one next to a ``notebooks`` folder or a ``pyproject.toml`` (a clone of the repository);
+    3. otherwise (the package installed with pip, a notebook opened anywhere) the per-user folder
+       :func:`user_data_folder`, created on first use.
+    """
     if os.environ.get(DATA_VARIABLE):
-        return Path(os.environ[DATA_VARIABLE])
+        return Path(os.environ[DATA_VARIABLE]), f"${DATA_VARIABLE}"
     here = Path(start_at or Path.cwd()).absolute()
     for folder in (here, *here.parents):
         if (folder / "data").is_dir() and ((folder / "notebooks").is_dir() or (folder / "pyproject.toml").is_file()):
-            return Path(os.path.relpath(folder / "data"))
-    raise FileNotFoundError(
-        f"no project data/ folder found above {here}; start JupyterLab with `make lab` from the project, "
-        f"or set {DATA_VARIABLE}=/path/to/data"
-    )
+            return Path(os.path.relpath(folder / "data")), "the project's data folder"
+    return user_data_folder(), f"no project folder around {here}: the per-user data folder"
+
+
+def load_study(name: str = "messages") -> dict:
+    """The per-seed results of a study that ship with the package: ``"messages"``
+    (``bench/messages_study.py``) or ``"attention"`` (``bench/attention_study.py``)."""
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; the package ships {', '.join(STUDIES)}")
+    resource = files("mpn_tutorial") / "results" / f"{name}_study.json"
+    if not resource.is_file():
+        raise FileNotFoundError(f"the {name} study's results are missing from the installed package ({resource}); "
+                                f"reinstall mpn_tutorial, or run `python bench/{name}_study.py` in the project")
+    return json.loads(resource.read_text())
 
 
 class Tutorial:
     """What a notebook works with: the preset's config, its datasets and the run store."""
 
-    def __init__(self, config: TrainConfig, data: Path) -> None:
+    def __init__(self, config: TrainConfig, data: Path, found: str = "") -> None:
         self.config = config
         self.data = data
+        self.found = found
         self.runs = Path(os.environ.get(RUNS_VARIABLE) or data / "runs")
 
     @cached_property
@@ -69,30 +96,27 @@ class Tutorial:
     def train(self, config: TrainConfig | None = None, recorders: Sequence[Callback] = ()) -> TrainResult:
         """Train a config (default: the preset's), or load it from the run store when it ran before."""
         config = self.config if config is None else config
-        same_data = all(getattr(config, name) == getattr(self.config, name)
-                        for name in ("dataset", "data_root", "image_size", "val_fraction", "data_seed"))
+        same_data = all(getattr(config, name) == getattr(self.config, name) for name in DATA_FIELDS)
         return train_cached(config, self.runs, callbacks=recorders, datasets=self.datasets if same_data else None,
                             progress=False)
 
-    def study(self) -> dict:
-        """The attention study's per-seed numbers (``bench/attention_study.json`` next to this package,
-        written by ``bench/attention_study.py``)."""
-        path = Path(__file__).resolve().parents[1] / "bench" / "attention_study.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; run `python bench/attention_study.py` from the project "
-                                    "to produce it (about an hour on 2 cores)")
-        return json.loads(path.read_text())
+    def study(self, name: str = "messages") -> dict:
+        """A study's per-seed numbers (:func:`load_study`)."""
+        return load_study(name)
 
     def __repr__(self) -> str:
-        return (f"preset {self.config.preset} · data in {self.data} · trained runs kept in {self.runs} · "
+        where = f" ({self.found})" if self.found else ""
+        return (f"preset {self.config.preset} · data in {self.data}{where} · trained runs kept in {self.runs} · "
                 f"{thread_count()} CPU threads")
 
 
 def start(preset: str = "glyphs", **changes) -> Tutorial:
-    """Set up a notebook: threads pinned, figures inline, the preset applied to the project's data."""
+    """Set up a notebook: threads pinned, figures inline, the preset applied to the data folder
+    :func:`find_data_folder` finds (it says where)."""
+    pin_threads()
     _show_figures_inline()
-    data = find_data_folder()
-    tutorial = Tutorial(get_preset(preset, data_root=str(data), **changes), data)
+    data, found = find_data_folder()
+    tutorial = Tutorial(get_preset(preset, data_root=str(data), **changes), data, found)
     print(tutorial)
     return tutorial
 

@@ -1,11 +1,12 @@
 """The notebooks' store of finished runs: train once, and every later notebook (or a re-run) loads it.
 
-Training is deterministic for a configuration and a thread count (``runtime.py``), so a stored run
-is exactly what training again would give. An entry holds the best model, its history and metrics,
-and the recordings of the callbacks that watched it (:class:`~mpn_tutorial.callbacks.EmbeddingSnapshots`,
-:class:`~mpn_tutorial.callbacks.AttentionCapture`), so notebook 04 can show the attention notebook 03
-recorded. Entries are written atomically; delete the folder to start afresh. A teacher can fill
-the store before class by running the notebooks once.
+Training is deterministic for a configuration, a thread count (``runtime.py``) and the library's
+code, and the key of a stored run (:func:`cache_key`) holds all three, so a stored run is exactly
+what training again would give: edit any file of the library and the next call trains anew. An
+entry holds the best model, its history and metrics, and the recordings of the callbacks that
+watched it (``EmbeddingSnapshots``, ``AttentionCapture``, ``EpochEvaluation`` of ``callbacks.py``),
+so notebook 04 can show the attention notebook 03 recorded. Entries are written atomically; delete
+the folder to start afresh. A teacher can fill the store before class by running the notebooks once.
 """
 
 from __future__ import annotations
@@ -14,36 +15,39 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mpn_tutorial.callbacks import AttentionCapture, Callback, EmbeddingSnapshots
-from mpn_tutorial.checkpoints import CheckpointError, load_checkpoint, model_from, model_state, save_checkpoint
+from mpn_tutorial.callbacks import AttentionCapture, Callback, EmbeddingSnapshots, EpochEvaluation
+from mpn_tutorial.checkpoints import CheckpointError, load_checkpoint, model_from, save_checkpoint
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import Datasets, sample_batch
 from mpn_tutorial.data.splits import ClassSubset
+from mpn_tutorial.runtime import thread_count
 from mpn_tutorial.training import TrainResult, train
 
-# Bumped whenever the code changes what a configuration computes (e.g. the optimizer kernels).
-STORE_VERSION = 3
-# Settings that do not name a different stored run (fixed here, so that stored runs keep their names).
-_NOT_IN_KEY = ("data_root", "device", "num_workers", "eval_batch_size")
+PACKAGE = Path(__file__).resolve().parent
 
 
-def _computed_settings(config: TrainConfig | dict) -> dict:
-    values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
-    return {k: v for k, v in values.items() if k not in _NOT_IN_KEY}
+@lru_cache(maxsize=1)
+def library_fingerprint() -> str:
+    """A hash of the library's source: every ``.py`` file under ``mpn_tutorial/``, read once per
+    process (so it describes the code this process runs). Part of every run's key: a learner who
+    edits the model gets a new run, never the old one."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def cache_key(config: TrainConfig) -> str:
-    """A stable name for a configuration's run (the thread count is part of it: CPU results
-    depend on it, see runtime.py)."""
-    from mpn_tutorial.runtime import thread_count
-
-    settings = _computed_settings(config)
-    settings.update(threads=thread_count(), store_version=STORE_VERSION)
+    """A stable name for a configuration's run: its computed settings (``TrainConfig.computed_settings``),
+    the thread count (CPU results depend on it, see runtime.py) and the library's source."""
+    settings = config.computed_settings()
+    settings.update(threads=thread_count(), library=library_fingerprint())
     text = json.dumps(settings, sort_keys=True, default=list)
     return f"{config.preset}-{config.loss}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
@@ -64,6 +68,8 @@ def recording_key(callback: Callback) -> str:
         return f"embeddings-every{callback.every}-{_fingerprint(*content)}"
     if isinstance(callback, AttentionCapture):
         return f"attention-{_fingerprint(callback.images.numpy(), callback.labels.numpy())}"
+    if isinstance(callback, EpochEvaluation):
+        return f"evaluation-k{'-'.join(map(str, callback.ks))}-{_fingerprint(np.asarray(callback.dataset.labels))}"
     raise TypeError(f"the run store keeps the recordings of EmbeddingSnapshots and AttentionCapture, "
                     f"not of {type(callback).__name__}")
 
@@ -88,7 +94,7 @@ def train_cached(
             entry = load_checkpoint(path)
         except CheckpointError:
             entry = None
-    same_run = entry is not None and _computed_settings(entry["config"]) == _computed_settings(config)
+    same_run = entry is not None and not config.differences(entry["config"])
     if same_run and set(wanted) <= set(entry["callbacks"]):
         for key, callback in wanted.items():
             callback.load_state_dict(entry["callbacks"][key])
@@ -97,12 +103,9 @@ def train_cached(
     result = train(config, callbacks=list(callbacks), datasets=datasets, progress=progress)
     recorded = dict(entry["callbacks"]) if same_run else {}
     recorded.update({key: callback.state_dict() for key, callback in wanted.items()})
-    save_checkpoint({
-        "config": config.to_dict(), "model": model_state(result.model),
-        "num_classes": int(result.model.config.num_classes), "history": result.history,
-        "best_epoch": result.best_epoch, "val_metrics": result.val_metrics, "test_metrics": result.test_metrics,
-        "seconds": result.seconds, "callbacks": recorded,
-    }, path)
+    save_checkpoint(path, config, result.model, result.model.num_classes, history=result.history,
+                    best_epoch=result.best_epoch, val_metrics=result.val_metrics, test_metrics=result.test_metrics,
+                    seconds=result.seconds, callbacks=recorded)
     return result
 
 

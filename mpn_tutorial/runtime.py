@@ -1,28 +1,46 @@
-"""The one place that pins CPU threads, seeds random number generators and picks the device.
+"""Where and how fast a run computes: CPU threads, seeds, the device, and the settings that only say that.
 
-Why pin threads: CPU results of torch (matrix products, reductions) depend on how work is split
-across threads, and two processes that each use every core slow each other down many times over.
-Tests, notebooks and the command line all import the package, and importing it calls
-:func:`pin_threads`, so every entry point computes with the same number of threads.
+**Threads: the one place they are documented.** Importing any module of the package changes
+nothing: not torch's thread counts, not an environment variable. The entry points pin them by
+calling :func:`pin_threads`: ``start()`` in the notebooks, the command line (``python -m
+mpn_tutorial``), the test suite (``tests/conftest.py``) and the bench/ scripts. Why pin: CPU
+results of torch (matrix products, reductions) depend on how work is split across threads, and two
+processes that each use every core slow each other down many times over.
 
-The count comes from the environment variable ``MPN_TUTORIAL_THREADS`` (default: 2, or fewer when
-the machine has fewer cores). The committed notebook outputs were produced with 2 threads.
+The count is ``$MPN_TUTORIAL_THREADS`` when set, else :data:`DEFAULT_THREADS` (2, or fewer on a
+machine with fewer cores). To use 8 cores: ``MPN_TUTORIAL_THREADS=8 make lab`` (or ``export`` it
+before starting Python). The Makefile sets 2, with which the committed notebook outputs were
+produced; a run store entry records its thread count in its key (``run_store.cache_key``).
+
+**Settings that only say where or how fast** (the device, data-loading workers, batch size of
+evaluation...) are declared so on their field with :func:`machinery`; what names a run, what
+``--resume`` compares and what keys the run store all derive from that (``config.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
 THREADS_VARIABLE = "MPN_TUTORIAL_THREADS"
 DEFAULT_THREADS = 2
-# Native libraries read these once, when they are first loaded, so they must be set before
-# numpy / torch / numba initialise their thread pools.
-_LIBRARY_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+# Native libraries read these when they first load; an entry point that pins threads before numba
+# (UMAP) loads also exports them, so later-loaded libraries start with the same count.
+LIBRARY_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def machinery(default, **options) -> dataclasses.Field:
+    """A settings field that changes where or how fast a run computes, never what it computes."""
+    return dataclasses.field(default=default, metadata={"machinery": True}, **options)
+
+
+def is_machinery(setting: dataclasses.Field) -> bool:
+    return bool(setting.metadata.get("machinery"))
 
 
 def thread_count() -> int:
-    """Number of CPU threads the package computes with (see module docstring)."""
+    """Number of CPU threads an entry point pins (see module docstring)."""
     value = os.environ.get(THREADS_VARIABLE)
     if value is None:
         return max(1, min(DEFAULT_THREADS, os.cpu_count() or 1))
@@ -35,24 +53,25 @@ def thread_count() -> int:
     return count
 
 
-def set_library_thread_variables(count: int | None = None) -> int:
-    """Export the thread count to OpenMP / MKL / OpenBLAS / numba before they load."""
-    count = thread_count() if count is None else count
-    for name in _LIBRARY_VARIABLES:
-        os.environ[name] = str(count)
-    return count
-
-
 def pin_threads(count: int | None = None) -> int:
-    """Use ``count`` threads in torch and the native libraries; returns the count in effect."""
-    count = set_library_thread_variables(count)
+    """Compute with ``count`` threads (default :func:`thread_count`) in torch and the native
+    libraries; returns the count. For entry points only (module docstring)."""
     import torch
 
+    count = thread_count() if count is None else count
+    for name in LIBRARY_THREAD_VARIABLES:
+        os.environ[name] = str(count)
     torch.set_num_threads(count)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass  # can only be set once per process, before any parallel work; harmless to skip
+    try:  # BLAS pools already loaded (numpy's, scipy's) are limited at run time
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(count)
+    except ImportError:  # pragma: no cover - comes with scikit-learn
+        pass
     return count
 
 
@@ -80,7 +99,7 @@ def resolve_device(name: str = "auto"):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
+            raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device

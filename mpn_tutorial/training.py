@@ -1,14 +1,23 @@
 """The one training loop, for every loss: contrastive, triplet, cross-entropy, and cross-entropy + MPN.
 
 ``train(config)`` builds the datasets and the model of a :class:`~mpn_tutorial.config.TrainConfig`,
-trains for ``config.epochs`` epochs of P×K batches, evaluates Recall@1 on the *validation classes*
-(carved from the training classes) after every epoch, keeps the best model by that number (never
-by a test number), and finally evaluates the best model on the test classes.
+trains for ``config.epochs`` epochs of P×K batches, evaluates the *validation classes* (carved from
+the training classes) after every epoch, keeps the best model by validation Recall@1 (never by a
+test number), and finally evaluates the best model on the test classes. An MPN run also measures
+its attention after every epoch (``evaluation.attention_diagnostics``, on fixed validation batches).
+
+Each epoch's numbers are one history row of plain dicts: ``{"epoch", "step", "train": {loss terms},
+"val": {metrics}, "attention": {diagnostics}, "lr", "seconds"}`` (``callbacks.flatten`` turns a row
+into the columns of ``metrics.csv``).
 
 With ``checkpoint_dir``, ``last.pt`` (everything needed to continue exactly) and ``best.pt`` are
 written after every epoch (``checkpoints.py``); ``resume=True`` continues from ``last.pt``, bit for
 bit on the CPU, even after the process was killed mid-epoch. A folder that holds another run is
 never overwritten unless ``overwrite=True``.
+
+One path for one process and many: with one process the "gather" of the global batch is the
+identity (``distributed.SingleProcess``). The step waits for the device once per
+:data:`LOG_INTERVAL` steps (loss and a finiteness flag are accumulated on the device).
 """
 
 from __future__ import annotations
@@ -25,7 +34,6 @@ from tqdm import tqdm
 from mpn_tutorial.callbacks import Callback, TrainState
 from mpn_tutorial.checkpoints import (
     CheckpointError,
-    check_same_preset,
     config_of,
     load_checkpoint,
     model_state,
@@ -33,15 +41,20 @@ from mpn_tutorial.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from mpn_tutorial.config import TrainConfig
+from mpn_tutorial.config import OPTIMIZERS, TrainConfig, create_model
 from mpn_tutorial.data.build import Datasets, build_datasets, iterate_batches
 from mpn_tutorial.data.sampler import PKSampler
-from mpn_tutorial.evaluation import evaluate, evaluate_on_test
+from mpn_tutorial.distributed import SingleProcess
+from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches, evaluate, evaluate_on_test
 from mpn_tutorial.losses import ContrastiveLoss, MessagePassingObjective, TripletLoss
 from mpn_tutorial.models import MetricLearningModel, ModelOutput
 from mpn_tutorial.runtime import resolve_device, seed_everything
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
+LOG_INTERVAL = 25  # steps between the waits for the device (progress bar, divergence check)
+
+__all__ = ["LOG_INTERVAL", "RUN_FILES", "TrainResult", "create_model", "loss_function", "make_optimizer",
+           "prepare_run_folder", "train"]
 
 
 @dataclass
@@ -57,40 +70,24 @@ class TrainResult:
     seconds: float
 
 
-def create_model(config: TrainConfig, num_classes: int) -> MetricLearningModel:
-    """A freshly initialised model for ``config`` (seeded with ``config.seed``), on the CPU."""
-    torch.manual_seed(config.seed)
-    return MetricLearningModel(config.model_config(num_classes))
-
-
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The run's optimizer over the trainable parameters (``config.OPTIMIZERS``)."""
     parameters = [p for p in model.parameters() if p.requires_grad]
-    options = {"lr": config.lr, "weight_decay": config.weight_decay}
-    # One fused kernel (or one op per group) instead of a Python loop over ~40 parameter tensors:
-    # the MPN adds many small tensors, and per-tensor overhead dominated its cost on CPU.
-    optimizers = {
-        "adam": lambda: torch.optim.Adam(parameters, fused=True, **options),
-        "radam": lambda: torch.optim.RAdam(parameters, foreach=True, **options),
-        "adamw": lambda: torch.optim.AdamW(parameters, fused=True, **options),
-        "sgd": lambda: torch.optim.SGD(parameters, momentum=0.9, **options),
-    }
-    if config.optimizer not in optimizers:
-        raise ValueError(f"optimizer must be one of {', '.join(optimizers)}, got {config.optimizer!r}")
-    return optimizers[config.optimizer]()
+    return OPTIMIZERS[config.optimizer](parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
-LossFunction = Callable[[ModelOutput, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+LossFunction = Callable[[ModelOutput, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def loss_function(config: TrainConfig) -> LossFunction:
-    """The loss a configuration trains with: (ModelOutput, labels) -> (scalar, {term: value to log})."""
+    """The loss a configuration trains with: (ModelOutput, labels) -> (scalar, {term: detached scalar})."""
     if config.loss in ("contrastive", "triplet"):
         pair_loss = (ContrastiveLoss(config.contrastive_margin) if config.loss == "contrastive"
                      else TripletLoss(config.triplet_margin, config.triplet_mining))
 
         def on_embeddings(output: ModelOutput, labels: torch.Tensor):
             total = pair_loss(output.embeddings.float(), labels)
-            return total, {config.loss: total.item()}
+            return total, {config.loss: total.detach()}
 
         return on_embeddings
     objective = MessagePassingObjective(config.temperature, config.label_smoothing, config.backbone_loss_weight,
@@ -98,7 +95,7 @@ def loss_function(config: TrainConfig) -> LossFunction:
 
     def on_logits(output: ModelOutput, labels: torch.Tensor):
         terms = objective.terms(output.backbone_logits, output.mpn_logits, labels)
-        return objective.combine(terms), {name: value.item() for name, value in terms.items()}
+        return objective.combine(terms), {name: value.detach() for name, value in terms.items()}
 
     return on_logits
 
@@ -107,7 +104,7 @@ def prepare_run_folder(config: TrainConfig, folder: Path, resume: bool, overwrit
     """Check that training into ``folder`` loses nothing; return the checkpoint to resume from, if any.
 
     A folder holding another run is refused unless ``overwrite``; ``resume`` continues the same run
-    only (same settings, apart from where and how fast it computes).
+    only (the same settings, apart from where and how fast it computes).
     """
     existing = [name for name in RUN_FILES if (folder / name).exists()]
     if not existing:
@@ -116,8 +113,11 @@ def prepare_run_folder(config: TrainConfig, folder: Path, resume: bool, overwrit
     stored = last if last.exists() else best if best.exists() else None
     if resume and stored is not None:
         checkpoint = load_checkpoint(stored)
-        check_same_preset(checkpoint, config, stored)
-        changed = config.differences(config_of(checkpoint, stored))  # defaults filled in for older checkpoints
+        saved = config_of(checkpoint, stored)  # defaults filled in for older checkpoints
+        if saved.preset != config.preset:
+            raise CheckpointError(f"checkpoint {stored} was trained with preset {saved.preset!r}, not "
+                                  f"{config.preset!r}; use --preset {saved.preset} or another checkpoint directory")
+        changed = config.differences(saved)
         if not changed:  # the same run: continue it (without a last.pt it never finished an epoch: restart it)
             return checkpoint if stored == last else None
         if not overwrite:
@@ -162,29 +162,29 @@ def train(
     """
     config.validate()
     start_time = time.perf_counter()
-    device = resolve_device(config.device) if distributed is None else distributed.device
-    is_main = distributed is None or distributed.is_main
+    context = SingleProcess(resolve_device(config.device)) if distributed is None else distributed
+    device = context.device
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     checkpoint = prepare_run_folder(config, folder, resume, overwrite) if folder is not None else None
     datasets = build_datasets(config) if datasets is None else datasets
     num_classes = int(datasets.train.num_classes)
-    seed_everything(config.seed)
     model = create_model(config, num_classes).to(device)
+    seed_everything(config.seed)  # the run's own random stream: dropout, augmentation
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_decay_epochs), config.lr_decay_factor)
     compute_loss = loss_function(config)
-    sampler = PKSampler(datasets.train.labels, config.classes_per_batch, config.samples_per_class,
-                        seed=config.seed, num_batches=config.batches_per_epoch)
-    step_model = model  # what the training step calls: the model itself, or its DDP wrapper
-    if distributed is not None:
-        messages_ever_off = not config.mpn_pass_messages or config.message_warmup_epochs > 0
-        sampler = distributed.shard_sampler(sampler)
-        step_model = distributed.wrap(model, find_unused_parameters=model.mpn is not None and messages_ever_off)
+    sampler = context.shard_sampler(PKSampler(datasets.train.labels, config.classes_per_batch,
+                                              config.samples_per_class, seed=config.seed,
+                                              num_batches=config.batches_per_epoch))
+    messages_ever_off = not config.mpn_pass_messages or config.message_warmup_epochs > 0
+    trained = context.wrap(model, find_unused_parameters=model.mpn is not None and messages_ever_off)
+    watched = (diagnostic_batches(datasets.val, config.attention_batches, config.classes_per_batch,
+                                  config.samples_per_class) if model.mpn is not None and model.mpn.layers else [])
 
     state = TrainState(config=config, model=model, datasets=datasets)
-    best_model = model_state(model) if checkpoint is None else _restore(checkpoint, optimizer, scheduler, state)
+    best_state = model_state(model) if checkpoint is None else _restore(checkpoint, optimizer, scheduler, state)
     for callback in callbacks:
         callback.on_train_start(state)
     use_amp = config.amp and device.type == "cuda"
@@ -192,61 +192,61 @@ def train(
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
         model.train()
-        if model.mpn is not None:  # the ablation control keeps messages off; a warm-up delays them
+        if model.mpn is not None:  # the control keeps messages off; a warm-up delays them
             model.mpn.set_pass_messages(config.mpn_pass_messages and epoch > config.message_warmup_epochs)
         sampler.set_epoch(epoch)
-        epoch_start, totals = time.perf_counter(), {}
+        epoch_start = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        diverged = torch.zeros((), dtype=torch.bool, device=device)
         batches = tqdm(iterate_batches(datasets.train, sampler, config.num_workers, device.type == "cuda"),
                        total=len(sampler), desc=f"epoch {epoch}/{config.epochs}",
-                       disable=not (progress and is_main), leave=False)
-        for images, labels in batches:
+                       disable=not (progress and context.is_main), leave=False)
+        for index, (images, labels) in enumerate(batches, 1):
             images, labels = images.to(device, non_blocking=True), labels.to(device)
             if config.channels_last and device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
+            labels = context.gather_labels(labels)  # the classifiers and the MPN see the global batch
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                if distributed is None:
-                    output = model(images)
-                else:  # the classifier and the MPN see the global batch
-                    output = step_model(images, gather=distributed.gather)
-                    labels = distributed.gather_labels(labels)
-                loss, parts = compute_loss(output, labels)
-            state.step += 1
-            _check_finite(output, loss, state.step, epoch)
+                output = trained(images, labels=labels, gather=context.gather)
+                loss, terms = compute_loss(output, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # under DDP this also averages the gradients across processes
             optimizer.step()
-            for name, value in parts.items():
-                totals[name] = totals.get(name, 0.0) + value
-            batches.set_postfix(loss=f"{loss.item():.3f}")
+            state.step += 1
+            diverged |= ~(torch.isfinite(loss) & torch.isfinite(output.embeddings.detach()).all())
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.float()
+            if index % LOG_INTERVAL == 0 or index == len(sampler):  # the one wait for the device
+                _stop_if_diverged(diverged, state.step, epoch)
+                batches.set_postfix(loss=f"{sum(sums.values()).item() / index:.3f}")
         scheduler.step()
         state.epoch = epoch
 
-        val = evaluate(model, datasets.val, ks=(1, 2, 4, 8), batch_size=config.eval_batch_size)
-        row = {"epoch": epoch, "step": state.step}
-        row.update({f"train_{name}": value / len(sampler) for name, value in totals.items()})
-        row.update({f"val_{name}": value for name, value in val.items() if name.startswith(("recall", "map"))})
+        row = {"epoch": epoch, "step": state.step,
+               "train": {name: value.item() / len(sampler) for name, value in sums.items()},
+               "val": evaluate(model, datasets.val, ks=(1, 2, 4, 8), batch_size=config.eval_batch_size)}
+        if watched:
+            row["attention"] = attention_diagnostics(model, watched)
         row.update(lr=optimizer.param_groups[0]["lr"], seconds=round(time.perf_counter() - epoch_start, 3))
         state.history.append(row)
-        if val["recall@1"] > state.best_metric:
-            state.best_metric, state.best_epoch, best_model = val["recall@1"], epoch, model_state(model)
-            if folder is not None and is_main:
-                save_checkpoint({"config": config.to_dict(), "model": best_model, "epoch": epoch,
-                                 "num_classes": num_classes, "val_metrics": val}, folder / "best.pt")
-        if folder is not None and is_main:
-            save_checkpoint({"model": model_state(model), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "epoch": state.epoch, "step": state.step,
-                             "history": state.history, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
-                             "best_model": best_model, "num_classes": num_classes, "rng": rng_state(),
-                             "config": config.to_dict()}, folder / "last.pt")
+        if row["val"]["recall@1"] > state.best_metric:
+            state.best_metric, state.best_epoch, best_state = row["val"]["recall@1"], epoch, model_state(model)
+            if folder is not None and context.is_main:
+                save_checkpoint(folder / "best.pt", config, best_state, num_classes, epoch=epoch,
+                                val_metrics=row["val"])
+        if folder is not None and context.is_main:
+            save_checkpoint(folder / "last.pt", config, model, num_classes, optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), epoch=state.epoch, step=state.step,
+                            history=state.history, best_epoch=state.best_epoch, best_metric=state.best_metric,
+                            best_state=best_state, rng=rng_state())
         for callback in callbacks:
             callback.on_epoch_end(state)
 
-    model.load_state_dict(best_model)
+    model.load_state_dict(best_state)
     model.eval()
-    best_row = state.history[state.best_epoch - 1] if state.best_epoch else {}
-    val_metrics = {k[len("val_") :]: v for k, v in best_row.items() if k.startswith("val_")}
+    val_metrics = dict(state.history[state.best_epoch - 1]["val"]) if state.best_epoch else {}
     test_metrics: dict[str, float] = {}
-    if evaluate_test and is_main:
+    if evaluate_test and context.is_main:
         test_metrics = evaluate_on_test(model, datasets, config.dataset, compute_nmi=compute_nmi,
                                         batch_size=config.eval_batch_size, num_workers=config.num_workers,
                                         seed=config.seed)
@@ -256,21 +256,20 @@ def train(
 
 def _restore(checkpoint: dict, optimizer, scheduler, state: TrainState) -> dict:
     """Continue from a ``last.pt``: model, optimizer, scheduler, progress and random state; returns
-    the best model so far."""
+    the best model's state so far."""
     state.model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     state.epoch, state.step, state.history = checkpoint["epoch"], checkpoint["step"], list(checkpoint["history"])
     state.best_epoch, state.best_metric = checkpoint["best_epoch"], checkpoint["best_metric"]
     set_rng_state(checkpoint["rng"])
-    return checkpoint["best_model"]
+    return checkpoint["best_state"]
 
 
-def _check_finite(output: ModelOutput, loss: torch.Tensor, step: int, epoch: int) -> None:
-    """Stop a diverging run at once, saying where, instead of training on NaNs."""
-    embeddings_ok = bool(torch.isfinite(output.embeddings).all())
-    if not embeddings_ok or not torch.isfinite(loss):
+def _stop_if_diverged(diverged: torch.Tensor, step: int, epoch: int) -> None:
+    """Stop a diverging run, saying where, instead of training on NaNs (checked every LOG_INTERVAL steps)."""
+    if bool(diverged):
         raise FloatingPointError(
-            f"training diverged at step {step} (epoch {epoch}): the {'loss' if embeddings_ok else 'embeddings'} "
-            "became NaN or infinite. Lower the learning rate (--lr) or check the input data."
+            f"training diverged by step {step} (epoch {epoch}): the loss or the embeddings became NaN or "
+            f"infinite within the last {LOG_INTERVAL} steps. Lower the learning rate (--lr) or check the input data."
         )

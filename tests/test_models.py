@@ -162,7 +162,7 @@ def test_resnet_without_reachable_weights_explains_how_to_get_them(monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
-    with pytest.raises(RuntimeError, match="pretrained=False"):
+    with pytest.raises(WeightsUnavailableError, match="pretrained=False"):
         ResNetBackbone("resnet18", pretrained=True)
 
 

@@ -1,7 +1,7 @@
 """The datasets of a run, and batches from them.
 
-:func:`build_datasets` turns a run's data settings (a :class:`~mpn_tutorial.config.TrainConfig`,
-or anything with the same five fields) into train / validation / test datasets: the validation
+:func:`build_datasets` turns a run's data settings (:class:`DataConfig`, which
+:class:`~mpn_tutorial.config.TrainConfig` extends) into train / validation / test datasets: the validation
 classes are carved from the training classes, never from the test classes. :func:`load_batch`
 and :func:`iterate_batches` read batches from any dataset of this package, in one indexing
 operation for the in-memory glyphs and through a ``DataLoader`` for image files.
@@ -10,25 +10,30 @@ operation for the in-memory glyphs and through a ``DataLoader`` for image files.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
+
+from mpn_tutorial.runtime import machinery
 
 BENCHMARKS = ("cub", "cars", "sop", "inshop")
 DATASET_NAMES = ("glyphs",) + BENCHMARKS
 
 
-class DataSettings(Protocol):
-    """The fields of a run's settings that decide its data."""
+@dataclass
+class DataConfig:
+    """The data part of a run's settings (:class:`~mpn_tutorial.config.TrainConfig` extends it)."""
 
-    dataset: str
-    data_root: str
-    image_size: int
-    val_fraction: float
-    data_seed: int
+    dataset: str = "glyphs"  # glyphs | cub | cars | sop | inshop
+    data_root: str = machinery("data")  # the same data in another folder is the same run
+    image_size: int = 32
+    val_fraction: float = 0.2  # share of training classes held out for validation
+    data_seed: int = 0  # glyph rendering and class split; TrainConfig.seed is the training run's
+
+
+DATA_FIELDS = tuple(setting.name for setting in fields(DataConfig))
 
 
 @dataclass
@@ -47,7 +52,7 @@ class Datasets:
         return self.test if self.test is not None else self.query
 
 
-def build_datasets(settings: DataSettings) -> Datasets:
+def build_datasets(settings: DataConfig) -> Datasets:
     """The datasets a run trains and evaluates on (the glyphs are generated and cached on first use)."""
     if settings.dataset == "glyphs":
         from mpn_tutorial.data.glyphs import GlyphDataset

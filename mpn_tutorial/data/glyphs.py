@@ -23,6 +23,7 @@ reader never sees half a file).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import unicodedata
 import warnings
@@ -36,10 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from mpn_tutorial.atomic import write_atomically
+from mpn_tutorial.data.splits import split_classes
 
 SPLITS = ("train", "val", "test")
-# Bump when anything below changes what is generated: old caches are then ignored.
-GLYPH_FORMAT_VERSION = 1
 
 FONT_FILES = tuple(
     f"{family}{style}.ttf"
@@ -258,11 +258,11 @@ def generate_glyphs(
     - ``images``: (num_classes * images_per_class, image_size, image_size) uint8
     - ``labels``: (N,) int64 global class index; ``faces``: (N,) int64 face used per image
     - ``codepoints``: (num_classes,) int64 representative character of each class
-    - ``class_split``: (num_classes,) int64, 0 = train, 1 = val, 2 = test (see :func:`split_classes`)
+
+    The class split is not part of it: :func:`mpn_tutorial.data.splits.split_classes` draws it.
     """
     classes, renders = glyph_classes(image_size)
     generator = torch.Generator().manual_seed(seed)
-    num_classes = len(classes)
 
     # Which face each image uses: cycle through the class's faces in a random order, so every
     # face appears about equally often within a class.
@@ -304,28 +304,7 @@ def generate_glyphs(
         "labels": labels.numpy().astype(np.int64),
         "faces": faces.numpy().astype(np.int64),
         "codepoints": np.array([c.codepoint for c in classes], dtype=np.int64),
-        "class_split": split_classes(num_classes, seed),
     }
-
-
-def split_classes(num_classes: int, seed: int, val_fraction: float = 0.2) -> np.ndarray:
-    """Disjoint class halves: test gets half the classes, val ``val_fraction`` of the other half.
-
-    Returns (num_classes,) int64 with 0 = train, 1 = val, 2 = test.
-    """
-    order = np.random.default_rng(seed).permutation(num_classes)
-    num_test = num_classes // 2
-    num_val = int(round(val_fraction * (num_classes - num_test)))
-    if num_val < 2 or num_classes - num_test - num_val < 2:
-        raise ValueError(
-            f"val_fraction={val_fraction} leaves {num_val} validation and {num_classes - num_test - num_val} "
-            f"training classes of the {num_classes - num_test} in the training half; both need at least 2 "
-            "(the default 0.2 gives 62 and 247)"
-        )
-    split = np.zeros(num_classes, dtype=np.int64)
-    split[order[:num_test]] = 2
-    split[order[num_test : num_test + num_val]] = 1
-    return split
 
 
 MIN_IMAGE_SIZE = 8
@@ -347,12 +326,19 @@ def check_glyph_settings(image_size: int, images_per_class: int) -> None:
         )
 
 
+@lru_cache(maxsize=1)
+def generator_fingerprint() -> str:
+    """A hash of this module's source: the code that generates the dataset names its cache, so an
+    edited generator never serves an old cache."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
 def cache_path(root: str | os.PathLike, seed: int, image_size: int, images_per_class: int) -> Path:
-    name = f"glyphs-v{GLYPH_FORMAT_VERSION}-seed{seed}-{image_size}px-{images_per_class}per-class.npz"
+    name = f"glyphs-{generator_fingerprint()}-seed{seed}-{image_size}px-{images_per_class}per-class.npz"
     return Path(root) / "glyphs" / name
 
 
-_CACHE_KEYS = ("images", "labels", "faces", "codepoints", "class_split")
+_CACHE_KEYS = ("images", "labels", "faces", "codepoints")
 
 
 def load_glyphs(
@@ -405,10 +391,6 @@ class GlyphDataset(torch.utils.data.Dataset):
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if not 0 < val_fraction < 1:
-            raise ValueError(
-                f"val_fraction must be between 0 and 1 (a share of the training classes), got {val_fraction}"
-            )
         arrays = load_glyphs(root, seed, image_size, images_per_class)
         class_split = split_classes(len(arrays["codepoints"]), seed, val_fraction)
         chosen_classes = np.flatnonzero(class_split == SPLITS.index(split))
@@ -461,5 +443,4 @@ __all__ = [
     "load_glyphs",
     "render_character",
     "render_missing_glyph",
-    "split_classes",
 ]

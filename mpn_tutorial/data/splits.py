@@ -1,4 +1,4 @@
-"""Class-level subsets: the validation split carved from the training classes.
+"""Class-level splits and subsets: the validation classes carved from the training classes.
 
 Metric learning is evaluated on classes never seen in training, so model selection must be too:
 the validation split holds some *classes* of the training half, never test classes and never
@@ -12,13 +12,28 @@ import torch
 
 
 def carve_validation_classes(num_classes: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted class ids (of ``0..num_classes-1``) held out for validation; at least 2 when possible."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
+    """Sorted class ids (of ``0..num_classes-1``) held out for validation: ``round(fraction *
+    num_classes)``, but at least 2, and at least 2 classes left to train on."""
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        raise ValueError(f"val_fraction must be between 0 and 1 (a share of the training classes), got {fraction!r}")
     count = min(num_classes - 2, max(2, int(round(fraction * num_classes))))
     if count < 2:
         raise ValueError(f"{num_classes} training classes are too few to carve a validation split from")
     return np.sort(np.random.default_rng(seed).permutation(num_classes)[:count])
+
+
+def split_classes(num_classes: int, seed: int, val_fraction: float = 0.2) -> np.ndarray:
+    """For a dataset without a given split (the glyphs): a random half of the classes for testing,
+    and validation classes carved from the other half as for the benchmarks.
+
+    Returns (num_classes,) int64 with 0 = train, 1 = val, 2 = test.
+    """
+    order = np.random.default_rng(seed).permutation(num_classes)
+    test, training_half = order[: num_classes // 2], order[num_classes // 2 :]
+    split = np.zeros(num_classes, dtype=np.int64)
+    split[test] = 2
+    split[training_half[carve_validation_classes(len(training_half), val_fraction, seed)]] = 1
+    return split
 
 
 class ClassSubset(torch.utils.data.Dataset):

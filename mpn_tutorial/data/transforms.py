@@ -4,7 +4,8 @@ Both transforms take an RGB ``PIL.Image`` (the benchmark readers convert every i
 return a normalised ``(3, image_size, image_size) float32`` tensor.
 
 The sizes are the official release's: training crops 227 px with ``RandomResizedCrop``; testing
-resizes the shorter side to 256 px and takes the central 227 px. 227 rather than 224 is inherited
+resizes the shorter side to 256 px and takes the central 227 px (other crop sizes keep that
+proportion). 227 rather than 224 is inherited
 from earlier metric-learning code; ResNet-50 accepts either, since global pooling makes it
 indifferent to the exact input size.
 
@@ -39,12 +40,21 @@ def train_transform(image_size: int = 227) -> transforms.Compose:
     )
 
 
-def test_transform(image_size: int = 227, resize: int = 256) -> transforms.Compose:
+# The release resizes to 256 px and crops the central 227 px: the crop covers 227/256 of the shorter side.
+RESIZE_PER_CROP = 256 / 227
+
+
+def test_transform(image_size: int = 227, resize: int | None = None) -> transforms.Compose:
     """Deterministic transform for evaluation: PIL RGB image -> ``(3, image_size, image_size) float32``.
 
-    Resize the shorter side to ``resize`` (aspect ratio kept), take the central
-    ``image_size`` square, normalise with the ImageNet statistics.
+    Resize the shorter side to ``resize`` (aspect ratio kept), take the central ``image_size``
+    square, normalise with the ImageNet statistics. ``resize`` defaults to ``image_size`` × 256/227,
+    the release's proportion, so every crop size sees the same field of view (256 px for 227,
+    72 px for 64): a small quick-run crop shows the whole object, not the middle sixteenth of it.
     """
+    resize = round(image_size * RESIZE_PER_CROP) if resize is None else resize
+    if resize < image_size:
+        raise ValueError(f"resize={resize} is smaller than the crop image_size={image_size}")
     return transforms.Compose(
         [
             transforms.Resize(resize),

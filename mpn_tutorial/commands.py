@@ -1,0 +1,345 @@
+"""What each command of the command line does (``python -m mpn_tutorial COMMAND``; the parser, the
+flags and the exit statuses are in ``__main__.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _format_metrics(values: dict[str, float]) -> str:
+    names = {"map@r": "MAP@R", "r_precision": "RP", "nmi": "NMI"}
+    shown = []
+    for name, value in values.items():
+        if name.startswith("recall@"):
+            shown.append(f"R@{name[len('recall@'):]} {100 * value:.2f}")
+        elif name in names:
+            shown.append(f"{names[name]} {100 * value:.2f}")
+    return "  ".join(shown)
+
+
+# --------------------------------------------------------------------------------------------
+# make-data
+# --------------------------------------------------------------------------------------------
+
+
+def make_data(args: argparse.Namespace) -> int:
+    from mpn_tutorial.data.glyphs import cache_path, load_glyphs
+    from mpn_tutorial.data.splits import split_classes
+
+    path = cache_path(args.root, args.seed, args.image_size, args.images_per_class)
+    existed = path.exists()
+    start = time.perf_counter()
+    arrays = load_glyphs(args.root, args.seed, args.image_size, args.images_per_class)
+    seconds = time.perf_counter() - start
+    split = split_classes(len(arrays["codepoints"]), args.seed)
+    verb = "found" if existed else f"generated in {seconds:.1f} s:"
+    counts = ", ".join(f"{name} {int((split == i).sum())}" for i, name in enumerate(("train", "val", "test")))
+    print(f"glyphs {verb} {path} — {len(arrays['images'])} images of {len(split)} classes ({counts} classes)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+
+# flag -> TrainConfig field, for the flags that set one field to their value
+_TRAIN_OVERRIDES = {
+    "loss": "loss",
+    "data_root": "data_root",
+    "epochs": "epochs",
+    "batches_per_epoch": "batches_per_epoch",
+    "lr": "lr",
+    "seed": "seed",
+    "layers": "mpn_layers",
+    "heads": "mpn_heads",
+    "temperature": "temperature",
+    "classes_per_batch": "classes_per_batch",
+    "samples_per_class": "samples_per_class",
+    "device": "device",
+    "num_workers": "num_workers",
+    "weights_path": "weights_path",
+    "image_size": "image_size",
+    "backbone": "backbone",
+    "embedding_dim": "embedding_dim",
+    "mpn_input_scale": "mpn_input_scale",
+    "message_warmup_epochs": "message_warmup_epochs",
+    "attention": "mpn_attention",
+}
+# switch -> the fields it sets
+_TRAIN_SWITCHES = {
+    "no_messages": {"mpn_pass_messages": False, "message_warmup_epochs": 0},  # TrainConfig.without_messages()
+    "no_pretrained": {"pretrained": False},
+    "identity_values": {"mpn_identity_values": True},
+    "similarity_prior": {"mpn_similarity_prior": True},
+    "zero_out": {"mpn_zero_out": True},
+    "no_input_map": {"mpn_input_map": False},
+    "checkpointing": {"checkpointing": True},
+}
+
+
+def _changes(args: argparse.Namespace) -> dict[str, dict]:
+    """{flag: {field: value}} for every train flag given (value flags and switches)."""
+    changes = {flag: {field: getattr(args, flag)} for flag, field in _TRAIN_OVERRIDES.items()
+               if getattr(args, flag, None) is not None}
+    changes.update({flag: dict(fields) for flag, fields in _TRAIN_SWITCHES.items() if getattr(args, flag, False)})
+    return changes
+
+
+def _config(args: argparse.Namespace):
+    """The preset changed by the flags, validated; and the flags that changed it."""
+    from mpn_tutorial.presets import get_preset
+
+    changes = _changes(args)
+    config = get_preset(args.preset, **{field: value for fields in changes.values() for field, value in fields.items()})
+    config.validate()
+    return config, changes
+
+
+def run_name(config, changes: dict) -> str:
+    """The default run folder's name: preset, loss, every flag that changed what the preset computes, seed.
+
+    ``runs/glyphs-mpn-seed0``; ``runs/glyphs-mpn-lr0.1-seed0`` after ``--lr 0.1``. Loss and seed have
+    their own places; a flag is left out when it changes nothing, or only where or how fast the run
+    computes, or names a file (``TrainConfig.names_run``). ``changes``: ``{flag: {field: value}}``, or
+    ``{flag: value}`` for a flag that sets its one field.
+    """
+    from mpn_tutorial.config import names_run
+    from mpn_tutorial.presets import get_preset
+
+    preset = get_preset(config.preset)
+    parts = [config.preset, config.loss]
+    for flag, fields in sorted(changes.items()):
+        if not isinstance(fields, dict):
+            fields = {_TRAIN_OVERRIDES.get(flag, flag): fields}
+        named = {field: value for field, value in fields.items()
+                 if field not in ("loss", "seed") and names_run(field) and getattr(preset, field, None) != value}
+        if not named:
+            continue
+        value = next(iter(fields.values())) if flag in _TRAIN_OVERRIDES else True
+        if isinstance(value, bool):
+            text = "" if value else "off"
+        else:
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(f"{flag.replace('_', '-')}{text}")
+    return "-".join(parts + [f"seed{config.seed}"])
+
+
+def _print_history(history: list[dict]) -> None:
+    for row in history:
+        attention = row.get("attention")
+        shown = f"  attention share {attention['share']:.3f}" if attention else ""
+        print(f"epoch {row['epoch']:3d}  val {_format_metrics(row['val'])}{shown}")
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from mpn_tutorial import distributed as dist_module
+    from mpn_tutorial.training import train
+
+    config, changes = _config(args)
+    distributed = dist_module.from_environment(config)
+    is_main = distributed is None or distributed.is_main
+    name = run_name(config, changes)
+    checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else Path("runs") / name
+    callbacks = _loggers(checkpoint_dir) if is_main else []
+    if is_main:
+        what = "continuing" if args.resume and (checkpoint_dir / "last.pt").exists() else "training"
+        print(f"{what} {name}: {config.epochs} epochs, checkpoints in {checkpoint_dir}")
+    try:
+        result = train(config, callbacks=callbacks, checkpoint_dir=checkpoint_dir, resume=args.resume,
+                       progress=not args.no_progress, compute_nmi=not args.no_nmi, distributed=distributed,
+                       overwrite=args.overwrite)
+    finally:
+        if distributed is not None:
+            distributed.close()
+    if is_main:
+        _print_history(result.history)
+        print(f"best epoch {result.best_epoch} (by validation R@1); {result.seconds:.1f} s")
+        print(f"test  {_format_metrics(result.test_metrics)}")
+        print(f"saved in {checkpoint_dir}: best.pt, last.pt, metrics.csv")
+    return 0
+
+
+def _loggers(folder: Path) -> list:
+    from mpn_tutorial.callbacks import CSVLogger, TensorBoardLogger
+
+    loggers = [CSVLogger(folder / "metrics.csv")]
+    try:
+        loggers.append(TensorBoardLogger(folder / "tensorboard"))
+    except ImportError:
+        pass  # TensorBoard is optional; metrics.csv has the same numbers
+    return loggers
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+# --------------------------------------------------------------------------------------------
+
+# named flag sets; NAME=FLAGS on the command line defines others
+VARIANTS = {"messages": "", "no-messages": "--no-messages", "oracle": "--attention oracle"}
+
+
+def variant(text: str) -> tuple[str, str]:
+    """An argparse type: ``NAME`` (one of VARIANTS) or ``NAME=FLAGS`` (any train flags)."""
+    name, separator, flags = text.partition("=")
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise argparse.ArgumentTypeError(f"a variant is NAME or NAME='--flag value ...' with a name of letters, "
+                                         f"digits and - _ . ; got {text!r}")
+    if not separator:
+        if name not in VARIANTS:
+            raise argparse.ArgumentTypeError(f"unknown variant {name!r}: use one of {', '.join(VARIANTS)}, or "
+                                             f"{name}='--flag value ...' with train flags")
+        return name, VARIANTS[name]
+    return name, flags
+
+
+def compare(args: argparse.Namespace) -> int:
+    import copy
+    import shlex
+
+    from mpn_tutorial import distributed as dist_module
+    from mpn_tutorial.experiments import measure, run_comparison, write_comparison
+    from mpn_tutorial.training import train
+
+    names = [name for name, _ in args.variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must differ, got {names}")
+    configs, flags = {}, {}
+    for name, text in args.variants:
+        namespace = copy.copy(args)
+        try:
+            args.train_flags().parse_args(shlex.split(text), namespace=namespace)
+        except SystemExit:
+            raise ValueError(f"variant {name}: {text!r} is not a set of train flags (see train --help)") from None
+        configs[name], _ = _config(namespace)
+        flags[name] = text
+    if dist_module.from_environment(configs[names[0]]) is not None:
+        raise ValueError("compare trains its runs one after another in one process; run it without torchrun")
+    output = Path(args.output) if args.output else Path("runs") / f"compare-{args.preset}"
+    folders = {}
+    start = time.perf_counter()
+
+    def run(name, config):
+        folder = output / f"{name}-seed{config.seed}"
+        folders[(name, config.seed)] = str(folder)
+        print(f"== {name}, seed {config.seed} -> {folder}", flush=True)
+        return train(config, callbacks=_loggers(folder), checkpoint_dir=folder, resume=True,
+                     progress=not args.no_progress, compute_nmi=False)
+
+    def report(name, measured):
+        measured["folder"] = folders[(name, measured["seed"])]
+        share = f"  share {measured['test_share']:.3f}" if "test_share" in measured else ""
+        print(f"   test R@1 {100 * measured['test_recall@1']:.2f}  MAP@R {100 * measured['test_map@r']:.2f}{share}")
+
+    results = run_comparison(configs, args.seeds, run, measure, report)
+    header = {"title": f"compare: {args.preset}, {len(names)} variants × {len(args.seeds)} seeds",
+              "preset": args.preset, "seeds": args.seeds, "variants": flags,
+              "command": "python -m mpn_tutorial " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+              "machine": _machine(), "minutes": round((time.perf_counter() - start) / 60, 2),
+              "selection": "each run's best epoch by validation R@1; test classes only measured"}
+    markdown, data = write_comparison(output / "comparison", results, header)
+    print(markdown.read_text())
+    print(f"tables in {markdown} and {data}")
+    return 0
+
+
+def _machine() -> str:
+    import platform
+
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "CPU"
+    return f"{device}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads"
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from mpn_tutorial.checkpoints import CheckpointError, load_model
+    from mpn_tutorial.data.build import build_datasets
+    from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches, evaluate_on_test
+    from mpn_tutorial.experiments import SHARE_BATCHES
+    from mpn_tutorial.runtime import resolve_device
+
+    model, config = load_model(args.checkpoint)
+    if args.preset is not None and args.preset != config.preset:
+        raise CheckpointError(
+            f"checkpoint {args.checkpoint} was trained with preset {config.preset!r}, not {args.preset!r}"
+        )
+    if args.refine_k and args.refine_method.startswith("mpn") and model.mpn is None:
+        raise ValueError(f"--refine-k with --refine-method {args.refine_method} needs a model trained with message "
+                         f"passing; {args.checkpoint} has loss {config.loss!r} (--refine-method mean works for any)")
+    if args.data_root is not None:
+        config = config.replace(data_root=args.data_root)
+    if args.device is not None:
+        config = config.replace(device=args.device)
+    model.to(resolve_device(config.device))
+    datasets = build_datasets(config)
+    metrics = evaluate_on_test(model, datasets, config.dataset, compute_nmi=not args.no_nmi, refine_k=args.refine_k,
+                               refine_method=args.refine_method, batch_size=config.eval_batch_size, seed=config.seed)
+    print(f"{config.preset} test classes ({metrics['queries']} queries): {_format_metrics(metrics)}")
+    if model.mpn is not None and model.mpn.layers:
+        chance = (config.samples_per_class - 1) / (config.classes_per_batch * config.samples_per_class - 1)
+        for split, dataset, count in (("validation", datasets.val, config.attention_batches or 4),
+                                      ("test", datasets.evaluation, SHARE_BATCHES)):
+            batches = diagnostic_batches(dataset, count, config.classes_per_batch, config.samples_per_class)
+            print(f"attention on {count} {split}-class {config.classes_per_batch}×{config.samples_per_class} batches "
+                  f"(chance share {chance:.3f}): {_format_attention(attention_diagnostics(model, batches))}")
+    return 0
+
+
+def _format_attention(diagnostics: dict[str, float]) -> str:
+    names = {"share": "same-class share", "similarity_share": "backbone-similarity share",
+             "self_weight": "self-weight", "score_spread": "score spread"}
+    shown = [f"{label} {diagnostics[key]:.3f}" for key, label in names.items() if key in diagnostics]
+    heads = [f"{key[len('share_'):].replace('_', ' ')} {value:.3f}" for key, value in diagnostics.items()
+             if key.startswith("share_layer")]
+    return ", ".join(shown) + (f" (per head: {', '.join(heads)})" if len(heads) > 1 else "")
+
+
+# --------------------------------------------------------------------------------------------
+# fetch
+# --------------------------------------------------------------------------------------------
+
+
+class _ProgressPrinter:
+    """Prints a line to stderr every 5 % (or every 256 MiB when the size is unknown)."""
+
+    def __init__(self) -> None:
+        self.last_step = -1
+
+    def __call__(self, received: int, total: int | None) -> None:
+        step = received * 20 // total if total else received // (256 << 20)
+        if step != self.last_step:
+            self.last_step = step
+            of_total = f" of {total / 2**20:,.1f} MiB ({100 * received / total:.0f} %)" if total else " MiB"
+            print(f"  {received / 2**20:,.1f}{of_total}", file=sys.stderr, flush=True)
+
+
+def fetch(args: argparse.Namespace) -> int:
+    """0 when the data is ready, 2 when a manual download is needed, 1 when fetching failed."""
+    from mpn_tutorial.data.fetch import FetchError, ManualDownloadRequired, fetch_dataset
+    from mpn_tutorial.data.registry import dataset_source
+
+    try:
+        source = dataset_source(args.name)
+        ready = fetch_dataset(args.name, args.root, progress=_ProgressPrinter())
+    except ManualDownloadRequired as exc:
+        print(exc)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (FetchError, OSError) as exc:  # OSError: disk full, permission denied, ...
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    splits = " | ".join(f'"{split}"' for split in source.splits)
+    print(f'{source.title} is ready in {ready}\n  {source.reader}(root="{ready}", split={splits})')
+    return 0
+
+

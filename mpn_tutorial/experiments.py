@@ -1,0 +1,173 @@
+"""The experiment runner: variants × seeds, each run measured the same way, and the seed-paired table.
+
+One implementation for every comparison the package makes: ``python -m mpn_tutorial compare``
+(run folders, for benchmarks on GPUs), notebook 06 (the run store) and the glyph studies in bench/.
+They differ only in how a run is obtained (a function ``config -> TrainResult``); the measurements,
+the statistics and the tables are these.
+
+Statistics. A run's test metrics depend on its seed (initialisation, batches, dropout); two variants
+run with the same seeds are compared **seed by seed**: the paired difference d_s = x_s(variant) -
+x_s(reference), its mean, standard deviation and t = mean / (std / sqrt(n)) (n - 1 degrees of
+freedom; |t| > 2.78 for 5 seeds, 4.30 for 3, at the usual two-sided 95%). A difference counts only
+next to the **noise band**: the spread of paired differences between configurations that compute the
+same function (``noise_band``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpn_tutorial.config import TrainConfig
+from mpn_tutorial.data.build import build_datasets
+from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches
+from mpn_tutorial.training import TrainResult
+
+# two-sided 95% critical values of Student's t, by degrees of freedom
+T_CRITICAL_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+SHARE_BATCHES = 10  # held-out P×K batches of test classes on which a run's attention is measured
+
+
+def measure(result: TrainResult, test_dataset=None, share_batches: int = SHARE_BATCHES) -> dict:
+    """What every run of a comparison reports: seed, test metrics, validation R@1 and best epoch, and
+    for an MPN with layers its attention on held-out batches of ``test_dataset`` (default: the run's
+    test classes) (``evaluation.attention_diagnostics``: share, self-weight, score spread, and the
+    backbone-similarity reference)."""
+    config, model = result.config, result.model
+    measured = {"seed": config.seed, "best_epoch": result.best_epoch, "val_recall@1": result.val_metrics["recall@1"],
+                "train_seconds": round(result.seconds, 1)}
+    measured.update({f"test_{name}": value for name, value in result.test_metrics.items()
+                     if isinstance(value, float)})
+    if model.mpn is not None and model.mpn.layers and share_batches:
+        test = build_datasets(config).evaluation if test_dataset is None else test_dataset
+        batches = diagnostic_batches(test, share_batches, config.classes_per_batch, config.samples_per_class)
+        measured.update({f"test_{key}": value for key, value in attention_diagnostics(model, batches).items()
+                         if not key.startswith("share_layer")})
+    return measured
+
+
+def run_comparison(variants: dict[str, TrainConfig], seeds: Sequence[int],
+                   run: Callable[[str, TrainConfig], TrainResult], measure_run: Callable[[TrainResult], dict] = measure,
+                   report: Callable[[str, dict], None] | None = None) -> dict[str, list[dict]]:
+    """Train (or load) every variant with every seed and measure it: ``{variant: [one dict per seed]}``.
+
+    ``run(variant, config)`` obtains a finished run (trains it, or loads it from a store or a run
+    folder); ``measure_run(result)`` measures it (default :func:`measure`); ``report(variant,
+    measured)`` is called after each run (e.g. to print a line).
+    """
+    results: dict[str, list[dict]] = {name: [] for name in variants}
+    for name, config in variants.items():
+        for seed in seeds:
+            measured = measure_run(run(name, config.replace(seed=seed)))
+            results[name].append(measured)
+            if report is not None:
+                report(name, measured)
+    return results
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The seed-paired difference of two lists of per-seed results (module docstring)."""
+
+    mean: float
+    std: float
+    t: float
+    n: int
+    differences: tuple[float, ...]
+
+    @property
+    def significant(self) -> bool:
+        """|t| above the two-sided 95% critical value for n - 1 degrees of freedom."""
+        return self.n > 1 and abs(self.t) > T_CRITICAL_95.get(self.n - 1, 1.96)
+
+
+def paired_difference(runs: list[dict], reference: list[dict], key: str) -> Paired:
+    """Seed-paired ``runs[key] - reference[key]`` (runs are matched by their "seed")."""
+    by_seed = {run["seed"]: run[key] for run in reference if key in run}
+    differences = tuple(run[key] - by_seed[run["seed"]] for run in runs if key in run and run["seed"] in by_seed)
+    if not differences:
+        raise ValueError(f"no seed has {key!r} in both lists")
+    mean = statistics.fmean(differences)
+    std = statistics.stdev(differences) if len(differences) > 1 else 0.0
+    t = mean / (std / math.sqrt(len(differences))) if std > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
+    return Paired(mean, std, t, len(differences), differences)
+
+
+def noise_band(groups: Sequence[Sequence[list[dict]]], key: str) -> float:
+    """The noise band of ``key``: the pooled standard deviation of the seed-paired differences between
+    runs of configurations that compute the same function. ``groups``: lists of such configurations'
+    per-seed results; every pair within a group contributes its differences."""
+    differences = []
+    for group in groups:
+        for first in range(len(group)):
+            for second in range(first + 1, len(group)):
+                differences += paired_difference(group[first], group[second], key).differences
+    if len(differences) < 2:
+        raise ValueError("the noise band needs at least two paired differences")
+    # the differences of same-function pairs have mean 0 in expectation: their spread is the root mean square
+    return math.sqrt(statistics.fmean(d * d for d in differences))
+
+
+def mean_std(runs: list[dict], key: str) -> tuple[float, float] | None:
+    values = [run[key] for run in runs if key in run and run[key] is not None and not math.isnan(run[key])]
+    if not values:
+        return None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(runs: list[dict], key: str) -> str:
+    summary = mean_std(runs, key)
+    if summary is None:
+        return "—"
+    scale, digits = (1, 3) if "share" in key or "weight" in key or "spread" in key else (100, 1)
+    return f"{scale * summary[0]:.{digits}f} ± {scale * summary[1]:.{digits}f}"
+
+
+def comparison_table(results: dict[str, list[dict]],
+                     keys: Sequence[str] = ("test_recall@1", "test_map@r", "test_share"), reference: str | None = None,
+                     paired_key: str = "test_recall@1", band: float | None = None) -> str:
+    """A markdown table: per variant the mean ± std over seeds of ``keys`` (metrics in %, shares as
+    fractions), and the seed-paired difference of ``paired_key`` to ``reference`` (default: the first
+    variant) with its t; with ``band``, the noise band to read the differences against."""
+    reference = reference or next(iter(results))
+    headings = {"test_recall@1": "R@1 (%)", "test_map@r": "MAP@R (%)", "test_share": "share",
+                "test_self_weight": "self-weight", "test_similarity_share": "similarity share"}
+    band_text = f", noise band ±{100 * band:.1f}" if band is not None else ""
+    lines = ["| variant | seeds | " + " | ".join(headings.get(k, k) for k in keys)
+             + f" | {headings.get(paired_key, paired_key)} − {reference} (points{band_text}) | t |",
+             "|---|---|" + "---|" * len(keys) + "---|---|"]
+    for name, runs in results.items():
+        if name == reference:
+            difference, t = "(reference)", ""
+        else:
+            paired = paired_difference(runs, results[reference], paired_key)
+            difference = f"{100 * paired.mean:+.1f} ± {100 * paired.std:.1f}"
+            t = f"{paired.t:+.1f}" + (" *" if paired.significant else "")
+        cells = " | ".join(_cell(runs, key) for key in keys)
+        lines.append(f"| {name} | {len(runs)} | {cells} | {difference} | {t} |")
+    lines.append("")
+    lines.append("Mean ± standard deviation over seeds. Differences are seed-paired (mean ± std of the per-seed "
+                 "differences); * marks |t| above the two-sided 95% value for n − 1 degrees of freedom.")
+    return "\n".join(lines)
+
+
+def write_comparison(path: str | Path, results: dict[str, list[dict]], header: dict,
+                     **table_options) -> tuple[Path, Path]:
+    """Write ``PATH.md`` (the table) and ``PATH.json`` (``header`` and every run's numbers)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = comparison_table(results, **table_options)
+    lines = [f"# {header.get('title', 'Comparison')}", ""]
+    lines += [f"- {key}: {value}" for key, value in header.items() if key != "title"]
+    markdown, data = path.with_suffix(".md"), path.with_suffix(".json")
+    markdown.write_text("\n".join(lines + ["", table, ""]))
+    data.write_text(json.dumps({**header, "results": results}, indent=1, default=str))
+    return markdown, data
+
+
+__all__ = ["Paired", "comparison_table", "mean_std", "measure", "noise_band", "paired_difference",
+           "run_comparison", "write_comparison"]

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-import mpn_tutorial  # noqa: F401  (importing the package pins torch's threads: MPN_TUTORIAL_THREADS)
+from mpn_tutorial.runtime import pin_threads
+
+pin_threads()  # a bench script is an entry point (mpn_tutorial/runtime.py): MPN_TUTORIAL_THREADS, default 2
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -54,7 +54,7 @@ class Step:
     def on_embeddings_only(self) -> None:
         """Forward + backward of what sits on the embedding (classifier, MPN) and the loss: no backbone."""
         self.model.zero_grad(set_to_none=True)
-        loss, _ = self.objective(self.model.training_outputs(self.fixed_embeddings), self.fixed_labels)
+        loss, _ = self.objective(self.model.classify(self.fixed_embeddings), self.fixed_labels)
         loss.backward()
 
     def optimizer_only(self) -> None:

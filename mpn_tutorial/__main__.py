@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from mpn_tutorial.commands import VARIANTS, run_name, train_command, variant
+from mpn_tutorial import commands as run
+from mpn_tutorial.commands import VARIANTS, run_name, variant
 
 __all__ = ["build_parser", "main", "run_name"]
 USAGE_ERROR = 2
@@ -128,10 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="python -m mpn_tutorial",
                      description="Deep metric learning with message passing over the mini-batch.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     count = whole_number(0)
 
-    train = commands.add_parser("train", help="train a preset (glyphs on CPU in minutes; cub/cars/sop/inshop on GPUs)",
+    train = subcommands.add_parser("train", help="train a preset (glyphs on CPU in minutes; benchmarks on GPUs)",
                                 description="Train a model; torchrun --nproc_per_node=K -m mpn_tutorial train ... "
                                 "trains on K GPUs with message passing over the global batch.")
     train.add_argument("--preset", default="glyphs", choices=list(PRESETS))
@@ -141,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in CHECKPOINT_DIR (same settings)")
     train.add_argument("--overwrite", action="store_true", help="replace another run held in CHECKPOINT_DIR")
     train.add_argument("--no-nmi", action="store_true", help="skip NMI (k-means) in the final evaluation")
-    train.set_defaults(handler=train_command)
+    train.set_defaults(handler=run.train_command)
 
-    compare = commands.add_parser(
+    compare = subcommands.add_parser(
         "compare", help="train variants × seeds of a preset and write the seed-paired table (markdown + JSON)",
         description="Train every (variant, seed) into its own run folder (resumable; a folder holding other "
         "settings is refused), then write OUTPUT/comparison.md and .json: per variant mean ± std over seeds of "
@@ -158,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", nargs="+", type=count, default=[0, 1, 2], help="default: 0 1 2")
     compare.add_argument("--output", type=folder, help="default: runs/compare-PRESET")
     _add_train_flags(compare)
-    compare.set_defaults(handler=compare, train_flags=_train_flags)
+    compare.set_defaults(handler=run.compare, train_flags=_train_flags)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on its test classes (Recall@K, MAP@R, NMI)",
+    evaluate = subcommands.add_parser("evaluate", help="evaluate a checkpoint on its test classes (R@K, MAP@R, NMI)",
                                    description="Retrieval metrics on the test classes and, for an MPN, what its "
                                    "attention does on fixed validation- and test-class batches.")
     evaluate.add_argument("--checkpoint", required=True, type=existing_file,
@@ -174,27 +175,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--refine-method", choices=REFINEMENTS, default="mpn",
                           help="mpn (the trained MPN, default), or a baseline on the same neighbourhoods: "
                           "mpn_without_messages, mean (average query expansion), similarity_weighted (alpha-QE)")
-    evaluate.set_defaults(handler=evaluate)
+    evaluate.set_defaults(handler=run.evaluate)
 
-    make_data = commands.add_parser("make-data", help="generate the offline glyph dataset (cached under --root)")
+    make_data = subcommands.add_parser("make-data", help="generate the offline glyph dataset (cached under --root)")
     make_data.add_argument("name", choices=["glyphs"], help="dataset to generate")
     make_data.add_argument("--root", type=folder, default="data", help="data folder (default: data)")
     make_data.add_argument("--seed", type=count, default=0)
     make_data.add_argument("--image-size", type=whole_number(8, 64), default=32, help="pixels (8-64, default 32)")
     make_data.add_argument("--images-per-class", type=whole_number(2), default=48, help="at least 2 (default 48)")
-    make_data.set_defaults(handler=make_data)
+    make_data.set_defaults(handler=run.make_data)
 
-    fetch = commands.add_parser("fetch", help="download CUB-200-2011 / Cars196 / SOP / In-Shop, or say how")
+    fetch = subcommands.add_parser("fetch", help="download CUB-200-2011 / Cars196 / SOP / In-Shop, or say how")
     fetch.add_argument("name", choices=list(DATASETS), help="benchmark to fetch: " + ", ".join(DATASETS))
     fetch.add_argument("--root", type=folder, default="data",
                        help="folder that receives the archives and extracted data (default: data)")
-    fetch.set_defaults(handler=fetch)
+    fetch.set_defaults(handler=run.fetch)
     return parser
 
 
+class _VariantParser(argparse.ArgumentParser):
+    """The train flags alone, for a compare variant's NAME=FLAGS; an error is raised, not printed."""
+
+    def error(self, message: str):
+        raise ValueError(message)
+
+
 def _train_flags() -> argparse.ArgumentParser:
-    """The train flags alone, for a compare variant's NAME=FLAGS (parsed onto compare's own flags)."""
-    parser = _Parser(prog="a compare variant", add_help=False)
+    parser = _VariantParser(prog="a compare variant", add_help=False)
     _add_train_flags(parser)
     return parser
 

@@ -113,7 +113,7 @@ def run_name(config, changes: dict) -> str:
     parts = [config.preset, config.loss]
     for flag, fields in sorted(changes.items()):
         if not isinstance(fields, dict):
-            fields = {_TRAIN_OVERRIDES.get(flag, flag): fields}
+            fields = _TRAIN_SWITCHES[flag] if flag in _TRAIN_SWITCHES else {_TRAIN_OVERRIDES.get(flag, flag): fields}
         named = {field: value for field, value in fields.items()
                  if field not in ("loss", "seed") and names_run(field) and getattr(preset, field, None) != value}
         if not named:
@@ -211,29 +211,28 @@ def compare(args: argparse.Namespace) -> int:
         namespace = copy.copy(args)
         try:
             args.train_flags().parse_args(shlex.split(text), namespace=namespace)
-        except SystemExit:
-            raise ValueError(f"variant {name}: {text!r} is not a set of train flags (see train --help)") from None
+        except ValueError as error:
+            raise ValueError(f"variant {name}: {text!r} is not a set of train flags ({error}; see train --help)") \
+                from None
         configs[name], _ = _config(namespace)
         flags[name] = text
     if dist_module.from_environment(configs[names[0]]) is not None:
         raise ValueError("compare trains its runs one after another in one process; run it without torchrun")
     output = Path(args.output) if args.output else Path("runs") / f"compare-{args.preset}"
-    folders = {}
     start = time.perf_counter()
 
     def run(name, config):
         folder = output / f"{name}-seed{config.seed}"
-        folders[(name, config.seed)] = str(folder)
         print(f"== {name}, seed {config.seed} -> {folder}", flush=True)
-        return train(config, callbacks=_loggers(folder), checkpoint_dir=folder, resume=True,
-                     progress=not args.no_progress, compute_nmi=False)
+        result = train(config, callbacks=_loggers(folder), checkpoint_dir=folder, resume=True,
+                       progress=not args.no_progress, compute_nmi=False)
+        return {**measure(result), "folder": str(folder)}
 
     def report(name, measured):
-        measured["folder"] = folders[(name, measured["seed"])]
         share = f"  share {measured['test_share']:.3f}" if "test_share" in measured else ""
         print(f"   test R@1 {100 * measured['test_recall@1']:.2f}  MAP@R {100 * measured['test_map@r']:.2f}{share}")
 
-    results = run_comparison(configs, args.seeds, run, measure, report)
+    results = run_comparison(configs, args.seeds, run, report)
     header = {"title": f"compare: {args.preset}, {len(names)} variants × {len(args.seeds)} seeds",
               "preset": args.preset, "seeds": args.seeds, "variants": flags,
               "command": "python -m mpn_tutorial " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -92,16 +92,19 @@ def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tenso
     if method == "mpn_without_messages":
         return torch.nn.functional.normalize(_run_mpn(model, embeddings, messages=False), dim=1)
     groups = reciprocal_neighbourhoods(embeddings, k)
-    refined = []
-    for group in groups:
-        members = embeddings[group.to(embeddings.device)]
+    refined = [None] * len(groups)
+    for size in sorted({len(group) for group in groups}):  # neighbourhoods of one size: one batch of graphs
+        which = [i for i, group in enumerate(groups) if len(group) == size]
+        members = embeddings[torch.stack([groups[i] for i in which]).to(embeddings.device)]  # (B, size, D)
         if method == "mpn":
-            refined.append(_run_mpn(model, members, messages=True)[0])
+            outputs = _run_mpn(model, members, messages=True)[:, 0]  # each sample's own output
         else:
-            weights = torch.ones(len(group), device=embeddings.device)
+            weights = torch.ones(members.shape[:2], device=embeddings.device)
             if method == "similarity_weighted":
-                weights = (members @ members[0]).clamp_min(0) ** alpha
-            refined.append((weights[:, None] * members).sum(dim=0))
+                weights = (members @ members[:, :1].transpose(1, 2))[..., 0].clamp_min(0) ** alpha
+            outputs = (weights[..., None] * members).sum(dim=1)
+        for position, i in enumerate(which):
+            refined[i] = outputs[position]
     return torch.nn.functional.normalize(torch.stack(refined), dim=1)
 
 
@@ -184,7 +187,8 @@ def batch_attention(model: MetricLearningModel, images: torch.Tensor, labels: to
 def diagnostic_batches(dataset, count: int, classes_per_batch: int = 8, samples_per_class: int = 6,
                        seed: int = 1000) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` fixed P×K batches of ``dataset`` (images, labels), the same for every run of a preset:
-    what :func:`attention_diagnostics` measures on."""
+    what :func:`attention_diagnostics` measures on. P is capped at the dataset's number of classes."""
+    classes_per_batch = min(classes_per_batch, int(dataset.num_classes))
     return [sample_batch(dataset, classes_per_batch, samples_per_class, seed=seed + index) for index in range(count)]
 
 

@@ -50,19 +50,18 @@ def measure(result: TrainResult, test_dataset=None, share_batches: int = SHARE_B
     return measured
 
 
-def run_comparison(variants: dict[str, TrainConfig], seeds: Sequence[int],
-                   run: Callable[[str, TrainConfig], TrainResult], measure_run: Callable[[TrainResult], dict] = measure,
+def run_comparison(variants: dict[str, TrainConfig], seeds: Sequence[int], run: Callable[[str, TrainConfig], dict],
                    report: Callable[[str, dict], None] | None = None) -> dict[str, list[dict]]:
-    """Train (or load) every variant with every seed and measure it: ``{variant: [one dict per seed]}``.
+    """Every variant with every seed: ``{variant: [one dict of measurements per seed]}``.
 
     ``run(variant, config)`` obtains a finished run (trains it, or loads it from a store or a run
-    folder); ``measure_run(result)`` measures it (default :func:`measure`); ``report(variant,
-    measured)`` is called after each run (e.g. to print a line).
+    folder) and returns its measurements, usually :func:`measure` of its result plus whatever the
+    caller adds; ``report(variant, measured)`` is called after each run (e.g. to print a line).
     """
     results: dict[str, list[dict]] = {name: [] for name in variants}
     for name, config in variants.items():
         for seed in seeds:
-            measured = measure_run(run(name, config.replace(seed=seed)))
+            measured = run(name, config.replace(seed=seed))
             results[name].append(measured)
             if report is not None:
                 report(name, measured)
@@ -93,7 +92,10 @@ def paired_difference(runs: list[dict], reference: list[dict], key: str) -> Pair
         raise ValueError(f"no seed has {key!r} in both lists")
     mean = statistics.fmean(differences)
     std = statistics.stdev(differences) if len(differences) > 1 else 0.0
-    t = mean / (std / math.sqrt(len(differences))) if std > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
+    if std > 1e-9:
+        t = mean / (std / math.sqrt(len(differences)))
+    else:  # identical differences (e.g. the same run twice): no spread to divide by
+        t = 0.0 if abs(mean) < 1e-12 else math.copysign(math.inf, mean)
     return Paired(mean, std, t, len(differences), differences)
 
 

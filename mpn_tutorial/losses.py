@@ -104,7 +104,10 @@ class TripletLoss(nn.Module):
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Indices (anchor, positive, negative), each (T,), of the triplets the strategy uses."""
         _check_inputs(embeddings, labels, "TripletLoss")
-        distances = pairwise_distances(embeddings)
+        return self._mine(pairwise_distances(embeddings), labels)
+
+    def _mine(self, distances: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        distances = distances.detach()  # mining chooses indices; the loss differentiates the distances
         positive, negative = pair_masks(labels)
         if self.mining == "hard":
             has_both = positive.any(1) & negative.any(1)
@@ -126,10 +129,11 @@ class TripletLoss(nn.Module):
         return anchor[has_one], pos[has_one], closest[has_one]
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        anchor, pos, neg = self.mine(embeddings, labels)
+        _check_inputs(embeddings, labels, "TripletLoss")
+        distances = pairwise_distances(embeddings)  # once: for mining and for the loss
+        anchor, pos, neg = self._mine(distances, labels)
         if len(anchor) == 0:
             return _zero(embeddings)
-        distances = pairwise_distances(embeddings)
         losses = F.relu(distances[anchor, pos] - distances[anchor, neg] + self.margin)
         return losses.mean() + _zero(embeddings)
 

@@ -277,13 +277,14 @@ def nearest_neighbours(embeddings, k: int, queries: Sequence[int] | None = None,
     return result
 
 
-def same_class_attention_share(attention, labels) -> np.ndarray:
+def same_class_attention_share(attention, labels, per_query: bool = False) -> np.ndarray:
     """Per layer and head: the share of attention to *other* samples that stays within the class.
 
-    attention: (L, H, N, N) or (H, N, N), where ``[..., i, j]`` is the weight sample i gives to
-    sample j; labels (N,). Returns (L, H) (or (H,)): the mean over queries i of
-    ``sum_{j != i, same class} a_ij / sum_{j != i} a_ij``. A head that ignores classes scores about
-    (K - 1) / (N - 1) on a P×K batch (chance); one that only looks at its class, 1.
+    attention: (L, H, N, N), (H, N, N) or (N, N), where ``[..., i, j]`` is the weight sample i gives
+    to sample j; labels (N,). Returns (L, H) (or (H,), or a number): the mean over queries i of
+    ``sum_{j != i, same class} a_ij / sum_{j != i} a_ij``; with ``per_query=True`` that ratio for
+    every query, (..., N). A head that ignores classes scores about (K - 1) / (N - 1) on a P×K batch
+    (chance); one that only looks at its class, 1.
     """
     attention = np.asarray(attention, dtype=np.float64)
     labels = np.asarray(labels)
@@ -291,4 +292,5 @@ def same_class_attention_share(attention, labels) -> np.ndarray:
     others = ~np.eye(len(labels), dtype=bool)
     within = (attention * (same & others)).sum(-1)
     total = (attention * others).sum(-1)
-    return (within / np.maximum(total, 1e-12)).mean(-1)
+    shares = within / np.maximum(total, 1e-12)
+    return shares if per_query else shares.mean(-1)

@@ -107,12 +107,12 @@ class BatchAttention(nn.Module):
             nn.init.zeros_(projection.bias)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, dim) -> (num_heads, N, head_dim)."""
-        return x.view(x.shape[0], self.num_heads, self.head_dim).transpose(0, 1)
+        """(N, dim) -> (num_heads, N, head_dim) (and (B, N, dim) -> (B, num_heads, N, head_dim))."""
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
 
     def attention_weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Softmax of the scaled scores: q, k (num_heads, N, head_dim) -> (num_heads, N, N)."""
-        scores = q @ k.transpose(1, 2) / math.sqrt(self.head_dim)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
         if self.zero_logit:
             # exp(s_ij) / (1 + sum_j exp(s_ij)): a softmax over the scores plus one logit of 0
             zeros = scores.new_zeros(scores.shape[:-1] + (1,))
@@ -132,18 +132,18 @@ class BatchAttention(nn.Module):
             if self.zero_logit:
                 # A key of zeros scores exactly 0 and its value of zeros adds nothing: the fused
                 # kernel then computes the zero-logit softmax.
-                k = torch.cat([k, k.new_zeros(self.num_heads, 1, self.head_dim)], dim=1)
-                v = torch.cat([v, v.new_zeros(self.num_heads, 1, self.head_dim)], dim=1)
+                zeros = k.new_zeros(k.shape[:-2] + (1, self.head_dim))
+                k, v = torch.cat([k, zeros], dim=-2), torch.cat([v, zeros], dim=-2)
             drop = self.dropout if self.training else 0.0
-            heads = F.scaled_dot_product_attention(q[None], k[None], v[None], dropout_p=drop)[0]
-        messages = self.out_proj(heads.transpose(0, 1).reshape(x.shape))  # concat over heads, then W_o
+            heads = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        messages = self.out_proj(heads.transpose(-3, -2).reshape(x.shape))  # concat over heads, then W_o
         return messages, weights
 
 
 def oracle_weights(labels: torch.Tensor | None, num_heads: int, like: torch.Tensor) -> torch.Tensor:
     """The oracle's attention: a_ij = 1 / n_c for the n_c samples j of i's class (i included), in every
     head: labels (N,) -> (num_heads, N, N)."""
-    if labels is None:
+    if labels is None or like.dim() != 2:
         raise ValueError("oracle attention needs the batch's labels: call the model with labels=... "
                          "(the training loop passes them); it is a control for training, not for test time")
     same_class = (labels[:, None] == labels[None, :]).to(like.dtype)
@@ -289,7 +289,7 @@ class MessagePassingNetwork(nn.Module):
                 layer(x, labels=labels), None)
             outputs.append(x)
             attention.append(weights)
-        embeddings = torch.cat(outputs, dim=1) if self.concat_layers else x
+        embeddings = torch.cat(outputs, dim=-1) if self.concat_layers else x
         return (embeddings, attention) if return_attention else embeddings
 
     def set_pass_messages(self, enabled: bool) -> None:
@@ -436,8 +436,11 @@ class MetricLearningModel(nn.Module):
 
 
 def _check_batch(x: torch.Tensor, dim: int, name: str) -> None:
-    if x.dim() != 2 or x.shape[1] != dim:
-        raise ValueError(f"{name} expects a batch of shape (N, {dim}), got {tuple(x.shape)}")
+    """A batch (N, dim), or B independent batches (B, N, dim) (test-time refinement runs many at once)."""
+    if x.dim() not in (2, 3) or x.shape[-1] != dim:
+        raise ValueError(f"{name} expects a batch of shape (N, {dim}) or (B, N, {dim}), got {tuple(x.shape)}")
+    if x.shape[-2] < 2:
+        raise ValueError(f"{name}: message passing needs a batch of at least 2 samples, got {x.shape[-2]}")
 
 
 __all__ = ["ATTENTION_MODES", "IMAGENET_WEIGHT_FILES", "PUBLISHED", "AttentionOptions", "BNNeckClassifier",

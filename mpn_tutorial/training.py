@@ -197,7 +197,7 @@ def train(
         sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
-        diverged = torch.zeros((), dtype=torch.bool, device=device)
+        diverged_at = torch.zeros((), dtype=torch.long, device=device)  # the first step with NaN, 0 while none
         batches = tqdm(iterate_batches(datasets.train, sampler, config.num_workers, device.type == "cuda"),
                        total=len(sampler), desc=f"epoch {epoch}/{config.epochs}",
                        disable=not (progress and context.is_main), leave=False)
@@ -213,12 +213,14 @@ def train(
             loss.backward()  # under DDP this also averages the gradients across processes
             optimizer.step()
             state.step += 1
-            diverged |= ~(torch.isfinite(loss) & torch.isfinite(output.embeddings.detach()).all())
+            finite = torch.isfinite(loss) & torch.isfinite(output.embeddings.detach()).all()
+            diverged_at.masked_fill_(~finite & (diverged_at == 0), state.step)  # on the device: no wait
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.float()
             if index % LOG_INTERVAL == 0 or index == len(sampler):  # the one wait for the device
-                _stop_if_diverged(diverged, state.step, epoch)
+                _stop_if_diverged(diverged_at, epoch)
                 batches.set_postfix(loss=f"{sum(sums.values()).item() / index:.3f}")
+        train_seconds = time.perf_counter() - epoch_start  # the steps only (the last wait synchronised the device)
         scheduler.step()
         state.epoch = epoch
 
@@ -227,7 +229,8 @@ def train(
                "val": evaluate(model, datasets.val, ks=(1, 2, 4, 8), batch_size=config.eval_batch_size)}
         if watched:
             row["attention"] = attention_diagnostics(model, watched)
-        row.update(lr=optimizer.param_groups[0]["lr"], seconds=round(time.perf_counter() - epoch_start, 3))
+        row.update(lr=optimizer.param_groups[0]["lr"], train_seconds=round(train_seconds, 3),
+                   seconds=round(time.perf_counter() - epoch_start, 3))
         state.history.append(row)
         if row["val"]["recall@1"] > state.best_metric:
             state.best_metric, state.best_epoch, best_state = row["val"]["recall@1"], epoch, model_state(model)
@@ -266,10 +269,11 @@ def _restore(checkpoint: dict, optimizer, scheduler, state: TrainState) -> dict:
     return checkpoint["best_state"]
 
 
-def _stop_if_diverged(diverged: torch.Tensor, step: int, epoch: int) -> None:
+def _stop_if_diverged(diverged_at: torch.Tensor, epoch: int) -> None:
     """Stop a diverging run, saying where, instead of training on NaNs (checked every LOG_INTERVAL steps)."""
-    if bool(diverged):
+    step = int(diverged_at)
+    if step:
         raise FloatingPointError(
-            f"training diverged by step {step} (epoch {epoch}): the loss or the embeddings became NaN or "
-            f"infinite within the last {LOG_INTERVAL} steps. Lower the learning rate (--lr) or check the input data."
+            f"training diverged at step {step} (epoch {epoch}): the loss or the embeddings became NaN or "
+            "infinite. Lower the learning rate (--lr) or check the input data."
         )

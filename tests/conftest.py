@@ -1,4 +1,4 @@
-"""Shared fixtures. Importing mpn_tutorial pins the CPU threads (mpn_tutorial/runtime.py)."""
+"""Shared fixtures. The test suite is an entry point: it pins the CPU threads (mpn_tutorial/runtime.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 
-import mpn_tutorial  # noqa: F401  (pins threads before any test computes)
+from mpn_tutorial.runtime import pin_threads
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    pin_threads()  # before any test computes; the Makefile sets MPN_TUTORIAL_THREADS=2
 
 
 @pytest.fixture(scope="session")

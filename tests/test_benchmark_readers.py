@@ -426,3 +426,16 @@ def test_non_text_index_file_is_reported(tmp_path):
     (root / "Ebay_train.txt").write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(DatasetError, match="is not a text file"):
         StanfordOnlineProducts(root, "train")
+
+
+@pytest.mark.parametrize("image_size", [64, 227])
+def test_the_test_transform_sees_the_release_field_of_view_at_every_crop_size(image_size):
+    from PIL import Image
+
+    width, height = 320, 256
+    ramp = np.tile(np.linspace(0, 255, width, dtype=np.float64), (height, 1))  # red = horizontal position
+    image = Image.fromarray(np.stack([ramp, np.zeros_like(ramp), np.zeros_like(ramp)], axis=2).astype(np.uint8))
+    red = recipe.test_transform(image_size)(image)[0] * recipe.IMAGENET_STD[0] + recipe.IMAGENET_MEAN[0]
+    left, right = float(red[:, 0].mean()), float(red[:, -1].mean())
+    # The release: shorter side to 256, the central 227: columns 46.5 .. 273.5 of 320 (14.5% .. 85.5%).
+    assert left == pytest.approx(46.5 / width, abs=0.02) and right == pytest.approx(273.5 / width, abs=0.02)

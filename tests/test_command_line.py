@@ -114,7 +114,8 @@ BAD_ARGUMENTS = {
         (["--lr", "fast"], "a number"),
         (["--seed", "-1"], "at least 0"),
         (["--seed", "1.5"], "whole number"),
-        (["--layers", "0"], "at least 1"),
+        (["--layers", "-1"], "at least 0"),
+        (["--attention", "nope"], "invalid choice"),
         (["--heads", "0"], "at least 1"),
         (["--heads", "3"], "divisible"),
         (["--temperature", "0"], "above 0"),
@@ -138,6 +139,14 @@ BAD_ARGUMENTS = {
         (["--checkpoint-dir", A_FILE], "is a file"),
         (["--unknown-flag"], "unrecognized"),
     ],
+    "compare": [
+        (["--variants", "nope"], "unknown variant"),
+        (["--variants", "bad name!=--lr 1"], "a variant is NAME"),
+        (["--variants", "x=--no-such-flag"], "not a set of train flags"),
+        (["--variants", "a=--lr 0.1", "a=--lr 0.2"], "must differ"),
+        (["--seeds", "-1"], "at least 0"),
+        (["--output", A_FILE], "is a file"),
+    ],
     "evaluate": [
         (["--checkpoint", "missing.pt"], "not an existing file"),
         (["--checkpoint", A_FILE], "not a readable mpn_tutorial checkpoint"),
@@ -147,6 +156,7 @@ BAD_ARGUMENTS = {
         (["--checkpoint", "{best}", "--device", "tpu"], "device"),
         (["--checkpoint", "{best}", "--refine-k", "-1"], "at least 0"),
         (["--checkpoint", "{ce_best}", "--refine-k", "5"], "message passing"),
+        (["--checkpoint", "{best}", "--refine-method", "nope"], "invalid choice"),
         ([], "required"),
     ],
     "make-data": [
@@ -164,6 +174,9 @@ BAD_ARGUMENTS = {
         ([], "required"),
     ],
 }
+# every train flag is also a flag of compare (for all its variants)
+BAD_ARGUMENTS["compare"] += [(arguments, expected) for arguments, expected in BAD_ARGUMENTS["train"]
+                             if arguments[0] not in ("--checkpoint-dir",)]
 CASES = [(command, arguments, expected) for command, cases in BAD_ARGUMENTS.items()
          for arguments, expected in cases]
 
@@ -181,8 +194,9 @@ def test_a_bad_argument_gets_one_line_and_exit_status_2(command, arguments, expe
                                                         monkeypatch, data_root, tmp_path):
     monkeypatch.chdir(tmp_path)  # nothing a refused command might write lands in the project
     arguments = [a.format(**checkpoints) for a in arguments]
-    if command == "train":
-        arguments = [*TINY, "--data-root", str(data_root), *arguments]
+    if command in ("train", "compare"):
+        tiny = TINY if command == "train" else [a for a in TINY if a != "--no-nmi"]
+        arguments = [*tiny, "--data-root", str(data_root), *arguments]
     try:
         status = main([command, *arguments])
     except SystemExit as exit_:  # argparse's own refusal
@@ -252,6 +266,89 @@ def test_a_run_killed_mid_epoch_keeps_its_last_checkpoint_and_resumes_bit_for_bi
     reference = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     for name, value in reference["model"].items():
         assert torch.equal(value, final["model"][name]), name
-    assert final["history"] == [dict(row, seconds=mine["seconds"]) for row, mine in
-                                zip(reference["history"], final["history"])]
+    assert final["history"] == [dict(row, seconds=mine["seconds"], train_seconds=mine["train_seconds"])
+                                for row, mine in zip(reference["history"], final["history"])]
     assert (tmp_path / "killed" / "metrics.csv").read_text().count("\n") == 5  # header + 4 epochs, one run
+
+
+# --------------------------------------------------------------------------------------------
+# Errors of the machine are not usage errors
+# --------------------------------------------------------------------------------------------
+
+
+def _tiny_run(folder, data_root, epochs):
+    arguments = list(TINY)
+    arguments[arguments.index("--epochs") + 1] = str(epochs)
+    return ["train", *arguments, "--data-root", str(data_root), "--checkpoint-dir", str(folder)]
+
+
+def test_a_disk_that_fills_up_names_the_file_exits_1_and_keeps_the_earlier_checkpoints(tmp_path, data_root,
+                                                                                       monkeypatch, capsys):
+    from mpn_tutorial import atomic
+    from mpn_tutorial.checkpoints import load_checkpoint, load_model
+
+    folder = tmp_path / "run"
+    real_fsync, writes = os.fsync, []
+
+    def fsync_then_full(descriptor):  # the first epoch's files are written; then the disk is full
+        writes.append(descriptor)
+        if len(writes) > 3:  # best.pt, last.pt, metrics.csv of epoch 1
+            raise OSError(28, "No space left on device")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync_then_full)
+    assert main(_tiny_run(folder, data_root, epochs=2)) == 1
+    line = _one_line_error(capsys)
+    assert "no space left" in line and str(folder) in line and "MiB free" in line and "intact" in line
+    assert "--resume" in line
+    assert load_checkpoint(folder / "last.pt")["epoch"] == 1
+    load_model(folder / "best.pt")
+    assert not list(folder.glob("*.partial"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_real_small_tmpfs_that_fills_up_gives_the_same_clear_error(tmp_path, data_root):
+    probe = tmp_path / "probe"
+    assert main(_tiny_run(probe, data_root, epochs=1)) == 0
+    used = sum(path.stat().st_size for path in probe.rglob("*") if path.is_file())
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size_kib = (used + (probe / "last.pt").stat().st_size // 2) // 1024  # epoch 1 fits, epoch 2's new file does not
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        completed = subprocess.run([sys.executable, "-m", "mpn_tutorial", *_tiny_run(disk / "run", data_root, 2)],
+                                   capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 1, completed.stderr[-2000:]
+        lines = completed.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no space left" in lines[0] and "intact" in lines[0], completed.stderr
+        saved = torch.load(disk / "run" / "last.pt", weights_only=True)
+        assert saved["epoch"] == 1
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_an_unexpected_error_shows_its_traceback_and_exits_1(tmp_path, data_root):
+    # a bug, simulated: the loss function of the library raises something no input can cause
+    code = ("import sys, mpn_tutorial.training as t\n"
+            "def broken(config):\n    raise ZeroDivisionError('a bug')\n"
+            "t.loss_function = broken\n"
+            "from mpn_tutorial.__main__ import main\n"
+            f"sys.exit(main({_tiny_run(tmp_path / 'run', data_root, 1)!r}))\n")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1
+    assert "Traceback" in completed.stderr and "ZeroDivisionError: a bug" in completed.stderr
+
+
+def test_a_gpu_out_of_memory_says_which_flags_lower_memory_and_exits_1(monkeypatch, capsys, data_root, tmp_path):
+    import mpn_tutorial.training
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(mpn_tutorial.training, "train", out_of_memory)
+    assert main(_tiny_run(tmp_path / "run", data_root, 1)) == 1
+    line = _one_line_error(capsys)
+    assert "--classes-per-batch" in line and "--checkpointing" in line

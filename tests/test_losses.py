@@ -160,8 +160,8 @@ def test_the_mpn_term_alone_trains_the_backbone_through_the_attention():
     from mpn_tutorial.models import MetricLearningModel, ModelConfig
 
     torch.manual_seed(0)
-    model = MetricLearningModel(ModelConfig(embedding_dim=8, num_classes=3, glyph_channels=(4,), mpn_layers=1,
-                                            mpn_heads=2, mpn_ff_dim=16)).train()
+    model = MetricLearningModel(ModelConfig(embedding_dim=8, glyph_channels=(4,), mpn_layers=1, mpn_heads=2,
+                                            mpn_ff_dim=16), num_classes=3).train()
     output = model(torch.randn(6, 1, 16, 16))
     loss = MessagePassingObjective(temperature=0.2, backbone_weight=0.0)(output.backbone_logits, output.mpn_logits,
                                                                          torch.tensor([0, 0, 1, 1, 2, 2]))

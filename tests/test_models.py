@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mpn_tutorial.backbones import WeightsUnavailableError
 from mpn_tutorial.models import (
+    AttentionOptions,
     GlyphEncoder,
     MessagePassingLayer,
     MessagePassingNetwork,
@@ -52,12 +54,20 @@ def test_fused_attention_path_equals_explicit_path(zero_logit):
     torch.testing.assert_close(layer(x), explicit, rtol=1e-5, atol=1e-5)
 
 
-def test_layer_has_the_contract_projections():
-    layer = MessagePassingLayer(8, 2)
-    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-        projection = getattr(layer, name)
-        assert isinstance(projection, torch.nn.Linear)
-        assert projection.weight.shape == (8, 8) and projection.bias is not None
+def test_the_contract_projections_are_the_ones_the_layer_computes_with():
+    layer = _layer()
+    x = torch.randn(6, 16)
+    with torch.no_grad():  # a zero output map: no sample receives anything, whatever the attention
+        layer.out_proj.weight.zero_()
+        layer.out_proj.bias.zero_()
+    changed = x.clone()
+    changed[1:] = torch.randn(5, 16)
+    torch.testing.assert_close(layer(changed)[0], layer(x)[0])
+    with torch.no_grad():  # identical queries and keys for every sample: uniform attention
+        layer.q_proj.weight.zero_()
+        layer.k_proj.weight.zero_()
+    _, attention = layer(x, return_attention=True)
+    torch.testing.assert_close(attention, torch.full((4, 6, 6), 1 / 6))
 
 
 def test_message_passing_network_is_permutation_equivariant_over_the_batch():
@@ -96,11 +106,11 @@ def test_wrong_embedding_width_gets_a_clear_error():
         _layer()(torch.randn(4, 12))
 
 
-def _glyph_model(mpn_layers=1):
+def _glyph_model(mpn_layers=1, **options):
     torch.manual_seed(0)
-    config = ModelConfig(embedding_dim=16, num_classes=5, glyph_channels=(8, 16), mpn_layers=mpn_layers,
-                         mpn_heads=2, mpn_ff_dim=32)
-    return MetricLearningModel(config)
+    config = ModelConfig(embedding_dim=16, glyph_channels=(8, 16), mpn_layers=mpn_layers, mpn_heads=2, mpn_ff_dim=32,
+                         **options)
+    return MetricLearningModel(config, num_classes=5)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
@@ -121,13 +131,13 @@ def test_retrieval_embeddings_are_the_normalised_backbone_embedding():
     torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(6))
 
 
-def test_the_mpn_runs_on_normalised_embeddings_and_classifies_with_its_own_classifier():
+def test_the_mpn_sees_only_the_direction_of_the_backbone_embeddings():
     model = _glyph_model().eval()
-    embeddings = torch.randn(6, 16) * 5
-    output = model.message_passing(embeddings)
-    features = model.mpn(F.normalize(embeddings, dim=1))
-    torch.testing.assert_close(output.features, features)
-    torch.testing.assert_close(output.logits, model.mpn.classifier(features))
+    embeddings = torch.randn(6, 16)
+    scales = torch.rand(6, 1) * 10 + 0.1  # another length per sample
+    unscaled, scaled = model.message_passing(embeddings), model.message_passing(embeddings * scales)
+    torch.testing.assert_close(scaled.embeddings, unscaled.embeddings)
+    torch.testing.assert_close(scaled.logits, unscaled.logits)
 
 
 def test_the_model_returns_raw_logits_the_loss_applies_the_temperature():
@@ -180,7 +190,8 @@ def test_resnet_checkpointing_gives_the_same_gradients():
 
 def test_without_message_passing_each_output_depends_only_on_its_own_input():
     torch.manual_seed(0)
-    network = MessagePassingNetwork(16, 1, 2, ff_dim=32, pass_messages=False).eval()
+    network = MessagePassingNetwork(16, 1, 2, ff_dim=32).eval()
+    network.set_pass_messages(False)
     x = torch.randn(5, 16)
     changed = x.clone()
     changed[1:] = torch.randn(4, 16)
@@ -192,7 +203,7 @@ def test_without_message_passing_each_output_depends_only_on_its_own_input():
 
 def test_identity_values_make_a_message_the_attention_weighted_mean_of_the_inputs():
     torch.manual_seed(0)
-    layer = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0, identity_values=True).eval()
+    layer = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0, options=AttentionOptions(identity_values=True)).eval()
     x = torch.randn(5, 8)
     _, attention = layer(x, return_attention=True)
     expected = torch.cat([attention[h] @ x[:, 4 * h : 4 * (h + 1)] for h in range(2)], dim=1)
@@ -202,7 +213,7 @@ def test_identity_values_make_a_message_the_attention_weighted_mean_of_the_input
 
 def test_a_similarity_prior_starts_attention_as_the_scaled_similarity_of_the_inputs():
     torch.manual_seed(0)
-    layer = MessagePassingLayer(8, 1, ff_dim=16, dropout=0.0, similarity_prior=True).eval()
+    layer = MessagePassingLayer(8, 1, ff_dim=16, dropout=0.0, options=AttentionOptions(similarity_prior=True)).eval()
     x = torch.randn(5, 8)
     _, attention = layer(x, return_attention=True)
     torch.testing.assert_close(attention[0], torch.softmax(x @ x.T / math.sqrt(8), dim=1))
@@ -226,3 +237,37 @@ def test_the_input_scale_multiplies_the_mpn_input_before_its_projection():
 def test_impossible_layer_shapes_are_refused_with_a_clear_message(arguments, message):
     with pytest.raises(ValueError, match=message):
         MessagePassingLayer(**arguments)
+
+
+def test_a_zero_output_map_starts_the_layer_as_its_messages_off_control():
+    torch.manual_seed(0)
+    zero = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0, options=AttentionOptions(zero_out=True)).eval()
+    off = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0).eval()
+    off.load_state_dict(zero.state_dict())
+    off.attention.out_proj.weight.data.normal_()  # anything: messages off never uses it
+    off.pass_messages = False
+    x = torch.randn(6, 8)
+    torch.testing.assert_close(zero(x), off(x))
+
+
+def test_oracle_attention_gives_every_sample_the_mean_of_its_class_and_needs_the_labels():
+    layer = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0, options=AttentionOptions(attention="oracle")).eval()
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    _, attention = layer(torch.randn(6, 8), return_attention=True, labels=labels)
+    expected = (labels[:, None] == labels[None, :]).float()
+    torch.testing.assert_close(attention, (expected / expected.sum(1, keepdim=True)).expand(2, 6, 6))
+    with pytest.raises(ValueError, match="labels"):
+        layer(torch.randn(6, 8))
+
+
+def test_a_batch_of_graphs_gives_each_graph_what_it_gets_alone():
+    network = MessagePassingNetwork(16, 2, 4, ff_dim=32, concat_layers=True).eval()
+    graphs = torch.randn(3, 5, 16)
+    torch.testing.assert_close(network(graphs), torch.stack([network(graph) for graph in graphs]))
+
+
+def test_a_head_without_layers_or_input_map_classifies_the_normalised_embedding():
+    model = _glyph_model(mpn_layers=0, mpn_input_map=False).eval()
+    embeddings = torch.randn(6, 16)
+    output = model.message_passing(embeddings)
+    torch.testing.assert_close(output.embeddings, F.normalize(embeddings, dim=1))

@@ -13,12 +13,13 @@ import torch
 
 def carve_validation_classes(num_classes: int, fraction: float, seed: int) -> np.ndarray:
     """Sorted class ids (of ``0..num_classes-1``) held out for validation: ``round(fraction *
-    num_classes)``, but at least 2, and at least 2 classes left to train on."""
+    num_classes)`` of them, but at least 2 and leaving at least 2 to train on (a retrieval query
+    needs a negative; a small test tree of 12 classes still gets a validation split)."""
     if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
         raise ValueError(f"val_fraction must be between 0 and 1 (a share of the training classes), got {fraction!r}")
     count = min(num_classes - 2, max(2, int(round(fraction * num_classes))))
     if count < 2:
-        raise ValueError(f"{num_classes} training classes are too few to carve a validation split from")
+        raise ValueError(f"{num_classes} training classes are too few to carve a validation split from (at least 4)")
     return np.sort(np.random.default_rng(seed).permutation(num_classes)[:count])
 
 

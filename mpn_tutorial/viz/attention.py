@@ -47,9 +47,8 @@ def attention_view(attention, labels, layer: int = 0, head: int = 0, query: int 
     order, boundaries = class_order(labels)
     row = weights[query].copy()
     top = np.argsort(-row, kind="stable")[:top_k]
-    share = float(same_class_attention_share(weights[None], labels)[0]) if n > 1 else 0.0
-    others = np.arange(n) != query
-    query_share = float(row[others & (labels == labels[query])].sum() / max(row[others].sum(), 1e-12))
+    shares = same_class_attention_share(weights, labels, per_query=True) if n > 1 else np.zeros(n)
+    share, query_share = float(shares.mean()), float(shares[query])
     caption = (f"layer {layer + 1} · head {head + 1} of {num_heads} · query {query} (class {labels[query]}): "
                f"{100 * query_share:.0f}% of its attention to others stays in its class "
                f"(this head, all queries: {100 * share:.0f}%)")

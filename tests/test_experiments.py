@@ -1,0 +1,92 @@
+"""The experiment runner and `compare`: variants × seeds into their own folders, the seed-paired table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+from test_benchmark_readers import make_cub
+
+from mpn_tutorial.__main__ import main
+from mpn_tutorial.checkpoints import load_checkpoint
+from mpn_tutorial.experiments import noise_band, paired_difference
+
+TINY = ["--epochs", "2", "--batches-per-epoch", "3", "--embedding-dim", "16", "--no-progress", "--device", "cpu"]
+
+
+def test_a_paired_difference_matches_seeds_and_gives_mean_std_and_t():
+    runs = [{"seed": 1, "x": 0.5}, {"seed": 0, "x": 0.3}, {"seed": 2, "x": 0.4}]
+    reference = [{"seed": 0, "x": 0.2}, {"seed": 1, "x": 0.3}, {"seed": 2, "x": 0.4}]
+    paired = paired_difference(runs, reference, "x")
+    assert sorted(paired.differences) == pytest.approx([0.0, 0.1, 0.2])
+    assert paired.mean == pytest.approx(0.1) and paired.std == pytest.approx(0.1)
+    assert paired.t == pytest.approx(0.1 / (0.1 / math.sqrt(3))) and not paired.significant
+
+
+def test_the_noise_band_is_the_spread_of_differences_between_runs_of_one_function():
+    a = [{"seed": s, "x": v} for s, v in enumerate([0.50, 0.60, 0.55])]
+    b = [{"seed": s, "x": v} for s, v in enumerate([0.52, 0.57, 0.55])]
+    assert noise_band([[a, b]], "x") == pytest.approx(math.sqrt((0.02**2 + 0.03**2 + 0) / 3))
+
+
+def test_train_no_messages_is_the_control_and_its_checkpoint_says_so(tmp_path, data_root):
+    folder = tmp_path / "off"
+    assert main(["train", "--preset", "glyphs-attention", *TINY, "--no-nmi", "--data-root", str(data_root),
+                 "--no-messages", "--checkpoint-dir", str(folder)]) == 0
+    config = load_checkpoint(folder / "best.pt")["config"]
+    assert config["mpn_pass_messages"] is False and config["message_warmup_epochs"] == 0
+
+
+def test_an_mpn_run_logs_its_attention_every_epoch(tmp_path, data_root):
+    folder = tmp_path / "run"
+    assert main(["train", *TINY, "--no-nmi", "--data-root", str(data_root), "--checkpoint-dir", str(folder)]) == 0
+    rows = list(csv.DictReader((folder / "metrics.csv").open()))
+    assert len(rows) == 2
+    for row in rows:
+        for column in ("attention_share", "attention_self_weight", "attention_score_spread",
+                       "attention_share_layer1_head1", "attention_share_layer1_head2"):
+            assert 0 <= float(row[column]) <= 1, column
+
+
+def _compare(tmp_path, arguments):
+    output = tmp_path / "comparison"
+    status = main(["compare", *arguments, "--seeds", "0", "1", "--output", str(output)])
+    assert status == 0
+    return output, json.loads((output / "comparison.json").read_text())
+
+
+def test_compare_trains_each_variant_and_seed_into_its_own_folder_and_writes_both_tables(tmp_path, data_root, capsys):
+    output, table = _compare(tmp_path, ["--preset", "glyphs", *TINY, "--data-root", str(data_root), "--variants",
+                                        "messages", "no-messages", "one-head=--heads 1"])
+    results = table["results"]
+    assert list(results) == ["messages", "no-messages", "one-head"]
+    for name, runs in results.items():
+        assert [run["seed"] for run in runs] == [0, 1]
+        for run in runs:
+            assert (output / f"{name}-seed{run['seed']}" / "best.pt").exists() and run["folder"].endswith(
+                f"{name}-seed{run['seed']}")
+            assert 0 <= run["test_recall@1"] <= 1 and 0 <= run["test_share"] <= 1
+    assert load_checkpoint(output / "one-head-seed1" / "best.pt")["config"]["mpn_heads"] == 1
+    markdown = (output / "comparison.md").read_text()
+    assert "| no-messages | 2 |" in markdown and "− messages" in markdown  # paired against the first variant
+
+    # run again: every run is found finished in its folder; nothing is trained or overwritten
+    before = {path: path.stat().st_mtime_ns for path in output.rglob("*.pt")}
+    capsys.readouterr()
+    _, again = _compare(tmp_path, ["--preset", "glyphs", *TINY, "--data-root", str(data_root), "--variants",
+                                   "messages", "no-messages", "one-head=--heads 1"])
+    assert {path: path.stat().st_mtime_ns for path in output.rglob("*.pt")} == before
+    assert again["results"]["messages"][0]["test_recall@1"] == results["messages"][0]["test_recall@1"]
+
+
+def test_compare_runs_the_published_recipe_on_a_fake_cub_tree(tmp_path):
+    root = make_cub(tmp_path / "CUB_200_2011", classes=tuple(range(1, 13)) + (101, 102, 103, 104), per_class=3)
+    output, table = _compare(tmp_path, ["--preset", "cub", "--data-root", str(root), "--no-pretrained",
+                                        "--backbone", "resnet18", "--image-size", "64", "--epochs", "1",
+                                        "--batches-per-epoch", "2", "--device", "cpu", "--num-workers", "0",
+                                        "--no-progress"])
+    assert set(table["results"]) == {"messages", "no-messages"}
+    assert (output / "comparison.md").read_text().count("| messages |") == 1
+    assert load_checkpoint(output / "no-messages-seed0" / "best.pt")["config"]["mpn_pass_messages"] is False

@@ -14,7 +14,7 @@ export MPN_TUTORIAL_THREADS ?= 2
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: setup data lab test unit notebooks browser browser-deps tutorial lint clean
+.PHONY: setup data lab test unit notebooks browser browser-deps tutorial answer-key lint clean
 
 setup: $(INSTALLED) data
 
@@ -67,6 +67,10 @@ tutorial: setup
 		../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; \
 	done
+
+# For teachers: executed copies of the notebooks with the reference solutions, in answer_key/.
+answer-key: setup
+	$(BIN)/python -m mpn_tutorial answer-key --notebooks notebooks --output answer_key
 
 lint: setup
 	$(BIN)/ruff check mpn_tutorial tests bench notebooks

@@ -185,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     make_data.add_argument("--images-per-class", type=whole_number(2), default=48, help="at least 2 (default 48)")
     make_data.set_defaults(handler=run.make_data)
 
+    key = subcommands.add_parser("answer-key", help="for teachers: the notebooks executed with the reference solutions",
+                                 description="Execute a copy of every numbered notebook with its exercise's reference "
+                                 "solution filled in (mpn_tutorial/solutions.py), into OUTPUT; the notebooks "
+                                 "themselves are not changed. Exit status 1 if a check does not say correct.")
+    key.add_argument("--notebooks", type=folder, default="notebooks", help="default: notebooks")
+    key.add_argument("--output", type=folder, default="answer_key", help="default: answer_key")
+    key.set_defaults(handler=run.answer_key)
+
     fetch = subcommands.add_parser("fetch", help="download CUB-200-2011 / Cars196 / SOP / In-Shop, or say how")
     fetch.add_argument("name", choices=list(DATASETS), help="benchmark to fetch: " + ", ".join(DATASETS))
     fetch.add_argument("--root", type=folder, default="data",

@@ -342,3 +342,12 @@ def fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def answer_key(args: argparse.Namespace) -> int:
+    from mpn_tutorial.answer_key import write_answer_key
+
+    feedback = write_answer_key(args.notebooks, args.output)
+    wrong = [name for name, text in feedback.items() if "correct" not in text]
+    print(f"answer key written to {args.output}: {len(feedback) - len(wrong)} of {len(feedback)} checks say correct")
+    return 0 if not wrong else 1

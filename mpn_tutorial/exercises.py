@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mpn_tutorial.losses import pair_masks, pairwise_distances
+
 
 @dataclass
 class Feedback:
@@ -94,8 +96,17 @@ def _batch_hard(answer, embeddings, labels) -> str:
     expected = TripletLoss(mining="hard").mine(embeddings, labels)
     if not isinstance(yours, (tuple, list)) or len(yours) != 3:
         raise AssertionError("return three index tensors: (anchors, hardest positives, hardest negatives)")
-    for name, mine, reference in zip(("anchors", "hardest positives", "hardest negatives"), yours, expected):
+    distances = pairwise_distances(embeddings)
+    positive, negative = pair_masks(labels)
+    closest_positive = distances.masked_fill(~positive, float("inf")).argmin(1)[expected[0]]
+    farthest_negative = distances.masked_fill(~negative, -1.0).argmax(1)[expected[0]]
+    for name, mine, reference, easy in zip(("anchors", "hardest positives", "hardest negatives"), yours, expected,
+                                           (None, closest_positive, farthest_negative)):
         mine = torch.as_tensor(mine)
+        if easy is not None and mine.shape == easy.shape and torch.equal(mine.long(), easy):
+            which = "closest positive" if name == "hardest positives" else "farthest negative"
+            raise AssertionError(f"your {name} are each anchor's {which}, the easiest one: batch-hard takes the "
+                                 f"{'farthest positive' if name == 'hardest positives' else 'closest negative'}")
         if mine.shape != reference.shape or not torch.equal(mine.long(), reference):
             hint = {"hardest positives": "the farthest sample of the anchor's class (never the anchor itself)",
                     "hardest negatives": "the closest sample of another class"}.get(name, "every anchor")
@@ -107,8 +118,12 @@ def _zero_logit_softmax(answer, scores, reference) -> str:
     yours = _as_array(_evaluated(answer, scores), "the weights")
     expected = _as_array(reference, "the reference")
     _same_shape(yours, expected, "the weights")
+    exponentials = torch.as_tensor(scores, dtype=torch.float64).exp()
     if np.allclose(yours, torch.softmax(torch.as_tensor(scores), dim=-1).numpy(), atol=1e-6):
         raise AssertionError("that is the standard softmax; the published one adds exp(0) = 1 to each denominator")
+    if np.allclose(yours, (exponentials / (1 + exponentials.sum(dim=0, keepdim=True))).numpy(), atol=1e-6):
+        raise AssertionError("you summed each column (dim=0): the weights sample i gives are normalised over the "
+                             "samples j it attends to, so sum each row (dim=-1, keepdim=True)")
     if not np.allclose(yours, expected, atol=1e-6):
         raise AssertionError("your weights differ from MessagePassingLayer(zero_logit=True)'s")
     sums = yours.sum(axis=-1)
@@ -147,23 +162,35 @@ def _recall_per_epoch(answer, snapshots, labels) -> str:
 
 
 def _welch_t(answer, first, second) -> str:
-    from scipy.stats import ttest_ind
+    from scipy.stats import ttest_ind, ttest_rel
 
     yours = float(_evaluated(answer, first, second))
     expected = float(ttest_ind(first, second, equal_var=False).statistic)
     pooled_like = (np.mean(first) - np.mean(second)) / np.sqrt((np.var(first) + np.var(second)) / len(first))
     if abs(yours - pooled_like) < 1e-6 and abs(pooled_like - expected) > 1e-6:
-        raise AssertionError("use the sample variance (ddof=1), the unbiased estimate from 3 seeds")
+        raise AssertionError("use the sample variance (ddof=1), the unbiased estimate from a few seeds")
+    if len(first) == len(second) and abs(yours - float(ttest_rel(first, second).statistic)) < 1e-6:
+        raise AssertionError("that is the paired t (the differences seed by seed); Welch's t compares the two "
+                             "groups as a whole: (mean_a - mean_b) / sqrt(var_a / n_a + var_b / n_b)")
     if abs(yours - expected) > 1e-6:
         raise AssertionError(f"t = {yours:.3f} but Welch's t is {expected:.3f}: (mean difference) / "
                              "sqrt(var_a / n_a + var_b / n_b)")
     return f"t = {yours:+.2f}"
 
 
-def _training_steps(answer, epochs, training_images, batch_size) -> str:
-    yours = _evaluated(answer, epochs, training_images, batch_size)
-    expected = epochs * (training_images // batch_size)
-    if yours == epochs * training_images // batch_size and yours != expected:
+# CUB-200-2011's training classes hold 5,864 images; with 10 of the 100 classes held out for validation,
+# about 5,280 train the model (the figure notebook 07 gives). The check uses these, never the learner's variables.
+CUB_TRAINING_IMAGES, CUB_IMAGES_BEFORE_VALIDATION = 5280, 5864
+
+
+def _training_steps(answer, epochs, batch_size) -> str:
+    yours = _evaluated(answer, epochs, CUB_TRAINING_IMAGES, batch_size)
+    expected = epochs * (CUB_TRAINING_IMAGES // batch_size)
+    if yours in (epochs * (CUB_IMAGES_BEFORE_VALIDATION // batch_size),
+                 epochs * CUB_IMAGES_BEFORE_VALIDATION // batch_size):
+        raise AssertionError(f"that counts all {CUB_IMAGES_BEFORE_VALIDATION:,} images of the training classes; the "
+                             f"validation classes are held out, so about {CUB_TRAINING_IMAGES:,} remain")
+    if yours == epochs * CUB_TRAINING_IMAGES // batch_size and yours != expected:
         raise AssertionError("an epoch has a whole number of batches: round down per epoch, then multiply")
     if yours != expected:
         raise AssertionError(f"{yours} instead of {expected}: epochs × (training images // images per batch)")
@@ -189,7 +216,8 @@ EXERCISES: dict[str, Exercise] = {
     "recall_per_epoch": Exercise("05", "loop over `snapshots` (epoch, embeddings) and call recall_at_k",
                                  _recall_per_epoch),
     "welch_t": Exercise("06", "difference of the means over sqrt(var_a / n_a + var_b / n_b), with ddof=1", _welch_t),
-    "training_steps": Exercise("07", "an epoch is len(train) // (P·K) batches", _training_steps),
+    "training_steps": Exercise("07", "an epoch is len(train) // (P·K) batches, of the 5,280 images that train the "
+                               "model", _training_steps),
 }
 
 

@@ -168,6 +168,11 @@ BAD_ARGUMENTS = {
         (["glyphs", "--images-per-class", "0"], "at least 2"),
         (["glyphs", "--images-per-class", "1"], "at least 2"),
     ],
+    "answer-key": [
+        (["--notebooks", A_FILE], "is a file"),
+        (["--notebooks", "{empty}"], "no numbered notebooks"),
+        (["--output", A_FILE], "is a file"),
+    ],
     "fetch": [
         (["nope"], "invalid choice"),
         (["cub", "--root", A_FILE], "is a file"),
@@ -185,7 +190,8 @@ CASES = [(command, arguments, expected) for command, cases in BAD_ARGUMENTS.item
 def checkpoints(trained, tmp_path_factory, data_root):
     ce = tmp_path_factory.mktemp("ce")
     assert main(["train", *TINY, "--loss", "ce", "--data-root", str(data_root), "--checkpoint-dir", str(ce)]) == 0
-    return {"best": str(trained / "best.pt"), "ce_best": str(ce / "best.pt")}
+    return {"best": str(trained / "best.pt"), "ce_best": str(ce / "best.pt"),
+            "empty": str(tmp_path_factory.mktemp("empty"))}
 
 
 @pytest.mark.parametrize("command, arguments, expected", CASES,

@@ -4,9 +4,11 @@ message, and says "not tried" for the placeholder."""
 import numpy as np
 import pytest
 import torch
+from scipy.stats import ttest_rel
 
 from mpn_tutorial import solutions
 from mpn_tutorial.exercises import EXERCISES, check
+from mpn_tutorial.losses import pair_masks, pairwise_distances
 from mpn_tutorial.models import MessagePassingLayer
 
 
@@ -53,7 +55,14 @@ def _seeds():
     return [0.40, 0.44, 0.38], [0.35, 0.37, 0.30]
 
 
-# exercise -> (inputs, the reference answer, a plausible wrong answer)
+def _closest_positives(embeddings, labels):
+    anchors, _, negatives = solutions.batch_hard(embeddings, labels)
+    distances = pairwise_distances(embeddings)
+    positive, _ = pair_masks(labels)
+    return anchors, distances.masked_fill(~positive, float("inf")).argmin(1)[anchors], negatives
+
+
+# exercise -> (inputs, the reference answer, [(a plausible wrong answer, what its feedback must say)])
 def _cases():
     similarity, labels, toy = _toy()
     embeddings, pk_labels = _embeddings()
@@ -62,24 +71,24 @@ def _cases():
     snapshots, snapshot_labels = _snapshots()
     first, second = _seeds()
     return {
-        "first_positive_rank": ((similarity, labels, toy), solutions.first_positive_rank,
-                                # forgets that the first position is rank 1
-                                lambda s, y: solutions.first_positive_rank(s, y) - 1),
-        "batch_hard": ((embeddings, pk_labels), solutions.batch_hard,
-                       # picks the closest positive instead of the farthest
-                       lambda e, y: (lambda a, p, n: (a, torch.where(p == p, p.flip(0), p), n))(
-                           *solutions.batch_hard(e, y))),
-        "zero_logit_softmax": ((scores, reference), solutions.zero_logit_softmax,
-                               lambda s: torch.softmax(s, dim=-1)),
-        "same_class_share": ((weights, attention_labels), solutions.same_class_share,
-                             # counts the query itself
-                             lambda w, y: float((w * (y[:, None] == y[None, :])).sum(1).mean())),
-        "recall_per_epoch": ((snapshots, snapshot_labels), solutions.recall_per_epoch,
-                             lambda s, y: {epoch: 0.5 for epoch, _ in s}),
-        "welch_t": ((first, second), solutions.welch_t,
-                    # population variances (ddof=0)
-                    lambda a, b: float((np.mean(a) - np.mean(b)) / np.sqrt((np.var(a) + np.var(b)) / len(a)))),
-        "training_steps": ((70, 5280, 54), solutions.training_steps(70, 5280, 54), 70 * 5280 // 54),
+        "first_positive_rank": ((similarity, labels, toy), solutions.first_positive_rank, [
+            (lambda s, y: solutions.first_positive_rank(s, y) - 1, "1-based")]),
+        "batch_hard": ((embeddings, pk_labels), solutions.batch_hard, [
+            (_closest_positives, "closest positive")]),
+        "zero_logit_softmax": ((scores, reference), solutions.zero_logit_softmax, [
+            (lambda s: torch.softmax(s, dim=-1), "standard softmax"),
+            (lambda s: s.exp() / (1 + s.exp().sum(dim=0, keepdim=True)), "each row")]),
+        "same_class_share": ((weights, attention_labels), solutions.same_class_share, [
+            (lambda w, y: float((w * (y[:, None] == y[None, :])).sum(1).mean()), "itself")]),
+        "recall_per_epoch": ((snapshots, snapshot_labels), solutions.recall_per_epoch, [
+            (lambda s, y: {epoch: 0.5 for epoch, _ in s}, "instead of"),
+            (lambda s, y: {0: 0.5}, "one entry per snapshot")]),
+        "welch_t": ((first, second), solutions.welch_t, [
+            (lambda a, b: float((np.mean(a) - np.mean(b)) / np.sqrt((np.var(a) + np.var(b)) / len(a))), "ddof=1"),
+            (lambda a, b: float(ttest_rel(a, b).statistic), "paired t")]),
+        "training_steps": ((70, 54), solutions.training_steps(70, 5280, 54), [
+            (70 * 5280 // 54, "round down per epoch"),
+            (70 * (5864 // 54), "5,864")]),
     }
 
 
@@ -97,11 +106,15 @@ def test_the_reference_solution_is_accepted(exercise):
     assert feedback.status == "correct", feedback
 
 
-@pytest.mark.parametrize("exercise", sorted(CASES))
-def test_a_plausible_wrong_answer_is_rejected_with_a_reason(exercise):
-    inputs, _, wrong = CASES[exercise]
+WRONG = [(exercise, index) for exercise, (_, _, wrongs) in sorted(CASES.items()) for index in range(len(wrongs))]
+
+
+@pytest.mark.parametrize("exercise, index", WRONG, ids=[f"{e}-{i}" for e, i in WRONG])
+def test_each_plausible_wrong_answer_gets_its_own_hint(exercise, index):
+    inputs, _, wrongs = CASES[exercise]
+    wrong, says = wrongs[index]
     feedback = check(exercise, wrong, *inputs)
-    assert feedback.status == "wrong" and len(feedback.message) > 20, feedback
+    assert feedback.status == "wrong" and says in feedback.message, feedback
 
 
 @pytest.mark.parametrize("exercise", sorted(CASES))

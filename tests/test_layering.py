@@ -15,7 +15,7 @@ LEVELS = {
     "config": 2, "presets": 2, "evaluation": 2, "callbacks": 2, "checkpoints": 2,
     "training": 3,
     "run_store": 4, "experiments": 4, "viz": 4, "exercises": 4, "solutions": 4, "notebook": 4,
-    "commands": 5, "__main__": 5, "__init__": 0,
+    "commands": 5, "answer_key": 5, "__main__": 5, "__init__": 0,
 }
 GROUND_FLOOR_EXCEPTIONS = {("models", "backbones")}  # the full model is built on the backbones
 

@@ -58,3 +58,12 @@ def test_with_a_benchmark_preset_a_notebook_runs_until_the_missing_data_and_says
     except CellExecutionError as error:
         assert error.ename == "DatasetNotFoundError", f"{error.ename}: {str(error)[-1500:]}"
         assert "fetch cub" in str(error)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_no_markdown_cell_holds_a_control_character(path):
+    # e.g. "$\bar d$" written through a Python string becomes a backspace, and MathJax shows "Math input error"
+    for number, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.cell_type == "markdown":
+            bad = sorted({f"U+{ord(c):04X}" for c in cell.source if ord(c) < 0x20 and c not in "\n\t"})
+            assert not bad, f"markdown cell {number} holds control characters {bad}"

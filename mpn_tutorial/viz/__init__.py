@@ -14,7 +14,7 @@ callbacks only call ``update``.
   :func:`plot_same_class_share`, :func:`plot_attention_comparison` (the share itself:
   :func:`same_class_attention_share`)
 - ``embeddings``: :func:`umap_across_training`, :func:`plot_embedding_frame`, :func:`export_animation`
-- ``explorers``: :class:`AttentionExplorer`, :class:`EpochExplorer`
+- ``explorers``: :class:`AttentionExplorer`, :class:`EpochExplorer`, :class:`HeadCountExplorer`
 """
 
 from mpn_tutorial.metrics import same_class_attention_share
@@ -23,6 +23,7 @@ from mpn_tutorial.viz.attention import (
     attention_view,
     plot_attention_comparison,
     plot_attention_view,
+    plot_heads,
     plot_same_class_share,
 )
 from mpn_tutorial.viz.embeddings import (
@@ -31,7 +32,7 @@ from mpn_tutorial.viz.embeddings import (
     plot_embedding_frame,
     umap_across_training,
 )
-from mpn_tutorial.viz.explorers import AttentionExplorer, EpochExplorer
+from mpn_tutorial.viz.explorers import AttentionExplorer, EpochExplorer, HeadCountExplorer
 from mpn_tutorial.viz.figures import (
     CLASS_COLOURS,
     class_order,
@@ -56,6 +57,7 @@ __all__ = [
     "AttentionExplorer",
     "AttentionView",
     "EpochExplorer",
+    "HeadCountExplorer",
     "attention_view",
     "class_order",
     "draw_class_boundaries",
@@ -68,6 +70,7 @@ __all__ = [
     "plot_attention_view",
     "plot_batch_graph",
     "plot_embedding_frame",
+    "plot_heads",
     "plot_histories",
     "plot_reported_results",
     "plot_same_class_share",

@@ -49,7 +49,9 @@ def attention_view(attention, labels, layer: int = 0, head: int = 0, query: int 
     top = np.argsort(-row, kind="stable")[:top_k]
     shares = same_class_attention_share(weights, labels, per_query=True) if n > 1 else np.zeros(n)
     share, query_share = float(shares.mean()), float(shares[query])
-    caption = (f"layer {layer + 1} · head {head + 1} of {num_heads} · query {query} (class {labels[query]}): "
+    row = int(np.flatnonzero(order == query)[0])
+    caption = (f"layer {layer + 1} · head {head + 1} of {num_heads} · query in row {row} of the sorted map (sample "
+               f"{query}, class {labels[query]}): "
                f"{100 * query_share:.0f}% of its attention to others stays in its class "
                f"(this head, all queries: {100 * share:.0f}%)")
     return AttentionView(layer, head, query, weights[np.ix_(order, order)], order, boundaries, top,
@@ -75,7 +77,7 @@ def plot_attention_view(view: AttentionView, images, labels, title: str = "") ->
     colour_axis = figure.add_subplot(grid[:, 1])
     figure.colorbar(shown, cax=colour_axis)
     query_axis = figure.add_subplot(grid[0, 3])
-    draw_thumbnail(query_axis, images[view.query], f"query {view.query}", frame="cyan")
+    draw_thumbnail(query_axis, images[view.query], f"query (row {row_position})", frame="cyan")
     for position, (index, weight) in enumerate(zip(view.top, view.top_weights)):
         axis = figure.add_subplot(grid[1, 3 + position])
         same = labels[index] == labels[view.query]
@@ -117,17 +119,36 @@ def plot_attention_comparison(attentions: dict[str, np.ndarray], labels, title: 
         layer = np.asarray(attention)[0]
         shares = same_class_attention_share(layer, labels)
         for head in range(num_heads):
-            axis = axes[row, head]
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if head >= len(layer):
-                axis.axis("off")
-                continue
-            axis.imshow(layer[head][np.ix_(order, order)], cmap="magma", vmin=0, vmax=float(layer.max()))
-            draw_class_boundaries(axis, boundaries, linewidth=0.5)
-            axis.set_title(f"head {head + 1}: {100 * shares[head]:.0f}% same class", fontsize=9)
+            _draw_head(axes[row, head], layer, head, shares, order, boundaries)
             if head == 0:
-                axis.set_ylabel(name, fontsize=9)
+                axes[row, head].set_ylabel(name, fontsize=9)
     figure.suptitle(title or "attention on the same held-out batch (rows and columns sorted by class)", fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def plot_heads(attention, labels, columns: int = 4, title: str = "") -> Figure:
+    """Every head of one model's first layer on a grid of ``columns`` (one colour scale): attention
+    (L, H, N, N) on one batch, rows and columns sorted by class."""
+    layer = np.asarray(attention)[0]
+    order, boundaries = class_order(labels)
+    shares = same_class_attention_share(layer, labels)
+    rows = -(-len(layer) // columns)
+    used = min(columns, len(layer))
+    figure, axes = plt.subplots(rows, used, figsize=(2.9 * used + 0.6, 3.0 * rows + 0.5), squeeze=False)
+    for head in range(rows * used):
+        _draw_head(axes.flat[head], layer, head, shares, order, boundaries)
+    figure.suptitle(title or "each head's attention on the same held-out batch (sorted by class)", fontsize=11)
+    figure.tight_layout()
+    return figure
+
+
+def _draw_head(axis, layer: np.ndarray, head: int, shares: np.ndarray, order, boundaries) -> None:
+    axis.set_xticks([])
+    axis.set_yticks([])
+    if head >= len(layer):
+        axis.axis("off")
+        return
+    axis.imshow(layer[head][np.ix_(order, order)], cmap="magma", vmin=0, vmax=float(layer.max()))
+    draw_class_boundaries(axis, boundaries, linewidth=0.5)
+    axis.set_title(f"head {head + 1}: {100 * shares[head]:.0f}% same class", fontsize=10)

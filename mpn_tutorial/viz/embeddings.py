@@ -38,38 +38,50 @@ def frame_limits(frames) -> tuple[tuple[float, float], tuple[float, float]]:
     return (low[0] - margin[0], high[0] + margin[0]), (low[1] - margin[1], high[1] + margin[1])
 
 
-def plot_embedding_frame(coordinates, labels, epoch: int, limits=None, note: str = "", axis=None) -> Figure:
-    """Scatter of 2-D coordinates coloured by class, for one epoch."""
+FRAME_SIZE = (7.4, 5.6)  # inches: at 90 dpi a 666 × 504 px image, slider and map on one 1000 px screen
+
+
+def plot_embedding_frame(coordinates, labels, epoch: int, limits=None, note: str = "", axis=None,
+                         names=None, legend: bool = True) -> Figure:
+    """Scatter of 2-D coordinates coloured by class, for one epoch, with a legend of the classes
+    (``names[label]``, e.g. the glyphs' characters; default: the label numbers)."""
     labels = np.asarray(labels)
     figure = None
     if axis is None:
-        figure, axis = plt.subplots(figsize=(5.2, 5))
+        figure, axis = plt.subplots(figsize=FRAME_SIZE)
     classes = np.unique(labels)
     colours = CLASS_COLOURS(np.searchsorted(classes, labels) % 20)
-    axis.scatter(coordinates[:, 0], coordinates[:, 1], c=colours, s=7, alpha=0.8, linewidths=0)
+    axis.scatter(coordinates[:, 0], coordinates[:, 1], c=colours, s=12, alpha=0.8, linewidths=0)
     if limits is not None:
         axis.set_xlim(*limits[0])
         axis.set_ylim(*limits[1])
-    axis.set_xlabel("UMAP 1")
-    axis.set_ylabel("UMAP 2")
-    axis.set_title(f"test-class embeddings, epoch {epoch}" + (f"\n{note}" if note else ""), fontsize=10)
+    axis.set_xlabel("UMAP 1", fontsize=11)
+    axis.set_ylabel("UMAP 2", fontsize=11)
+    axis.set_title(f"test-class embeddings, epoch {epoch}" + (f"\n{note}" if note else ""), fontsize=12)
+    if legend:
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=CLASS_COLOURS(index % 20),
+                              label=str(names[label]) if names is not None else str(label))
+                   for index, label in enumerate(classes)]
+        axis.legend(handles=handles, title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=10,
+                    ncol=2 if len(classes) > 12 else 1, frameon=False, handletextpad=0.2, columnspacing=0.6)
     return figure if figure is not None else axis.figure
 
 
 def export_animation(frames, labels, path: str | Path, notes: dict[int, str] | None = None, fps: float = 2.0,
-                     dpi: int = 80) -> Path:
+                     dpi: int = 80, names=None) -> Path:
     """Write the frames as an animated GIF (one frame per epoch, fixed axes) and return its path."""
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     path = Path(path)
     notes = notes or {}
     limits = frame_limits(frames)
-    figure, axis = plt.subplots(figsize=(5.2, 5))
+    figure, axis = plt.subplots(figsize=FRAME_SIZE)
+    figure.subplots_adjust(right=0.72)  # room for the legend in every frame
 
     def draw(index: int):
         axis.clear()
         epoch, coordinates = frames[index]
-        plot_embedding_frame(coordinates, labels, epoch, limits, notes.get(epoch, ""), axis=axis)
+        plot_embedding_frame(coordinates, labels, epoch, limits, notes.get(epoch, ""), axis=axis, names=names)
         return []
 
     animation = FuncAnimation(figure, draw, frames=len(frames), blit=False)

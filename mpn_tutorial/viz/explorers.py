@@ -11,9 +11,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from mpn_tutorial.viz.attention import AttentionView, attention_view, plot_attention_view
+from mpn_tutorial.metrics import same_class_attention_share
+from mpn_tutorial.viz.attention import AttentionView, attention_view, plot_attention_view, plot_heads
 from mpn_tutorial.viz.embeddings import frame_limits, plot_embedding_frame
-from mpn_tutorial.viz.figures import figure_to_png
+from mpn_tutorial.viz.figures import class_order, figure_to_png, png_size
 
 
 def _require_widgets():
@@ -44,7 +45,10 @@ class _Explorer:
         self.update()
 
     def _show(self, figure: Figure, caption: str) -> None:
-        self.image.value = figure_to_png(figure)
+        png = figure_to_png(figure)
+        self.image.value = png
+        # shown at its own size, never stretched to the notebook's width (it would blur and grow past the screen)
+        self.image.width = str(png_size(png)[0])
         plt.close(figure)
         self.caption.value = caption
 
@@ -62,8 +66,9 @@ class AttentionExplorer(_Explorer):
 
     ``snapshots``: list of ``(epoch, attention (L, H, N, N))`` (as recorded by
     :class:`~mpn_tutorial.callbacks.AttentionCapture`), ``images`` (N, C, H, W), ``labels`` (N,).
-    Moving a slider calls :meth:`update`, which recomputes :attr:`current` (an
-    :class:`AttentionView`), redraws :attr:`image` and rewrites :attr:`caption`.
+    The query slider counts the rows of the class-sorted heat map (row 0 at the top). Moving a
+    slider calls :meth:`update`, which recomputes :attr:`current` (an :class:`AttentionView`),
+    redraws :attr:`image` and rewrites :attr:`caption`.
     """
 
     def __init__(self, snapshots, images, labels, top_k: int = 5) -> None:
@@ -79,8 +84,9 @@ class AttentionExplorer(_Explorer):
                                               continuous_update=False, style=style)
         self.head_slider = widgets.IntSlider(value=1, min=1, max=num_heads, description="head",
                                              continuous_update=False, style=style)
-        self.query_slider = widgets.IntSlider(value=0, min=0, max=n - 1, description="query",
-                                              continuous_update=False, style=style)
+        self.query_slider = widgets.IntSlider(value=0, min=0, max=n - 1, description="query row",
+                                              continuous_update=False, style={"description_width": "70px"})
+        self.order, _ = class_order(self.labels)  # row r of the sorted map is batch sample order[r]
         first_row = ([self.epoch_slider] if len(epochs) > 1 else []) + ([self.layer_slider] if num_layers > 1 else [])
         self._assemble([first_row, [self.head_slider, self.query_slider]], "attention-explorer")
 
@@ -88,7 +94,7 @@ class AttentionExplorer(_Explorer):
         epoch = self.epoch_slider.value
         attention = dict(self.snapshots)[epoch]
         self.current = attention_view(attention, self.labels, self.layer_slider.value - 1,
-                                      self.head_slider.value - 1, self.query_slider.value, self.top_k)
+                                      self.head_slider.value - 1, int(self.order[self.query_slider.value]), self.top_k)
         figure = plot_attention_view(self.current, self.images, self.labels,
                                      title=f"epoch {epoch}: layer {self.current.layer + 1}, "
                                      f"head {self.current.head + 1}")
@@ -102,11 +108,12 @@ class EpochExplorer(_Explorer):
     ``notes`` maps an epoch to a caption line (e.g. its validation Recall@1).
     """
 
-    def __init__(self, frames, labels, notes: dict[int, str] | None = None) -> None:
+    def __init__(self, frames, labels, notes: dict[int, str] | None = None, names=None) -> None:
         widgets = _require_widgets()
         self.frames = dict(frames)
         self.labels = np.asarray(labels)
         self.notes = notes or {}
+        self.names = names
         self.limits = frame_limits(frames)
         epochs = list(self.frames)
         self.epoch_slider = widgets.SelectionSlider(options=epochs, value=epochs[0], description="epoch",
@@ -118,6 +125,35 @@ class EpochExplorer(_Explorer):
         coordinates = self.frames[epoch]
         note = self.notes.get(epoch, "")
         self.current = {"epoch": epoch, "coordinates": coordinates}
-        figure = plot_embedding_frame(coordinates, self.labels, epoch, self.limits, note)
+        figure = plot_embedding_frame(coordinates, self.labels, epoch, self.limits, note, names=self.names)
         self._show(figure, f"<b>epoch {epoch}</b>" + (f" · {note}" if note else ""))
+        return self.current
+
+
+class HeadCountExplorer(_Explorer):
+    """A slider over the *number* of attention heads: models trained with 1, 2, 4, 8... heads, each
+    head's attention (first layer) on the same batch, with its same-class share.
+
+    ``attentions``: ``{number of heads: attention (L, H, N, N)}`` of models on one batch; ``labels`` (N,).
+    :attr:`current` holds the shown count and its per-head shares.
+    """
+
+    def __init__(self, attentions: dict[int, np.ndarray], labels, title: str = "") -> None:
+        widgets = _require_widgets()
+        self.attentions = {int(count): np.asarray(attention) for count, attention in sorted(attentions.items())}
+        self.labels, self.title = np.asarray(labels), title
+        counts = list(self.attentions)
+        self.heads_slider = widgets.SelectionSlider(options=counts, value=counts[min(1, len(counts) - 1)],
+                                                    description="heads", continuous_update=False)
+        self._assemble([[self.heads_slider]], "heads-explorer")
+
+    def update(self) -> dict:
+        count = self.heads_slider.value
+        attention = self.attentions[count]
+        shares = same_class_attention_share(attention[0], self.labels)  # (H,)
+        self.current = {"heads": count, "shares": shares}
+        figure = plot_heads(attention, self.labels, columns=4, title=self.title)
+        heads = f"{count} head{'s' if count > 1 else ''}"
+        self._show(figure, f"<b>{heads}</b> · same-class share per head: {', '.join(f'{s:.2f}' for s in shares)} "
+                   f"(mean {shares.mean():.2f}; attention spread evenly: about 0.11)")
         return self.current

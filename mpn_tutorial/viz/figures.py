@@ -49,6 +49,11 @@ def figure_to_png(figure: Figure, dpi: int = 90) -> bytes:
     return buffer.getvalue()
 
 
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels of PNG bytes (read from the header)."""
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
 def class_order(labels) -> tuple[np.ndarray, np.ndarray]:
     """Indices that sort samples by class (stable) and the positions where a new class starts."""
     labels = np.asarray(labels)
@@ -154,10 +159,13 @@ def show_triplets(images, labels, triplets, max_rows: int = 4, title: str = "") 
 
 
 def plot_histories(histories: dict[str, list[dict]], metric: str = "val_recall@1") -> Figure:
-    """One line per run: a history metric (default validation Recall@1) against the epoch."""
+    """One line per run: a history column (``callbacks.flatten``; default validation Recall@1) against the epoch."""
+    from mpn_tutorial.callbacks import flatten
+
     figure, axis = plt.subplots(figsize=(6, 3.6))
     for name, history in histories.items():
-        axis.plot([row["epoch"] for row in history], [row[metric] for row in history], marker="o", label=name)
+        rows = [flatten(row) for row in history]
+        axis.plot([row["epoch"] for row in rows], [row[metric] for row in rows], marker="o", label=name)
     axis.set_xlabel("epoch")
     axis.set_ylabel(metric.replace("val_", "validation ").replace("recall@", "Recall@"))
     axis.set_title(f"{metric.replace('val_', 'validation ')} during training")
@@ -245,8 +253,8 @@ def plot_batch_graph(labels, title: str = "a P×K batch as a fully connected gra
     for i in range(n):
         for j in range(i + 1, n):
             same = labels[i] == labels[j]
-            axis.plot(*points[[i, j]].T, color=colours[i] if same else "lightgray", linewidth=1.4 if same else 0.3,
-                      alpha=0.9 if same else 0.6, zorder=2 if same else 1)
+            axis.plot(*points[[i, j]].T, color=colours[i] if same else "0.45", linewidth=2.2 if same else 0.7,
+                      alpha=0.95 if same else 0.55, zorder=2 if same else 1)
     axis.scatter(points[:, 0], points[:, 1], s=140, c=colours, edgecolors="black", zorder=3)
     axis.scatter(points[:, 0] * 1.09, points[:, 1] * 1.09, s=60, facecolors="none", edgecolors="gray", zorder=3)
     axis.set_aspect("equal")

@@ -7,12 +7,14 @@ MPN_BROWSER_NOTEBOOKS points the tests at another folder of notebooks with the s
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
 pytestmark = pytest.mark.browser
 
+REPOSITORY_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 ATTENTION_NOTEBOOK = "04_attention.ipynb"
 EMBEDDINGS_NOTEBOOK = "05_embeddings_over_training.ipynb"
 KERNEL_START_TIMEOUT_MS = 120 * 1000
@@ -118,3 +120,35 @@ def test_dragging_the_epoch_slider_redraws_the_embedding_explorer(page, jupyter_
     explorer = panel.locator(".epoch-explorer").first
     drag_and_check_redraw(explorer, "epoch", lambda check, epoch: check.to_have_text(
         re.compile(rf"^epoch {epoch}\b"), timeout=UPDATE_TIMEOUT_MS))
+
+
+NOTEBOOKS = sorted(path.name for path in (REPOSITORY_NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))
+# What JupyterLab shows where it failed to render something: a MathJax error, a widget it could not
+# display, an error output.
+RENDERING_ERRORS = """() => {
+    const problems = [];
+    document.querySelectorAll('mjx-merror, .MathJax_Error').forEach(e => problems.push('math: ' + e.textContent));
+    document.querySelectorAll('.jp-RenderedMarkdown').forEach(e => {
+        if (e.textContent.includes('Math input error')) problems.push('math input error in: ' +
+            e.textContent.slice(0, 80));
+    });
+    document.querySelectorAll('.jp-OutputArea-output').forEach(e => {
+        if (e.textContent.includes('Error displaying widget')) problems.push('widget: ' + e.textContent.slice(0, 120));
+    });
+    document.querySelectorAll('[data-mime-type="application/vnd.jupyter.error"]').forEach(
+        e => problems.push('error output: ' + e.textContent.slice(0, 200)));
+    return problems;
+}"""
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_a_committed_notebook_renders_without_errors(page, jupyter_lab, notebook):
+    page.goto(jupyter_lab.open(notebook))
+    panel = page.locator(".jp-NotebookPanel")
+    expect(panel.locator(".jp-Cell").first).to_be_visible(timeout=KERNEL_START_TIMEOUT_MS)
+    # every markdown cell rendered, and MathJax done with the formulas (it typesets after rendering)
+    page.wait_for_function("() => document.querySelectorAll('.jp-MarkdownCell:not(.jp-mod-rendered)').length === 0",
+                           timeout=UPDATE_TIMEOUT_MS)
+    page.wait_for_timeout(3000)
+    problems = page.evaluate(RENDERING_ERRORS)
+    assert not problems, f"{notebook}: {problems}"

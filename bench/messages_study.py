@@ -54,7 +54,7 @@ from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import build_datasets
 from mpn_tutorial.data.splits import ClassSubset
 from mpn_tutorial.evaluation import _run_mpn, diagnostic_batches, embed_dataset, refine_embeddings
-from mpn_tutorial.experiments import mean_std, measure, noise_band, paired_difference, run_comparison
+from mpn_tutorial.experiments import measure, noise_band, paired_table, run_comparison
 from mpn_tutorial.presets import GLYPHS, GLYPHS_ATTENTION
 from mpn_tutorial.run_store import cache_key, train_cached
 from mpn_tutorial.runtime import thread_count
@@ -251,40 +251,9 @@ def _commit() -> str:
         return "unknown"
 
 
-def _cell(runs: list[dict], key: str) -> str:
-    summary = mean_std(runs, key)
-    if summary is None:
-        return "—"
-    if "share" in key or "weight" in key or "spread" in key:
-        return f"{summary[0]:.3f} ± {summary[1]:.3f}"
-    return f"{100 * summary[0]:.1f} ± {100 * summary[1]:.1f}"
-
-
-def table(section: dict[str, list[dict]], reference: dict[str, str], keys=("test_recall@1", "test_map@r"),
+def table(section: dict[str, list[dict]], controls: dict[str, str], keys=("test_recall@1", "test_map@r"),
           band: dict | None = None) -> list[str]:
-    """Markdown rows: mean ± std per key, and the seed-paired difference of each key to the row's control."""
-    heading = {"test_recall@1": "R@1 (%)", "test_map@r": "MAP@R (%)", "test_share": "share",
-               "test_similarity_share": "backbone-similarity share", "test_self_weight": "self-weight",
-               "test_score_spread": "score spread"}
-    paired_keys = [k for k in keys if k in ("test_recall@1", "test_map@r")]
-    lines = ["| variant | seeds | " + " | ".join(heading[k] for k in keys) + " | control | "
-             + " | ".join(f"Δ {heading[k]} (t)" for k in paired_keys) + " |",
-             "|---|---|" + "---|" * len(keys) + "---|" + "---|" * len(paired_keys)]
-    for name, runs in section.items():
-        control = reference.get(name)
-        cells = [_cell(runs, k) for k in keys]
-        differences = []
-        for key in paired_keys:
-            if control is None:
-                differences.append("")
-                continue
-            paired = paired_difference(runs, section[control], key)
-            outside = band is not None and abs(paired.mean) > 2 * band[key] / math.sqrt(paired.n)
-            differences.append(f"{100 * paired.mean:+.1f} ± {100 * paired.std:.1f} ({paired.t:+.1f})"
-                               + (" *" if paired.significant and (band is None or outside) else ""))
-        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {control or '—'} | "
-                     + " | ".join(differences) + " |")
-    return lines
+    return paired_table(section, controls, keys, band).split("\n")
 
 
 def write_report(path: Path, header: dict, sections: dict) -> str:

@@ -121,40 +121,56 @@ def mean_std(runs: list[dict], key: str) -> tuple[float, float] | None:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _cell(runs: list[dict], key: str) -> str:
+HEADINGS = {"test_recall@1": "R@1 (%)", "test_map@r": "MAP@R (%)", "test_share": "share",
+            "test_similarity_share": "backbone-similarity share", "test_self_weight": "self-weight",
+            "test_score_spread": "score spread"}
+
+
+def cell(runs: list[dict], key: str) -> str:
+    """``mean ± std`` over seeds: metrics in percent, shares, weights and spreads as fractions."""
     summary = mean_std(runs, key)
     if summary is None:
         return "—"
-    scale, digits = (1, 3) if "share" in key or "weight" in key or "spread" in key else (100, 1)
-    return f"{scale * summary[0]:.{digits}f} ± {scale * summary[1]:.{digits}f}"
+    if "share" in key or "weight" in key or "spread" in key:
+        return f"{summary[0]:.3f} ± {summary[1]:.3f}"
+    return f"{100 * summary[0]:.1f} ± {100 * summary[1]:.1f}"
+
+
+def paired_table(results: dict[str, list[dict]], controls: dict[str, str],
+                 keys: Sequence[str] = ("test_recall@1", "test_map@r"), band: dict[str, float] | None = None) -> str:
+    """A markdown table: per variant the mean ± std over seeds of ``keys``, its control
+    (``controls[variant]``, a variant of ``results``; none for a reference row) and the seed-paired
+    difference of R@1 and MAP@R to it with t. * marks |t| above the 95% value that is also larger
+    than twice the noise band's standard error (``band``: per key, see :func:`noise_band`)."""
+    paired_keys = [key for key in keys if key in ("test_recall@1", "test_map@r")]
+    lines = ["| variant | seeds | " + " | ".join(HEADINGS.get(k, k) for k in keys) + " | control | "
+             + " | ".join(f"Δ {HEADINGS.get(k, k)} (t)" for k in paired_keys) + " |",
+             "|---|---|" + "---|" * len(keys) + "---|" + "---|" * len(paired_keys)]
+    for name, runs in results.items():
+        control = controls.get(name)
+        differences = []
+        for key in paired_keys:
+            if control is None:
+                differences.append("")
+                continue
+            paired = paired_difference(runs, results[control], key)
+            beyond_noise = band is None or abs(paired.mean) > 2 * band[key] / math.sqrt(paired.n)
+            differences.append(f"{100 * paired.mean:+.1f} ± {100 * paired.std:.1f} ({paired.t:+.1f})"
+                               + (" *" if paired.significant and beyond_noise else ""))
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cell(runs, k) for k in keys) + f" | {control or '—'} | "
+                     + " | ".join(differences) + " |")
+    return "\n".join(lines)
 
 
 def comparison_table(results: dict[str, list[dict]],
                      keys: Sequence[str] = ("test_recall@1", "test_map@r", "test_share"), reference: str | None = None,
-                     paired_key: str = "test_recall@1", band: float | None = None) -> str:
-    """A markdown table: per variant the mean ± std over seeds of ``keys`` (metrics in %, shares as
-    fractions), and the seed-paired difference of ``paired_key`` to ``reference`` (default: the first
-    variant) with its t; with ``band``, the noise band to read the differences against."""
+                     band: dict[str, float] | None = None) -> str:
+    """:func:`paired_table` with every variant paired against one ``reference`` (default: the first)."""
     reference = reference or next(iter(results))
-    headings = {"test_recall@1": "R@1 (%)", "test_map@r": "MAP@R (%)", "test_share": "share",
-                "test_self_weight": "self-weight", "test_similarity_share": "similarity share"}
-    band_text = f", noise band ±{100 * band:.1f}" if band is not None else ""
-    lines = ["| variant | seeds | " + " | ".join(headings.get(k, k) for k in keys)
-             + f" | {headings.get(paired_key, paired_key)} − {reference} (points{band_text}) | t |",
-             "|---|---|" + "---|" * len(keys) + "---|---|"]
-    for name, runs in results.items():
-        if name == reference:
-            difference, t = "(reference)", ""
-        else:
-            paired = paired_difference(runs, results[reference], paired_key)
-            difference = f"{100 * paired.mean:+.1f} ± {100 * paired.std:.1f}"
-            t = f"{paired.t:+.1f}" + (" *" if paired.significant else "")
-        cells = " | ".join(_cell(runs, key) for key in keys)
-        lines.append(f"| {name} | {len(runs)} | {cells} | {difference} | {t} |")
-    lines.append("")
-    lines.append("Mean ± standard deviation over seeds. Differences are seed-paired (mean ± std of the per-seed "
-                 "differences); * marks |t| above the two-sided 95% value for n − 1 degrees of freedom.")
-    return "\n".join(lines)
+    table = paired_table(results, {name: reference for name in results if name != reference}, keys, band)
+    return table + ("\n\nMean ± standard deviation over seeds. Δ: the seed-paired difference to the control, "
+                    "mean ± std of the per-seed differences, with t; * marks |t| above the two-sided 95% value "
+                    "for n − 1 degrees of freedom.")
 
 
 def write_comparison(path: str | Path, results: dict[str, list[dict]], header: dict,
@@ -171,5 +187,5 @@ def write_comparison(path: str | Path, results: dict[str, list[dict]], header: d
     return markdown, data
 
 
-__all__ = ["Paired", "comparison_table", "mean_std", "measure", "noise_band", "paired_difference",
-           "run_comparison", "write_comparison"]
+__all__ = ["Paired", "cell", "comparison_table", "mean_std", "measure", "noise_band", "paired_difference",
+           "paired_table", "run_comparison", "write_comparison"]

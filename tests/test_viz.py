@@ -35,7 +35,7 @@ def test_attention_view_sorts_by_class_and_ranks_what_the_query_attends_to():
     assert view.boundaries.tolist() == [4, 8]
     row = attention[1, 2, 5]
     assert view.top.tolist() == np.argsort(-row)[:3].tolist()
-    assert "layer 2 · head 3 of 4 · query 5" in view.caption
+    assert "layer 2 · head 3 of 4 · query in row" in view.caption and "sample 5" in view.caption
 
 
 def test_dragging_the_head_slider_recomputes_the_view_the_caption_and_the_figure():
@@ -77,26 +77,17 @@ def test_umap_across_training_is_deterministic_and_places_every_snapshot_on_one_
         np.testing.assert_array_equal(a, b)
 
 
-def test_umap_places_every_epoch_on_the_map_fitted_once(monkeypatch):
-    import umap
-
-    fitted = []
-    original_fit = umap.UMAP.fit
-
-    def counting_fit(self, data, *args, **kwargs):
-        fitted.append(np.asarray(data).copy())
-        return original_fit(self, data, *args, **kwargs)
-
-    monkeypatch.setattr(umap.UMAP, "fit", counting_fit)
+def test_every_epoch_lands_on_the_last_epochs_map_so_a_rotated_embedding_moves():
+    # Positions are comparable across epochs only on one map. An earlier epoch that is a rotation of the
+    # last one has the same within-epoch similarities (a per-epoch UMAP would draw it identically), but
+    # on the last epoch's map it is another place.
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(4, 8))
     labels = np.repeat(np.arange(4), 15)
-    snapshots = [(e, centres[labels] * e + rng.normal(size=(60, 8))) for e in (0, 1, 2)]
-    frames = viz.umap_across_training(snapshots, seed=0)
-    assert len(fitted) == 1  # one shared map: an explorer fitting each epoch separately fails here
-    np.testing.assert_array_equal(fitted[0], snapshots[-1][1].astype(np.float32))
-    # the reference epoch lands where a transform of the fitted map puts it, like every other epoch
-    assert all(coordinates.shape == (60, 2) for _, coordinates in frames)
+    last = rng.normal(size=(4, 8))[labels] * 3 + rng.normal(size=(60, 8))
+    rotation, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    frames = dict(viz.umap_across_training([(0, last @ rotation), (1, last)], seed=0))
+    size = np.ptp(frames[1], axis=0).mean()
+    assert np.linalg.norm(frames[0] - frames[1], axis=1).mean() > 0.1 * size
 
 
 def test_exported_animation_has_one_frame_per_epoch(tmp_path):
@@ -124,3 +115,34 @@ def test_figures_are_built_from_datasets_and_embeddings(data_root):
     triplets = TripletLoss(mining="hard").mine(torch.randn(24, 8), labels)
     assert len(viz.show_triplets(images, labels, triplets, max_rows=2).axes) == 6
     assert len(viz.show_pairs(torch.randn(24, 8), labels).axes) == 3  # two panels and a colour bar
+
+
+def test_the_query_slider_counts_the_rows_of_the_class_sorted_map():
+    explorer = viz.AttentionExplorer([(0, _attention())], IMAGES, LABELS)
+    order = np.argsort(LABELS, kind="stable")
+    explorer.query_slider.value = 5
+    assert explorer.current.query == order[5]  # the sample in row 5 of the sorted heat map
+    assert "row 5" in explorer.current.caption
+
+
+def test_the_explorer_image_is_shown_at_its_own_width():
+    explorer = viz.EpochExplorer([(0, np.random.default_rng(0).normal(size=(12, 2)))], LABELS)
+    png = explorer.image.value
+    assert int(explorer.image.width) == int.from_bytes(png[16:20], "big")
+
+
+def test_the_head_count_slider_shows_each_models_heads_and_their_shares():
+    attentions = {1: _attention(num_layers=1, num_heads=1, seed=1), 4: _attention(num_layers=1, num_heads=4, seed=2)}
+    explorer = viz.HeadCountExplorer(attentions, LABELS)
+    explorer.heads_slider.value = 4
+    assert explorer.current["heads"] == 4 and len(explorer.current["shares"]) == 4
+    np.testing.assert_allclose(explorer.current["shares"], viz.same_class_attention_share(attentions[4][0], LABELS))
+    explorer.heads_slider.value = 1
+    assert "1 head" in explorer.caption.value and len(explorer.current["shares"]) == 1
+
+
+def test_the_embedding_frame_has_a_legend_of_the_class_names():
+    figure = viz.plot_embedding_frame(np.random.default_rng(0).normal(size=(12, 2)), LABELS, 3,
+                                      names={0: "A", 1: "B", 2: "C"})
+    legend = figure.axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["A", "B", "C"]

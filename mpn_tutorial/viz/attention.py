@@ -50,8 +50,8 @@ def attention_view(attention, labels, layer: int = 0, head: int = 0, query: int 
     shares = same_class_attention_share(weights, labels, per_query=True) if n > 1 else np.zeros(n)
     share, query_share = float(shares.mean()), float(shares[query])
     position = int(np.flatnonzero(order == query)[0])
-    caption = (f"layer {layer + 1} · head {head + 1} of {num_heads} · query in row {position} of the sorted map (sample "
-               f"{query}, class {labels[query]}): "
+    caption = (f"layer {layer + 1} · head {head + 1} of {num_heads} · query in row {position} of the sorted map "
+               f"(sample {query}, class {labels[query]}): "
                f"{100 * query_share:.0f}% of its attention to others stays in its class "
                f"(this head, all queries: {100 * share:.0f}%)")
     return AttentionView(layer, head, query, weights[np.ix_(order, order)], order, boundaries, top,

@@ -173,16 +173,8 @@ class MessagePassingLayer(nn.Module):
     and the layer is ``LN(LN(x) + FFN(LN(x)))`` of each sample alone.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        ff_dim: int = 2048,
-        dropout: float = 0.1,
-        zero_logit: bool = False,
-        *,
-        options: AttentionOptions = PUBLISHED,
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int, ff_dim: int = 2048, dropout: float = 0.1, zero_logit: bool = False,
+                 *, options: AttentionOptions = PUBLISHED) -> None:
         super().__init__()
         if dim < 1 or num_heads < 1 or ff_dim < 1:
             raise ValueError(f"dim, num_heads and ff_dim must be at least 1, got {dim}, {num_heads}, {ff_dim}")
@@ -197,6 +189,7 @@ class MessagePassingLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.message_dropout = nn.Dropout(dropout)
         self.pass_messages = True
+        self._register_load_state_dict_pre_hook(_accept_flat_names)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False, labels: torch.Tensor | None = None):
         _check_batch(x, self.dim, "MessagePassingLayer")
@@ -219,6 +212,19 @@ class MessagePassingLayer(nn.Module):
     attention_weights = property(lambda self: self.attention.attention_weights, doc="softmax of the scaled scores")
 
 
+# Before the layer had its named pieces, its parameters sat on it directly ("q_proj.weight", "linear1.bias"):
+# such state dicts (older checkpoints, code written against the flat names) still load.
+_FLAT_NAMES = {"q_proj": "attention.q_proj", "k_proj": "attention.k_proj", "v_proj": "attention.v_proj",
+               "out_proj": "attention.out_proj", "linear1": "feed_forward.linear1", "linear2": "feed_forward.linear2"}
+
+
+def _accept_flat_names(state_dict, prefix, *args) -> None:
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        head, _, rest = key[len(prefix):].partition(".")
+        if head in _FLAT_NAMES:
+            state_dict[f"{prefix}{_FLAT_NAMES[head]}.{rest}"] = state_dict.pop(key)
+
+
 class BNNeckClassifier(nn.Module):
     """BatchNorm1d with a frozen (zero) bias, then a bias-free linear layer: (N, dim) -> (N, C)."""
 
@@ -234,11 +240,12 @@ class BNNeckClassifier(nn.Module):
 
 @dataclass
 class MessagePassingOutput:
-    """What :meth:`MessagePassingNetwork.classify` returns (N rows each)."""
+    """What :meth:`MessagePassingNetwork.classify` returns: embeddings after message passing (N, out_dim),
+    MPN logits (N, C), attention per layer (num_heads, N, N) when asked."""
 
-    embeddings: torch.Tensor  # (N, out_dim) the embeddings after message passing
-    logits: torch.Tensor  # (N, num_classes) MPN logits
-    attention: list[torch.Tensor] = field(default_factory=list)  # per layer (num_heads, N, N), if asked
+    embeddings: torch.Tensor
+    logits: torch.Tensor
+    attention: list[torch.Tensor] = field(default_factory=list)
 
 
 class MessagePassingNetwork(nn.Module):
@@ -251,21 +258,9 @@ class MessagePassingNetwork(nn.Module):
     when ``num_classes`` is given). ``labels`` (N,) are needed by oracle attention only.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_layers: int,
-        num_heads: int,
-        num_classes: int | None = None,
-        ff_dim: int = 2048,
-        dropout: float = 0.1,
-        zero_logit: bool = False,
-        concat_layers: bool = False,
-        *,
-        input_scale: float = 1.0,
-        input_map: bool = True,
-        options: AttentionOptions = PUBLISHED,
-    ) -> None:
+    def __init__(self, dim: int, num_layers: int, num_heads: int, num_classes: int | None = None,
+                 ff_dim: int = 2048, dropout: float = 0.1, zero_logit: bool = False, concat_layers: bool = False, *,
+                 input_scale: float = 1.0, input_map: bool = True, options: AttentionOptions = PUBLISHED) -> None:
         super().__init__()
         if num_layers < 0 or (concat_layers and num_layers < 1):
             raise ValueError(f"num_layers must be at least 0 (1 with concat_layers), got {num_layers}")
@@ -357,17 +352,11 @@ class ModelOutput:
 class MetricLearningModel(nn.Module):
     """Backbone -> embedding -> (backbone classifier, message passing network -> MPN classifier).
 
-    Built from a :class:`ModelConfig`, the number of training classes (0: no classifier, for pair
-    and triplet losses), the image channels, and whether it has the MPN head. The ways in:
-
-    - ``retrieval_embeddings(images)``: the L2-normalised backbone embedding (N, D), what
-      retrieval uses at test time (the MPN is not run);
-    - ``model(images)``: a :class:`ModelOutput` for training (embeddings, both logits, attention
-      with ``return_attention=True``), whatever the train/eval mode;
-    - ``message_passing(embeddings)``: the MPN alone on backbone embeddings (normalised first, as
-      published), returning a :class:`MessagePassingOutput`;
-    - ``embed(images)``: the backbone embedding, not normalised; ``classify(embeddings)``: both
-      classifiers on given embeddings (what ``forward`` does after ``embed``).
+    Built from a :class:`ModelConfig`, the number of training classes (0: no classifier, for pair and
+    triplet losses), the image channels, and whether it has the MPN head. ``retrieval_embeddings``:
+    the normalised backbone embedding retrieval uses (no MPN); ``model(images)``: a :class:`ModelOutput`
+    for training; ``message_passing(embeddings)``: the MPN alone (on normalised embeddings, as
+    published); ``embed``: the backbone embedding; ``classify(embeddings)``: both classifiers on it.
     """
 
     def __init__(self, config: ModelConfig, num_classes: int = 0, in_channels: int = 1,

@@ -271,3 +271,14 @@ def test_a_head_without_layers_or_input_map_classifies_the_normalised_embedding(
     embeddings = torch.randn(6, 16)
     output = model.message_passing(embeddings)
     torch.testing.assert_close(output.embeddings, F.normalize(embeddings, dim=1))
+
+
+def test_a_state_dict_with_the_flat_parameter_names_of_earlier_versions_still_loads():
+    torch.manual_seed(0)
+    source, target = _layer(), MessagePassingLayer(16, 4, ff_dim=32).eval()
+    flat = {name.replace("attention.", "").replace("feed_forward.", ""): value
+            for name, value in source.state_dict().items()}
+    assert "q_proj.weight" in flat and "linear1.weight" in flat
+    target.load_state_dict(flat)
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(target(x), source(x))

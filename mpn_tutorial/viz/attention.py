@@ -135,11 +135,11 @@ def plot_heads(attention, labels, columns: int = 4, title: str = "") -> Figure:
     shares = same_class_attention_share(layer, labels)
     rows = -(-len(layer) // columns)
     used = min(columns, len(layer))
-    figure, axes = plt.subplots(rows, used, figsize=(2.9 * used + 0.6, 3.0 * rows + 0.5), squeeze=False)
+    figure, axes = plt.subplots(rows, used, figsize=(2.9 * used + 0.6, 3.3 * rows + 0.5), squeeze=False)
     for head in range(rows * used):
         _draw_head(axes.flat[head], layer, head, shares, order, boundaries)
     figure.suptitle(title or "each head's attention on the same held-out batch (sorted by class)", fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(h_pad=1.5)
     return figure
 
 

@@ -32,11 +32,12 @@ from mpn_tutorial.__main__ import main as command_line
 STEPS = 30
 
 
-def write_synthetic_cub(root: Path, classes: int = 200, per_class: int = 8, size: int = 256, seed: int = 0) -> Path:
-    """A tree in the CUB-200-2011 layout: ``images.txt``, ``image_class_labels.txt``, ``images/``."""
+def write_synthetic_cub(root: Path, classes=range(1, 201), per_class: int = 8, size: int = 256, seed: int = 0) -> Path:
+    """A tree in the CUB-200-2011 layout (``images.txt``, ``image_class_labels.txt``, ``images/``) with
+    the given class ids (1-100 train, 101-200 test)."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
-    for class_id in range(1, classes + 1):
+    for class_id in classes:
         tone = rng.uniform(40, 215, size=3)
         for k in range(per_class):
             relative = f"{class_id:03d}.Synthetic_{class_id}/image_{k}.jpg"
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print_header("device smoke: compare on a synthetic CUB tree", {"mode": "GPU" if gpu else "CPU check"})
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        classes, per_class = (200, 8) if gpu else (16, 3)
+        classes, per_class = (range(1, 201), 8) if gpu else ([*range(1, 13), *range(101, 105)], 3)
         root = write_synthetic_cub(folder / "CUB_200_2011", classes, per_class, size=256 if gpu else 80)
         if gpu:
             flags = ["--backbone", "resnet50", "--image-size", "227", "--device", "cuda", "--num-workers", "8"]

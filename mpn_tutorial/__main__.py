@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     from mpn_tutorial.runtime import pin_threads
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed (compare records it)
     try:
         pin_threads()  # the command line is an entry point (runtime.py)
         return args.handler(args)

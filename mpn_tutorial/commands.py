@@ -235,7 +235,7 @@ def compare(args: argparse.Namespace) -> int:
     results = run_comparison(configs, args.seeds, run, report)
     header = {"title": f"compare: {args.preset}, {len(names)} variants × {len(args.seeds)} seeds",
               "preset": args.preset, "seeds": args.seeds, "variants": flags,
-              "command": "python -m mpn_tutorial " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+              "command": "python -m mpn_tutorial " + " ".join(shlex.quote(a) for a in args.argv),
               "machine": _machine(), "minutes": round((time.perf_counter() - start) / 60, 2),
               "selection": "each run's best epoch by validation R@1; test classes only measured"}
     markdown, data = write_comparison(output / "comparison", results, header)

@@ -29,7 +29,7 @@ def tiny_datasets(tiny):
 
 
 def _without_timing(history):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "train_seconds")} for row in history]
 
 
 class _Interrupt(Callback):

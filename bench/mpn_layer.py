@@ -73,7 +73,7 @@ def edge_list_layer(layer: MessagePassingLayer, x: torch.Tensor, edges: torch.Te
     heads_out = x.new_zeros(heads, n, head_dim).index_add_(1, target, edge_messages)
     messages = layer.out_proj(heads_out.transpose(0, 1).reshape(n, layer.dim))
     x = layer.norm1(x + messages)
-    return layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))
+    return layer.norm2(x + layer.feed_forward.linear2(F.relu(layer.feed_forward.linear1(x))))
 
 
 def no_attention_layer(layer: MessagePassingLayer, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ def no_attention_layer(layer: MessagePassingLayer, x: torch.Tensor) -> torch.Ten
     q, k, v = (p(x) for p in (layer.q_proj, layer.k_proj, layer.v_proj))
     heads_out = v + 0.0 * (q + k)  # q and k stay in the graph, so their backward GEMMs still run
     x = layer.norm1(x + layer.out_proj(heads_out.view(n, layer.dim)))
-    return layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))
+    return layer.norm2(x + layer.feed_forward.linear2(F.relu(layer.feed_forward.linear1(x))))
 
 
 def check_edge_list_matches(dim: int, heads: int, n: int, ff_dim: int) -> float:

@@ -206,6 +206,8 @@ class MessagePassingLayer(nn.Module):
     k_proj = property(lambda self: self.attention.k_proj, doc="W_k: nn.Linear(dim, dim)")
     v_proj = property(lambda self: self.attention.v_proj, doc="W_v: nn.Linear(dim, dim)")
     out_proj = property(lambda self: self.attention.out_proj, doc="W_o: nn.Linear(dim, dim)")
+    linear1 = property(lambda self: self.feed_forward.linear1, doc="W_1: nn.Linear(dim, ff_dim)")
+    linear2 = property(lambda self: self.feed_forward.linear2, doc="W_2: nn.Linear(ff_dim, dim)")
     zero_logit = property(lambda self: self.attention.zero_logit)
 
     split_heads = property(lambda self: self.attention.split_heads, doc="(N, dim) -> (num_heads, N, head_dim)")

@@ -358,3 +358,12 @@ def test_a_gpu_out_of_memory_says_which_flags_lower_memory_and_exits_1(monkeypat
     assert main(_tiny_run(tmp_path / "run", data_root, 1)) == 1
     line = _one_line_error(capsys)
     assert "--classes-per-batch" in line and "--checkpointing" in line
+
+
+def test_evaluate_prints_what_the_attention_of_an_mpn_checkpoint_does(trained, capsys):
+    assert main(["evaluate", "--checkpoint", str(trained / "best.pt"), "--no-nmi"]) == 0
+    shown = capsys.readouterr().out
+    for split in ("validation", "test"):
+        line = next(line for line in shown.splitlines()
+                    if line.startswith("attention on ") and f" {split}-class" in line)
+        assert "same-class share" in line and "self-weight" in line and "score spread" in line

@@ -113,6 +113,10 @@ def test_dragging_the_head_slider_redraws_the_attention_explorer(page, jupyter_l
     explorer = panel.locator(".attention-explorer").first
     drag_and_check_redraw(explorer, "head", lambda check, head: check.to_contain_text(
         f"head {head} of", timeout=UPDATE_TIMEOUT_MS))
+    # the slider over the *number* of heads: another model, as many heat maps as heads
+    heads = panel.locator(".heads-explorer").first
+    drag_and_check_redraw(heads, "heads", lambda check, count: check.to_contain_text(
+        f"{count} head", timeout=UPDATE_TIMEOUT_MS))
 
 
 def test_dragging_the_epoch_slider_redraws_the_embedding_explorer(page, jupyter_lab):
@@ -120,6 +124,11 @@ def test_dragging_the_epoch_slider_redraws_the_embedding_explorer(page, jupyter_
     explorer = panel.locator(".epoch-explorer").first
     drag_and_check_redraw(explorer, "epoch", lambda check, epoch: check.to_have_text(
         re.compile(rf"^epoch {epoch}\b"), timeout=UPDATE_TIMEOUT_MS))
+    # on a 1400 × 1000 screen: the map at its own resolution (not stretched), slider and map seen together
+    figure = explorer.locator("img.widget-image")
+    natural, shown = figure.evaluate("img => [img.naturalWidth, img.getBoundingClientRect().width]")
+    assert abs(natural - shown) <= 1, f"the figure is drawn at {shown} px, its image is {natural} px wide"
+    assert explorer.bounding_box()["height"] <= 1000 - 60, "slider and map do not fit on one screen"
 
 
 NOTEBOOKS = sorted(path.name for path in (REPOSITORY_NOTEBOOKS).glob("[0-9][0-9]_*.ipynb"))

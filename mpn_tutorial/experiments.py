@@ -143,9 +143,9 @@ def paired_table(results: dict[str, list[dict]], controls: dict[str, str],
     difference of R@1 and MAP@R to it with t. * marks |t| above the 95% value that is also larger
     than twice the noise band's standard error (``band``: per key, see :func:`noise_band`)."""
     paired_keys = [key for key in keys if key in ("test_recall@1", "test_map@r")]
-    lines = ["| variant | seeds | " + " | ".join(HEADINGS.get(k, k) for k in keys) + " | control | "
-             + " | ".join(f"Δ {HEADINGS.get(k, k)} (t)" for k in paired_keys) + " |",
-             "|---|---|" + "---|" * len(keys) + "---|" + "---|" * len(paired_keys)]
+    columns = ["variant", "seeds", *(HEADINGS.get(k, k) for k in keys), "control",
+               *(f"Δ {HEADINGS.get(k, k)} (t)" for k in paired_keys)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, runs in results.items():
         control = controls.get(name)
         differences = []
@@ -157,8 +157,8 @@ def paired_table(results: dict[str, list[dict]], controls: dict[str, str],
             beyond_noise = band is None or abs(paired.mean) > 2 * band[key] / math.sqrt(paired.n)
             differences.append(f"{100 * paired.mean:+.1f} ± {100 * paired.std:.1f} ({paired.t:+.1f})"
                                + (" *" if paired.significant and beyond_noise else ""))
-        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cell(runs, k) for k in keys) + f" | {control or '—'} | "
-                     + " | ".join(differences) + " |")
+        lines.append("| " + " | ".join([name, str(len(runs)), *(cell(runs, k) for k in keys), control or "—",
+                                        *differences]) + " |")
     return "\n".join(lines)
 
 

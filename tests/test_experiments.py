@@ -11,9 +11,19 @@ from test_benchmark_readers import make_cub
 
 from mpn_tutorial.__main__ import main
 from mpn_tutorial.checkpoints import load_checkpoint
-from mpn_tutorial.experiments import noise_band, paired_difference
+from mpn_tutorial.experiments import noise_band, paired_difference, paired_table
 
 TINY = ["--epochs", "2", "--batches-per-epoch", "3", "--embedding-dim", "16", "--no-progress", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("keys", [("test_share", "test_self_weight"), ("test_recall@1", "test_map@r", "test_share")])
+def test_every_row_of_a_paired_table_has_as_many_cells_as_its_header(keys):
+    runs = {name: [{"seed": seed, "test_recall@1": 0.5 + shift + seed / 100, "test_map@r": 0.2 + shift,
+                    "test_share": 0.3, "test_self_weight": 0.1} for seed in range(3)]
+            for name, shift in (("on", 0.01), ("off", 0.0))}
+    controls = {"on": "off"} if "test_recall@1" in keys else {}
+    rows = paired_table(runs, controls, keys=keys).splitlines()
+    assert len({row.count("|") for row in rows}) == 1, rows  # a markdown table renders only when they agree
 
 
 def test_a_paired_difference_matches_seeds_and_gives_mean_std_and_t():

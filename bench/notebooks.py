@@ -9,7 +9,8 @@ run store** (``MPN_TUTORIAL_RUNS`` points at a temporary folder, so every model 
 first run; ``--warm`` uses the project's ``data/runs`` instead). The executed copies are
 discarded (the committed notebooks are never written), unless ``--write`` asks to save each executed
 notebook in place: one pass then both times the sequence and refreshes the outputs nbval compares
-against (what ``make tutorial`` does, timed and from an empty run store).
+against (what ``make tutorial`` does, timed). ``--write`` uses the project's run store (``data/runs``),
+since the notebooks print where their runs are kept: delete that folder first to time from scratch.
 
 Prints the seconds per notebook, ``notebooks: total_minutes: X``, ``notebooks: reference_seconds: X``
 and ``notebooks: total_over_preset_runs: X`` (target <= 14: the sequence in at most fourteen preset
@@ -110,7 +111,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         reference = time_reference_run(Path(scratch))
         print(f"notebooks: reference_seconds: {reference:.1f}", flush=True)
-        if not args.warm:
+        if not (args.warm or args.write):  # written notebooks name the project's store, never a temporary one
             os.environ["MPN_TUTORIAL_RUNS"] = str(Path(scratch) / "runs")  # the kernels inherit it
         total = 0.0
         for path in notebooks:

@@ -251,9 +251,9 @@ def _commit() -> str:
         return "unknown"
 
 
-def table(section: dict[str, list[dict]], controls: dict[str, str], keys=("test_recall@1", "test_map@r"),
-          band: dict | None = None) -> list[str]:
-    return paired_table(section, controls, keys, band).split("\n")
+def against_backbone(section: dict[str, list[dict]]) -> dict[str, str]:
+    """Controls for a section derived per model ("MODEL: method"): every method against "MODEL: backbone"."""
+    return {name: f"{name.split(': ')[0]}: backbone" for name in section if not name.endswith(": backbone")}
 
 
 def write_report(path: Path, header: dict, sections: dict) -> str:
@@ -272,46 +272,43 @@ def write_report(path: Path, header: dict, sections: dict) -> str:
         "between messages-off configurations that compute the same function: "
         f"±{100 * band['test_recall@1']:.1f} points of R@1, ±{100 * band['test_map@r']:.1f} of MAP@R per seed.", "",
         "## Noise band: same function, other random draws", "",
-        *table(sections["noise_band"], {NOISE_GROUPS[0][1]: NOISE_GROUPS[0][0], NOISE_GROUPS[1][1]: NOISE_GROUPS[1][0]},
-               band=band),
+        paired_table(sections["noise_band"], {second: first for first, second in NOISE_GROUPS}, band=band),
         "", "## Messages on against off", "",
-        *table(sections["on_off"], {"published": "published, messages off",
+        paired_table(sections["on_off"], {"published": "published, messages off",
                                     "glyphs-attention": "glyphs-attention, messages off"},
                ("test_recall@1", "test_map@r", "test_share"), band),
         "", "## The oracle bound: attention given by the labels during training", "",
         "Oracle attention: a_ij = 1/n_c over the n_c samples of i's class in the batch, i itself included (each "
         "sample receives the mean of its class, through W_v and W_o, initialised as in glyphs-attention).", "",
-        *table(sections["oracle"], {"oracle attention, warm-up": "glyphs-attention, messages off",
+        paired_table(sections["oracle"], {"oracle attention, warm-up": "glyphs-attention, messages off",
                                     "oracle attention, no warm-up": "glyphs-attention, messages off"}, band=band),
         "", "## Decomposition: which part of the head carries the gain over cross-entropy", "",
-        *table(sections["decomposition"], {
+        paired_table(sections["decomposition"], {
             "+ BNNeck classifier on the normalised embedding": "cross-entropy alone",
             "+ input map": "+ BNNeck classifier on the normalised embedding",
             "+ feed-forward block (= MPN head, messages off)": "+ input map",
             "+ messages (= published MPN)": "+ feed-forward block (= MPN head, messages off)"}, band=band),
         "", "## Zero W_o instead of the warm-up switch", "",
-        *table(sections["zero_init_out"], {"zero W_o, messages from step 1": "glyphs-attention (warm-up switch)",
+        paired_table(sections["zero_init_out"], {"zero W_o, messages from step 1": "glyphs-attention (warm-up switch)",
                                            "glyphs-attention (warm-up switch)": "glyphs-attention, messages off"},
                ("test_recall@1", "test_map@r", "test_share"), band),
         "", f"## Test-time refinement over k-reciprocal neighbourhoods (k = {header['refine_k']}), against query "
         "expansion on the same neighbourhoods", "",
         f"alpha-QE: weights cos^{header['alpha']:g}. Controls: each model's backbone embedding.", "",
-        *table(sections["refinement"], {name: f"{name.split(': ')[0]}: backbone" for name in sections["refinement"]
-                                        if not name.endswith(": backbone")}),
+        paired_table(sections["refinement"], against_backbone(sections["refinement"])),
         "", f"## Batch context at inference: {header['episodes']} held-out episodes of 8 test classes × 6", "",
         "Within-episode retrieval (each sample against the other 47). Control: the backbone embedding.", "",
-        *table(sections["episodes"], {name: f"{name.split(': ')[0]}: backbone" for name in sections["episodes"]
-                                      if not name.endswith(": backbone")}),
+        paired_table(sections["episodes"], against_backbone(sections["episodes"])),
         "", "## Choosing the epoch on the test classes (the official release) against the validation classes", "",
-        *table(sections["test_selection"], {name: name.replace("on test", "on validation")
+        paired_table(sections["test_selection"], {name: name.replace("on test", "on validation")
                                             for name in sections["test_selection"] if name.endswith("on test")}),
         "", "## What the learned attention finds, against the backbone's own similarity", "",
         "Share: same-class share of the attention to other samples on 10 held-out test-class batches (chance "
         "0.106). Backbone-similarity share: softmax_j(beta cos(e_i, e_j)) of the same model's backbone embeddings, "
         "with beta set per batch to the learned attention's sharpness (equal mean row entropy). Self-weight: the "
         "mean a_ii (uniform 1/48 = 0.021).", "",
-        *table(sections["attention"], {}, ("test_recall@1", "test_share", "test_similarity_share", "test_self_weight",
-                                           "test_score_spread")),
+        paired_table(sections["attention"], {}, ("test_recall@1", "test_share", "test_similarity_share",
+                                                 "test_self_weight", "test_score_spread")),
         "",
     ]
     text = "\n".join(lines)

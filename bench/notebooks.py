@@ -29,6 +29,8 @@ from pathlib import Path
 
 from benchlib import REPO_ROOT, print_header, print_ratio
 
+from mpn_tutorial.atomic import write_atomically
+
 TARGET_PRESET_RUNS = 14
 
 
@@ -48,15 +50,6 @@ def execute(path: Path, working_dir: Path, timeout_s: int):
     start = time.perf_counter()
     executor.preprocess(notebook, {"metadata": {"path": str(working_dir)}})
     return time.perf_counter() - start, notebook
-
-
-def write_atomically(notebook, path: Path) -> None:
-    """Save an executed notebook over ``path`` (a temporary file renamed, so a stopped run leaves the old one)."""
-    import nbformat
-
-    temporary = path.with_name(f".{path.name}.partial")
-    nbformat.write(notebook, temporary)
-    os.replace(temporary, path)
 
 
 def trivial_notebook(folder: Path) -> Path:
@@ -90,6 +83,7 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true", help="use the project's run store instead of an empty one")
     parser.add_argument("--write", action="store_true", help="save each executed notebook in place (refresh outputs)")
     args = parser.parse_args()
+    import nbformat
 
     notebooks = numbered_notebooks(args.folder)
     print_header("executing the notebook sequence (nbconvert ExecutePreprocessor)", {
@@ -117,8 +111,9 @@ def main() -> None:
         for path in notebooks:
             seconds, executed = execute(path, args.folder, args.timeout)
             total += seconds
-            if args.write:
-                write_atomically(executed, path)
+            if args.write:  # a stopped run leaves the previous notebook, never half of one
+                text = nbformat.writes(executed).rstrip("\n") + "\n"  # as nbformat.write ends a file
+                write_atomically(path, lambda file, text=text: file.write(text.encode()))
             print(f"notebooks/{path.stem}: seconds: {seconds:.1f} ({seconds / reference:.1f} preset runs)", flush=True)
     print_ratio("notebooks", "total_minutes", total / 60)
     print_ratio("notebooks", "total_over_preset_runs", total / reference)

@@ -1,30 +1,37 @@
 """Command line: ``python -m mpn_tutorial COMMAND --help``.
 
 Commands: ``train``, ``compare`` (variants × seeds of a preset, the seed-paired table), ``evaluate``,
-``make-data glyphs``, ``fetch``.
+``make-data glyphs``, ``fetch``, ``answer-key``.
 
-Every argument is checked where it enters: a bad value ends the command with one line that says
-what was wrong and what would work, and exit status 2, never a stack trace. So do the problems of
-the input found later (missing data, a wrong checkpoint, diverging training, a folder holding
-another run). Problems of the machine are not usage errors: a full disk (the file, the free space,
-and that the earlier checkpoints are intact), a GPU out of memory (which flags lower it), a
-permission: one line, exit status 1. Anything else is a bug and shows its traceback (exit 1).
-``MPN_TUTORIAL_DEBUG=1`` shows the traceback of every error.
+The flags that change a run are not declared here: :func:`add_setting_flags` makes one flag per
+field of :class:`~mpn_tutorial.config.TrainConfig` from the field's declaration (its flag, help,
+range and type), and ``commands.py`` maps each flag back to its field by name.
+
+Exit statuses by cause. The package's own errors (``errors.MPNTutorialError``: a bad setting, a
+missing or foreign file, a folder holding another run, a diverging run) and argparse's are the
+user's to fix: one line that says what was wrong and what would work, exit status 2. A full disk or
+an out-of-memory error (CPU or GPU) is the machine's: one line that says what happened and what was
+kept, exit status 1; so is another operating-system error (a permission, a read-only folder).
+Anything else is a bug, whatever its type: its traceback and a line asking to report it, exit
+status 1. ``MPN_TUTORIAL_DEBUG=1`` shows the traceback of every error.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from mpn_tutorial import commands as run
 from mpn_tutorial.commands import VARIANTS, run_name, variant
+from mpn_tutorial.errors import MachineError, MPNTutorialError, UsageError
+from mpn_tutorial.settings import choices_of, describe_range, flag_of, kind_of, value_error
 
-__all__ = ["build_parser", "main", "run_name"]
-USAGE_ERROR = 2
+__all__ = ["add_setting_flags", "build_parser", "main", "run_name"]
+USAGE_ERROR, MACHINE_ERROR = 2, 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def whole_number(low: int, high: int | None = None):
-    """An argparse type: an integer from ``low`` (to ``high``)."""
+    """An argparse type: an integer from ``low`` (to ``high``), for the flags that are not settings."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -47,17 +54,6 @@ def whole_number(low: int, high: int | None = None):
         return value
     parse.__name__ = "whole number"
     return parse
-
-
-def positive_number(text: str) -> float:
-    """An argparse type: a finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
-    return value
 
 
 def existing_file(text: str) -> str:
@@ -73,59 +69,67 @@ def folder(text: str) -> str:
     return text
 
 
+def _parse_setting(field: dataclasses.Field):
+    """An argparse type for one value of ``field``: the text converted to the field's type, then
+    checked against the field's range (``settings.value_error``)."""
+    element, many, optional = kind_of(field)
 
-# --------------------------------------------------------------------------------------------
-# The parser
-# --------------------------------------------------------------------------------------------
+    def parse(text: str):
+        if optional and text.lower() == "none":
+            return None
+        try:
+            value = element(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {describe_range(field)}, got {text!r}") from None
+        path = field.metadata.get("path")
+        if path == "file" and not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"{text} is not an existing file")
+        if path == "folder":
+            folder(text)
+        if choices_of(field) is not None:
+            return value  # argparse checks the choices, and lists them
+        problem = value_error(field, value, element_only=True)  # a tuple's range applies to each element
+        if problem:
+            raise argparse.ArgumentTypeError("must be " + problem.split(" must be ", 1)[1])
+        return value
+
+    parse.__name__ = element.__name__
+    return parse
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags that change a preset (train's, and compare's for every variant)."""
-    from mpn_tutorial.config import BACKBONES, LOSSES
-    from mpn_tutorial.models import ATTENTION_MODES
+def add_setting_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per field of TrainConfig (or of the fields in ``only``), from the field's declaration:
+    ``--FLAG`` with the field's help, range and type, ``dest`` the field's name, default None (the
+    preset's value). A true/false field gets ``--FLAG`` / ``--no-FLAG``; a tuple field takes several values."""
+    from mpn_tutorial.config import TrainConfig
 
-    count, at_least_1 = whole_number(0), whole_number(1)
-    parser.add_argument("--loss", choices=LOSSES, help="default: the preset's (mpn)")
-    parser.add_argument("--data-root", type=folder, help="dataset folder (see data/README.md); default: the preset's")
-    parser.add_argument("--epochs", type=at_least_1)
-    parser.add_argument("--batches-per-epoch", type=at_least_1)
-    parser.add_argument("--lr", type=positive_number, help="learning rate")
-    parser.add_argument("--seed", type=count)
-    parser.add_argument("--layers", type=count, help="message-passing layers (0: the MPN head without them)")
-    parser.add_argument("--heads", type=at_least_1, help="attention heads (must divide the embedding dimension)")
-    parser.add_argument("--temperature", type=positive_number, help="of the cross-entropy on the logits")
-    parser.add_argument("--classes-per-batch", type=whole_number(2), help="P of a P×K batch")
-    parser.add_argument("--samples-per-class", type=whole_number(2), help="K of a P×K batch")
-    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--num-workers", type=count, help="data-loading processes")
-    parser.add_argument("--weights-path", type=existing_file, help="local ImageNet weights file for the ResNet")
-    parser.add_argument("--backbone", choices=BACKBONES, help="default: the preset's")
-    parser.add_argument("--image-size", type=whole_number(8), help="crop size (default: the preset's; glyphs 8-64)")
-    parser.add_argument("--embedding-dim", type=at_least_1)
-    parser.add_argument("--no-messages", action="store_true",
-                        help="the messages-off control: the same MPN head, but no sample receives anything from the "
-                        "others (TrainConfig.without_messages)")
-    parser.add_argument("--attention", choices=ATTENTION_MODES,
-                        help="learned (published) or oracle: attention given by the labels, uniform over the "
-                        "sample's class (a training-time bound)")
-    parser.add_argument("--mpn-input-scale", type=positive_number,
-                        help="multiply the MPN's normalised input by this (1 published; glyphs-attention: 2·sqrt(D))")
-    parser.add_argument("--identity-values", action="store_true", help="start the MPN's W_v and W_o as the identity")
-    parser.add_argument("--similarity-prior", action="store_true", help="start the MPN's W_q and W_k as the identity")
-    parser.add_argument("--zero-out", action="store_true",
-                        help="start W_o at zero: messages start at 0 and the gradient decides (no warm-up needed)")
-    parser.add_argument("--no-input-map", action="store_true", help="no Linear(D, D) before the MPN's layers")
-    parser.add_argument("--message-warmup-epochs", type=count,
-                        help="epochs trained with messages off before they start (glyphs-attention: 5)")
-    parser.add_argument("--no-pretrained", action="store_true", help="start the ResNet from random weights")
-    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing (less GPU memory)")
+    for field in dataclasses.fields(TrainConfig):
+        if only is not None and field.name not in only:
+            continue
+        element, many, optional = kind_of(field)
+        help_text = f"{field.metadata['help']} ({describe_range(field)}; default: the preset's)"
+        options: dict = dict(dest=field.name, default=None, help=help_text.replace("%", "%%"))
+        if element is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = _parse_setting(field)
+            choices = choices_of(field)
+            if choices is not None:
+                options["choices"], options["metavar"] = choices, "{" + ",".join(map(str, choices)) + "}"
+            if many:
+                options["nargs"] = "*" if field.default == () else "+"
+        parser.add_argument(f"--{flag_of(field)}", **options)
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """What train and compare take: every setting's flag, and the progress switch."""
+    add_setting_flags(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from mpn_tutorial.data.registry import DATASETS
     from mpn_tutorial.evaluation import REFINEMENTS
-    from mpn_tutorial.presets import PRESETS
 
     parser = _Parser(prog="python -m mpn_tutorial",
                      description="Deep metric learning with message passing over the mini-batch.")
@@ -135,8 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = subcommands.add_parser("train", help="train a preset (glyphs on CPU in minutes; benchmarks on GPUs)",
                                 description="Train a model; torchrun --nproc_per_node=K -m mpn_tutorial train ... "
                                 "trains on K GPUs with message passing over the global batch.")
-    train.add_argument("--preset", default="glyphs", choices=list(PRESETS))
-    _add_train_flags(train)
+    _add_run_flags(train)
     train.add_argument("--checkpoint-dir", type=folder,
                        help="default: runs/PRESET-LOSS[-CHANGED-FLAGS]-seedSEED, so different runs never share one")
     train.add_argument("--resume", action="store_true", help="continue the run in CHECKPOINT_DIR (same settings)")
@@ -151,14 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         "test R@1, MAP@R and the attention's same-class share, and the seed-paired difference to the first variant "
         "with its t. Flags after the variants apply to every variant. Example: compare --preset cub --data-root "
         "data --variants messages no-messages --seeds 0 1 2")
-    compare.add_argument("--preset", default="glyphs", choices=list(PRESETS))
     compare.add_argument("--variants", nargs="+", type=variant, metavar="VARIANT",
                          default=[variant("messages"), variant("no-messages")],
                          help=f"named flag sets: {', '.join(VARIANTS)}, or NAME='--flag value ...' with train "
                          "flags (default: messages no-messages; the first is the reference)")
     compare.add_argument("--seeds", nargs="+", type=count, default=[0, 1, 2], help="default: 0 1 2")
     compare.add_argument("--output", type=folder, help="default: runs/compare-PRESET")
-    _add_train_flags(compare)
+    _add_run_flags(compare)
     compare.set_defaults(handler=run.compare, train_flags=_train_flags)
 
     evaluate = subcommands.add_parser("evaluate", help="evaluate a checkpoint on its test classes (R@K, MAP@R, NMI)",
@@ -166,9 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "attention does on fixed validation- and test-class batches.")
     evaluate.add_argument("--checkpoint", required=True, type=existing_file,
                           help="a best.pt or last.pt written by train")
-    evaluate.add_argument("--preset", choices=list(PRESETS), help="refuse the checkpoint unless it has this preset")
-    evaluate.add_argument("--data-root", type=folder, help="override the dataset folder stored in the checkpoint")
-    evaluate.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    # --preset refuses a checkpoint of another preset; --data-root and --device override the checkpoint's
+    add_setting_flags(evaluate, only=("preset", "data_root", "device"))
     evaluate.add_argument("--no-nmi", action="store_true")
     evaluate.add_argument("--refine-k", type=count, default=0,
                           help="test-time refinement over k-reciprocal neighbourhoods (default 0 = off)")
@@ -180,8 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     make_data = subcommands.add_parser("make-data", help="generate the offline glyph dataset (cached under --root)")
     make_data.add_argument("name", choices=["glyphs"], help="dataset to generate")
     make_data.add_argument("--root", type=folder, default="data", help="data folder (default: data)")
-    make_data.add_argument("--seed", type=count, default=0)
-    make_data.add_argument("--image-size", type=whole_number(8, 64), default=32, help="pixels (8-64, default 32)")
+    add_setting_flags(make_data, only=("data_seed", "image_size"))  # default: the glyph preset's
     make_data.add_argument("--images-per-class", type=whole_number(2), default=48, help="at least 2 (default 48)")
     make_data.set_defaults(handler=run.make_data)
 
@@ -202,21 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _VariantParser(argparse.ArgumentParser):
-    """The train flags alone, for a compare variant's NAME=FLAGS; an error is raised, not printed."""
+    """The setting flags alone, for a compare variant's NAME=FLAGS; an error is raised, not printed."""
 
     def error(self, message: str):
-        raise ValueError(message)
+        raise UsageError(message)
 
 
 def _train_flags() -> argparse.ArgumentParser:
     parser = _VariantParser(prog="a compare variant", add_help=False)
-    _add_train_flags(parser)
+    add_setting_flags(parser)
     return parser
-
-# Errors that mean "the input was wrong" (exit 2): bad settings, missing or foreign files, a folder
-# holding another run, a diverging run (its learning rate). Errors of the machine (a full disk, a GPU
-# out of memory, a permission) exit 1 with one line; anything else is a bug: its traceback, exit 1.
-MACHINE_ERROR = 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,20 +226,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    except MPNTutorialError as error:  # the user's to fix: the message says how
         return _error_line(error, USAGE_ERROR)
-    except DiskFullError as error:
-        resume = " The last finished epoch's last.pt and best.pt are intact: --resume continues from them." \
-            if args.command in ("train", "compare") else ""
-        return _error_line(f"{error.strerror}.{resume}", MACHINE_ERROR, error)
+    except (MachineError, DiskFullError) as error:  # the machine's: what happened, and what was kept
+        return _error_line(error.strerror if isinstance(error, DiskFullError) else error, MACHINE_ERROR, error)
+    except MemoryError as error:  # outside a run's training loop (which says what it kept: commands.py)
+        return _error_line(f"the machine ran out of memory ({error or 'MemoryError'}); nothing was saved by this "
+                           "command", MACHINE_ERROR, error)
     except OSError as error:  # permission denied, a read-only folder, ...
         return _error_line(error, MACHINE_ERROR)
-    except Exception as error:
-        if type(error).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError (and the accelerators')
-            return _error_line("the GPU ran out of memory. Lower it with a smaller batch (--classes-per-batch), "
-                               "activation checkpointing (--checkpointing) or a smaller --image-size.",
-                               MACHINE_ERROR, error)
-        raise  # a bug: Python prints the traceback and exits with status 1
+    except Exception:  # a bug, whatever its type (a ValueError included)
+        traceback.print_exc()
+        print("error: this is a bug in mpn_tutorial, not a problem with your input: please report it with the "
+              "traceback above and the command you ran", file=sys.stderr)
+        return MACHINE_ERROR
 
 
 def _error_line(error, status: int, cause: BaseException | None = None) -> int:
@@ -258,4 +253,3 @@ def _error_line(error, status: int, cause: BaseException | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from mpn_tutorial.errors import MissingFileError, UsageError
+
 CHECK_CALL = re.compile(r'^check\("(\w+)"', re.MULTILINE)
 
 
@@ -26,7 +28,7 @@ def fill_in(notebook) -> str:
             exercise = found.group(1)
             code[index - 1].source += f"\n\nfrom mpn_tutorial.solutions import {exercise}  # the answer key's reference"
             return exercise
-    raise ValueError("this notebook has no exercise check (a cell calling check(\"...\"))")
+    raise UsageError("this notebook has no exercise check (a cell calling check(\"...\"))")
 
 
 def write_answer_key(notebooks: str | os.PathLike, output: str | os.PathLike, data: str | os.PathLike | None = None,
@@ -44,7 +46,7 @@ def write_answer_key(notebooks: str | os.PathLike, output: str | os.PathLike, da
     notebooks, output = Path(notebooks), Path(output)
     paths = sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))
     if not paths:
-        raise FileNotFoundError(f"no numbered notebooks (NN_*.ipynb) in {notebooks}")
+        raise MissingFileError(f"no numbered notebooks (NN_*.ipynb) in {notebooks}")
     output.mkdir(parents=True, exist_ok=True)
     data = Path(data) if data is not None else find_data_folder(notebooks)[0]
     previous = os.environ.get(DATA_VARIABLE)

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mpn_tutorial.errors import MPNTutorialError, UsageError
+
 
 class GlyphEncoder(nn.Module):
     """A small CNN for 32×32 one-channel glyphs, the CPU default.
@@ -39,7 +41,7 @@ class GlyphEncoder(nn.Module):
         return torch.amax(features, dim=(2, 3))  # global max pooling
 
 
-class WeightsUnavailableError(FileNotFoundError):
+class WeightsUnavailableError(MPNTutorialError, FileNotFoundError):
     """The ImageNet weights of a pretrained backbone are neither in a given file nor obtainable."""
 
 
@@ -70,7 +72,7 @@ class ResNetBackbone(nn.Module):
         import torchvision
 
         if name not in IMAGENET_WEIGHT_FILES:
-            raise ValueError(f"backbone must be one of {sorted(IMAGENET_WEIGHT_FILES)}, got {name!r}")
+            raise UsageError(f"backbone must be one of {sorted(IMAGENET_WEIGHT_FILES)}, got {name!r}")
         network = getattr(torchvision.models, name)(weights=None)
         if pretrained:
             network.load_state_dict(load_imagenet_weights(name, weights_path))

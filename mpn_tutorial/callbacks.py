@@ -110,8 +110,7 @@ class AttentionCapture(Callback):
 
     def attention(self, model: MetricLearningModel) -> np.ndarray:
         """The model's attention on the batch now: (num_layers, num_heads, N, N)."""
-        oracle = model.config.mpn_attention == "oracle"  # the oracle's attention is the labels'
-        return batch_attention(model, self.images, self.labels if oracle else None)
+        return batch_attention(model, self.images, self.labels)
 
     def on_train_start(self, state: TrainState) -> None:
         if state.epoch == 0:

@@ -25,13 +25,15 @@ import torch
 
 from mpn_tutorial.atomic import write_atomically
 from mpn_tutorial.config import TrainConfig, create_model
+from mpn_tutorial.errors import MissingFileError, UsageError
 from mpn_tutorial.models import MetricLearningModel
 
 # 2: the layers' attention and feed-forward parameters moved into their own modules; nested metrics.
-CHECKPOINT_FORMAT = 2
+# 3: messages off is an attention kind (mpn_attention "none"); the learning rate is scheduled per step.
+CHECKPOINT_FORMAT = 3
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A file is not a readable checkpoint of this package, or not one this run can use."""
 
 
@@ -54,7 +56,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """The one reader: a checkpoint written by :func:`save_checkpoint`, loaded safely (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFileError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # a damaged zip, a truncated file, a pickle of arbitrary objects, ...

@@ -4,9 +4,13 @@ flags and the exit statuses are in ``__main__.py``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import sys
 import time
 from pathlib import Path
+
+from mpn_tutorial.errors import UsageError
 
 
 def _format_metrics(values: dict[str, float]) -> str:
@@ -28,13 +32,18 @@ def _format_metrics(values: dict[str, float]) -> str:
 def make_data(args: argparse.Namespace) -> int:
     from mpn_tutorial.data.glyphs import cache_path, load_glyphs
     from mpn_tutorial.data.splits import split_classes
+    from mpn_tutorial.presets import GLYPHS
 
-    path = cache_path(args.root, args.seed, args.image_size, args.images_per_class)
+    seed = GLYPHS.data_seed if args.data_seed is None else args.data_seed
+    image_size = GLYPHS.image_size if args.image_size is None else args.image_size
+    if image_size > 64:
+        raise UsageError(f"--image-size must be at most 64 for the glyphs (rendered at 64 px), got {image_size}")
+    path = cache_path(args.root, seed, image_size, args.images_per_class)
     existed = path.exists()
     start = time.perf_counter()
-    arrays = load_glyphs(args.root, args.seed, args.image_size, args.images_per_class)
+    arrays = load_glyphs(args.root, seed, image_size, args.images_per_class)
     seconds = time.perf_counter() - start
-    split = split_classes(len(arrays["codepoints"]), args.seed)
+    split = split_classes(len(arrays["codepoints"]), seed)
     verb = "found" if existed else f"generated in {seconds:.1f} s:"
     counts = ", ".join(f"{name} {int((split == i).sum())}" for i, name in enumerate(("train", "val", "test")))
     print(f"glyphs {verb} {path} — {len(arrays['images'])} images of {len(split)} classes ({counts} classes)")
@@ -45,55 +54,20 @@ def make_data(args: argparse.Namespace) -> int:
 # train
 # --------------------------------------------------------------------------------------------
 
-# flag -> TrainConfig field, for the flags that set one field to their value
-_TRAIN_OVERRIDES = {
-    "loss": "loss",
-    "data_root": "data_root",
-    "epochs": "epochs",
-    "batches_per_epoch": "batches_per_epoch",
-    "lr": "lr",
-    "seed": "seed",
-    "layers": "mpn_layers",
-    "heads": "mpn_heads",
-    "temperature": "temperature",
-    "classes_per_batch": "classes_per_batch",
-    "samples_per_class": "samples_per_class",
-    "device": "device",
-    "num_workers": "num_workers",
-    "weights_path": "weights_path",
-    "image_size": "image_size",
-    "backbone": "backbone",
-    "embedding_dim": "embedding_dim",
-    "mpn_input_scale": "mpn_input_scale",
-    "message_warmup_epochs": "message_warmup_epochs",
-    "attention": "mpn_attention",
-}
-# switch -> the fields it sets
-_TRAIN_SWITCHES = {
-    "no_messages": {"mpn_pass_messages": False, "message_warmup_epochs": 0},  # TrainConfig.without_messages()
-    "no_pretrained": {"pretrained": False},
-    "identity_values": {"mpn_identity_values": True},
-    "similarity_prior": {"mpn_similarity_prior": True},
-    "zero_out": {"mpn_zero_out": True},
-    "no_input_map": {"mpn_input_map": False},
-    "checkpointing": {"checkpointing": True},
-}
+def _changes(args: argparse.Namespace) -> dict:
+    """``{field: value}`` for every setting flag given (each flag's ``dest`` is its field's name)."""
+    from mpn_tutorial.config import TrainConfig
 
-
-def _changes(args: argparse.Namespace) -> dict[str, dict]:
-    """{flag: {field: value}} for every train flag given (value flags and switches)."""
-    changes = {flag: {field: getattr(args, flag)} for flag, field in _TRAIN_OVERRIDES.items()
-               if getattr(args, flag, None) is not None}
-    changes.update({flag: dict(fields) for flag, fields in _TRAIN_SWITCHES.items() if getattr(args, flag, False)})
-    return changes
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.name != "preset" and getattr(args, f.name, None) is not None}
 
 
 def _config(args: argparse.Namespace):
-    """The preset changed by the flags, validated; and the flags that changed it."""
+    """The preset changed by the flags, validated; and the fields the flags set."""
     from mpn_tutorial.presets import get_preset
 
     changes = _changes(args)
-    config = get_preset(args.preset, **{field: value for fields in changes.values() for field, value in fields.items()})
+    config = get_preset(args.preset or "glyphs", **changes)
     config.validate()
     return config, changes
 
@@ -103,27 +77,25 @@ def run_name(config, changes: dict) -> str:
 
     ``runs/glyphs-mpn-seed0``; ``runs/glyphs-mpn-lr0.1-seed0`` after ``--lr 0.1``. Loss and seed have
     their own places; a flag is left out when it changes nothing, or only where or how fast the run
-    computes, or names a file (``TrainConfig.names_run``). ``changes``: ``{flag: {field: value}}``, or
-    ``{flag: value}`` for a flag that sets its one field.
+    computes, or names a file (``config.names_run``). ``changes``: ``{field: value}``.
     """
-    from mpn_tutorial.config import names_run
+    from mpn_tutorial.config import TrainConfig, names_run
     from mpn_tutorial.presets import get_preset
+    from mpn_tutorial.settings import flag_of
 
     preset = get_preset(config.preset)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     parts = [config.preset, config.loss]
-    for flag, fields in sorted(changes.items()):
-        if not isinstance(fields, dict):
-            fields = _TRAIN_SWITCHES[flag] if flag in _TRAIN_SWITCHES else {_TRAIN_OVERRIDES.get(flag, flag): fields}
-        named = {field: value for field, value in fields.items()
-                 if field not in ("loss", "seed") and names_run(field) and getattr(preset, field, None) != value}
-        if not named:
+    for name, value in sorted(changes.items(), key=lambda item: flag_of(fields[item[0]])):
+        if name in ("loss", "seed") or not names_run(name) or getattr(preset, name) == value:
             continue
-        value = next(iter(fields.values())) if flag in _TRAIN_OVERRIDES else True
+        flag = flag_of(fields[name])
         if isinstance(value, bool):
-            text = "" if value else "off"
+            parts.append(flag if value else f"no-{flag}")
+        elif isinstance(value, tuple):
+            parts.append(flag + "-".join(map(str, value)))
         else:
-            text = f"{value:g}" if isinstance(value, float) else str(value)
-        parts.append(f"{flag.replace('_', '-')}{text}")
+            parts.append(flag + (f"{value:g}" if isinstance(value, float) else str(value)))
     return "-".join(parts + [f"seed{config.seed}"])
 
 
@@ -148,9 +120,10 @@ def train_command(args: argparse.Namespace) -> int:
         what = "continuing" if args.resume and (checkpoint_dir / "last.pt").exists() else "training"
         print(f"{what} {name}: {config.epochs} epochs, checkpoints in {checkpoint_dir}")
     try:
-        result = train(config, callbacks=callbacks, checkpoint_dir=checkpoint_dir, resume=args.resume,
-                       progress=not args.no_progress, compute_nmi=not args.no_nmi, distributed=distributed,
-                       overwrite=args.overwrite)
+        with _machine_errors(checkpoint_dir):
+            result = train(config, callbacks=callbacks, checkpoint_dir=checkpoint_dir, resume=args.resume,
+                           progress=not args.no_progress, compute_nmi=not args.no_nmi, distributed=distributed,
+                           overwrite=args.overwrite)
     finally:
         if distributed is not None:
             distributed.close()
@@ -160,6 +133,40 @@ def train_command(args: argparse.Namespace) -> int:
         print(f"test  {_format_metrics(result.test_metrics)}")
         print(f"saved in {checkpoint_dir}: best.pt, last.pt, metrics.csv")
     return 0
+
+
+def kept(folder: Path) -> str:
+    """What a run folder holds now, in words: the checkpoint a ``--resume`` would continue from, or nothing."""
+    from mpn_tutorial.checkpoints import CheckpointError, load_checkpoint
+
+    last = folder / "last.pt"
+    if not last.exists():
+        return f"no epoch of this run had finished, so nothing of it is saved in {folder}"
+    try:
+        epoch = load_checkpoint(last)["epoch"]
+    except CheckpointError:
+        return f"{last} is not readable; train the run again"
+    return f"{last} holds epoch {epoch} and is intact: run the same command with --resume to continue from it"
+
+
+@contextlib.contextmanager
+def _machine_errors(folder: Path):
+    """Turn the machine's errors during a run into one line that says what happened and what was kept."""
+    import torch
+
+    from mpn_tutorial.atomic import DiskFullError
+    from mpn_tutorial.errors import MachineError
+
+    try:
+        yield
+    except DiskFullError as error:
+        raise MachineError(f"{error.strerror}. {kept(folder)}.") from error
+    except (MemoryError, torch.cuda.OutOfMemoryError) as error:
+        where = "the GPU" if isinstance(error, torch.cuda.OutOfMemoryError) else "the machine (CPU memory)"
+        raise MachineError(
+            f"{where} ran out of memory. {kept(folder)}. Lower the memory a step needs with a smaller batch "
+            "(--classes-per-batch), activation checkpointing (--checkpointing) or a smaller --image-size."
+        ) from error
 
 
 def _loggers(folder: Path) -> list:
@@ -178,7 +185,8 @@ def _loggers(folder: Path) -> list:
 # --------------------------------------------------------------------------------------------
 
 # named flag sets; NAME=FLAGS on the command line defines others
-VARIANTS = {"messages": "", "no-messages": "--no-messages", "oracle": "--attention oracle"}
+VARIANTS = {"messages": "", "no-messages": "--attention none --message-warmup-epochs 0",
+            "oracle": "--attention oracle"}
 
 
 def variant(text: str) -> tuple[str, str]:
@@ -205,27 +213,29 @@ def compare(args: argparse.Namespace) -> int:
 
     names = [name for name, _ in args.variants]
     if len(set(names)) != len(names):
-        raise ValueError(f"variant names must differ, got {names}")
+        raise UsageError(f"variant names must differ, got {names}")
     configs, flags = {}, {}
     for name, text in args.variants:
         namespace = copy.copy(args)
         try:
             args.train_flags().parse_args(shlex.split(text), namespace=namespace)
         except ValueError as error:
-            raise ValueError(f"variant {name}: {text!r} is not a set of train flags ({error}; see train --help)") \
+            raise UsageError(f"variant {name}: {text!r} is not a set of train flags ({error}; see train --help)") \
                 from None
         configs[name], _ = _config(namespace)
         flags[name] = text
     if dist_module.from_environment(configs[names[0]]) is not None:
-        raise ValueError("compare trains its runs one after another in one process; run it without torchrun")
+        raise UsageError("compare trains its runs one after another in one process; run it without torchrun")
+    args.preset = args.preset or "glyphs"
     output = Path(args.output) if args.output else Path("runs") / f"compare-{args.preset}"
     start = time.perf_counter()
 
     def run(name, config):
         folder = output / f"{name}-seed{config.seed}"
         print(f"== {name}, seed {config.seed} -> {folder}", flush=True)
-        result = train(config, callbacks=_loggers(folder), checkpoint_dir=folder, resume=True,
-                       progress=not args.no_progress, compute_nmi=False)
+        with _machine_errors(folder):
+            result = train(config, callbacks=_loggers(folder), checkpoint_dir=folder, resume=True,
+                           progress=not args.no_progress, compute_nmi=False)
         return {**measure(result), "folder": str(folder)}
 
     def report(name, measured):
@@ -271,7 +281,7 @@ def evaluate(args: argparse.Namespace) -> int:
             f"checkpoint {args.checkpoint} was trained with preset {config.preset!r}, not {args.preset!r}"
         )
     if args.refine_k and args.refine_method.startswith("mpn") and model.mpn is None:
-        raise ValueError(f"--refine-k with --refine-method {args.refine_method} needs a model trained with message "
+        raise UsageError(f"--refine-k with --refine-method {args.refine_method} needs a model trained with message "
                          f"passing; {args.checkpoint} has loss {config.loss!r} (--refine-method mean works for any)")
     if args.data_root is not None:
         config = config.replace(data_root=args.data_root)
@@ -282,7 +292,7 @@ def evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_on_test(model, datasets, config.dataset, compute_nmi=not args.no_nmi, refine_k=args.refine_k,
                                refine_method=args.refine_method, batch_size=config.eval_batch_size, seed=config.seed)
     print(f"{config.preset} test classes ({metrics['queries']} queries): {_format_metrics(metrics)}")
-    if model.mpn is not None and model.mpn.layers:
+    if model.has_attention:
         chance = (config.samples_per_class - 1) / (config.classes_per_batch * config.samples_per_class - 1)
         for split, dataset, count in (("validation", datasets.val, config.attention_batches or 4),
                                       ("test", datasets.evaluation, SHARE_BATCHES)):

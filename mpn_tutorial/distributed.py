@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mpn_tutorial.errors import UsageError
+
 
 class _GatherWithGradients(torch.autograd.Function):
     """All-gather along dim 0; backward: sum the gradients of all ranks, return this rank's slice."""
@@ -70,7 +72,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
-            raise ValueError(f"expected at least 2-D input (N, C, ...), got {input.dim()}-D")
+            raise UsageError(f"expected at least 2-D input (N, C, ...), got {input.dim()}-D")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         synced = self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -126,7 +128,7 @@ class ShardedBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def __init__(self, sampler, rank: int, world_size: int) -> None:
         if sampler.batch_size % world_size != 0:
-            raise ValueError(
+            raise UsageError(
                 f"the global batch of {sampler.batch_size} samples cannot be split evenly over {world_size} "
                 "processes; choose classes_per_batch * samples_per_class divisible by the number of GPUs"
             )

@@ -19,7 +19,8 @@ import torch
 
 from mpn_tutorial import metrics
 from mpn_tutorial.data.build import Datasets, iterate_batches, sample_batch
-from mpn_tutorial.models import MetricLearningModel
+from mpn_tutorial.errors import UsageError
+from mpn_tutorial.models import MetricLearningModel, SimilarityAttention
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -55,9 +56,9 @@ def reciprocal_neighbourhoods(embeddings: torch.Tensor, k: int) -> list[torch.Te
     """Per sample i: ``[i, its k-reciprocal neighbours...]``, the samples among its k nearest that also
     have i among theirs (or its nearest neighbour when none is mutual). embeddings (N, D)."""
     if k < 1:
-        raise ValueError(f"refinement needs k >= 1 neighbours, got {k}")
+        raise UsageError(f"refinement needs k >= 1 neighbours, got {k}")
     if len(embeddings) < 2:
-        raise ValueError("test-time refinement needs at least 2 embeddings")
+        raise UsageError("test-time refinement needs at least 2 embeddings")
     neighbours = metrics.nearest_neighbours(embeddings.cpu(), min(k, len(embeddings) - 1))
     groups = []
     for i in range(len(embeddings)):
@@ -75,7 +76,7 @@ def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tenso
 
     - ``"mpn"`` (the paper's "pseudo-test" variant): the trained MPN (eval mode, messages on) passes
       messages over each sample's neighbourhood; the sample's output replaces its embedding (D' is the
-      MPN's output size). A model trained without messages gets attention it never trained.
+      MPN's output size). For the messages-off control this is the same as the next one.
     - ``"mpn_without_messages"``: the MPN applied to each sample alone, messages off: the change of
       feature space alone, the neighbourhood unused (a control for ``"mpn"``).
     - ``"mean"``: average query expansion, the plain mean of the neighbourhood (self included).
@@ -85,19 +86,19 @@ def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tenso
     The last two are non-learned baselines on the same neighbourhoods (``model`` may be None).
     """
     if method not in REFINEMENTS:
-        raise ValueError(f"method must be one of {', '.join(REFINEMENTS)}, got {method!r}")
+        raise UsageError(f"method must be one of {', '.join(REFINEMENTS)}, got {method!r}")
     if method.startswith("mpn") and (model is None or model.mpn is None):
-        raise ValueError("test-time refinement by the MPN needs a model trained with message passing (loss='mpn')")
+        raise UsageError("test-time refinement by the MPN needs a model trained with message passing (loss='mpn')")
     embeddings = torch.nn.functional.normalize(embeddings.float(), dim=1)
     if method == "mpn_without_messages":
-        return torch.nn.functional.normalize(_run_mpn(model, embeddings, messages=False), dim=1)
+        return torch.nn.functional.normalize(run_mpn(model, embeddings, messages=False), dim=1)
     groups = reciprocal_neighbourhoods(embeddings, k)
     refined = [None] * len(groups)
     for size in sorted({len(group) for group in groups}):  # neighbourhoods of one size: one batch of graphs
         which = [i for i, group in enumerate(groups) if len(group) == size]
         members = embeddings[torch.stack([groups[i] for i in which]).to(embeddings.device)]  # (B, size, D)
         if method == "mpn":
-            outputs = _run_mpn(model, members, messages=True)[:, 0]  # each sample's own output
+            outputs = run_mpn(model, members, messages=True)[:, 0]  # each sample's own output
         else:
             weights = torch.ones(members.shape[:2], device=embeddings.device)
             if method == "similarity_weighted":
@@ -108,16 +109,39 @@ def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tenso
     return torch.nn.functional.normalize(torch.stack(refined), dim=1)
 
 
-def _run_mpn(model: MetricLearningModel, embeddings: torch.Tensor, messages: bool) -> torch.Tensor:
-    """The model's MPN in eval mode on normalised embeddings, with messages on or off (then restored)."""
-    was_training, passing = model.mpn.training, [layer.pass_messages for layer in model.mpn.layers]
+@torch.no_grad()
+def run_mpn(model: MetricLearningModel, embeddings: torch.Tensor, messages: bool = True) -> torch.Tensor:
+    """The model's MPN in eval mode on normalised embeddings (N, D) or (B, N, D), with messages on or
+    off (``MessagePassingNetwork.set_pass_messages``; the model is left as it was)."""
+    was_training, passing = model.mpn.training, model.mpn.passes_messages
     model.mpn.eval()
     model.mpn.set_pass_messages(messages)
     try:
         return model.mpn(embeddings)
     finally:
-        for layer, passed in zip(model.mpn.layers, passing):
-            layer.pass_messages = passed
+        model.mpn.set_pass_messages(passing)
+        model.mpn.train(was_training)
+
+
+@torch.no_grad()
+def similarity_twin(model: MetricLearningModel, embeddings: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """The trained MPN on one batch of normalised embeddings (N, D), with every layer's learned attention
+    replaced by the backbone's own similarity, a_ij = softmax_j(sharpness · cos(e_i, e_j)), through the
+    layer's trained W_v and W_o: (N, out_dim). The non-learned twin of the learned attention (test time)."""
+    normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    was_training, trained = model.mpn.training, [layer.attention for layer in model.mpn.layers]
+    model.mpn.eval()
+    try:
+        for layer, attention in zip(model.mpn.layers, trained):
+            with torch.random.fork_rng(devices=[]):  # building the twin draws maps it then replaces
+                twin = SimilarityAttention(layer.dim, layer.num_heads, 0.0, sharpness=sharpness)
+            twin.v_proj, twin.out_proj = attention.v_proj, attention.out_proj
+            twin.similarity = normalised @ normalised.T
+            layer.attention = twin.eval()
+        return model.mpn(normalised)
+    finally:
+        for layer, attention in zip(model.mpn.layers, trained):
+            layer.attention = attention
         model.mpn.train(was_training)
 
 
@@ -171,16 +195,23 @@ def evaluate_on_test(
 
 
 @torch.no_grad()
-def batch_attention(model: MetricLearningModel, images: torch.Tensor, labels: torch.Tensor | None = None) -> np.ndarray:
-    """The MPN's attention on one batch, in eval mode (no dropout): (num_layers, num_heads, N, N),
-    where ``[l, h, i, j]`` is the weight sample i gives to sample j in head h of layer l (``labels``:
-    for oracle attention only)."""
-    was_training = model.training
+def batch_attention(model: MetricLearningModel, images: torch.Tensor, labels) -> np.ndarray:
+    """The MPN's attention on one batch of images and their labels (N,), in eval mode (no dropout):
+    (num_layers, num_heads, N, N), where ``[l, h, i, j]`` is the weight sample i gives to sample j in
+    head h of layer l (the labels reach the oracle control only). During a message warm-up: the
+    weights the layers compute once the messages are on."""
+    if not model.has_attention:
+        raise UsageError("this model passes no messages (attention 'none'): it has no attention to show")
+    was_training, passing = model.training, model.mpn.passes_messages
     model.eval()
-    embeddings = model.embed(images.to(_device_of(model)))
-    labels = None if labels is None else torch.as_tensor(labels).to(embeddings.device)
-    attention = model.message_passing(embeddings, return_attention=True, labels=labels).attention
-    model.train(was_training)
+    model.mpn.set_pass_messages(True)
+    try:
+        embeddings = model.embed(images.to(_device_of(model)))
+        model.provide_labels(torch.as_tensor(labels).to(embeddings.device))
+        attention = model.classify(embeddings, return_attention=True).attention
+    finally:
+        model.mpn.set_pass_messages(passing)
+        model.train(was_training)
     return torch.stack(attention).float().cpu().numpy()
 
 
@@ -208,25 +239,25 @@ def attention_diagnostics(model: MetricLearningModel, batches) -> dict[str, floa
       sharp (the same mean entropy) as the learned attention's: how much of the class the learned
       attention finds beyond what the embedding's similarity already gives.
 
-    Oracle attention is measured with the batch's labels (its share is 1 by construction).
+    The controls' fixed patterns (oracle, uniform) get share and self-weight only.
     """
-    oracle = model.config.mpn_attention == "oracle"
+    learned = model.config.mpn_attention == "learned"
     shares, self_weights, spreads, references = [], [], [], []
     was_training = model.training
     model.eval()
     for images, labels in batches:
-        attention = batch_attention(model, images, labels if oracle else None)  # (L, H, N, N)
+        attention = batch_attention(model, images, labels)  # (L, H, N, N)
         labels = np.asarray(labels)
         shares.append(metrics.same_class_attention_share(attention, labels))
         self_weights.append(np.diagonal(attention, axis1=-2, axis2=-1).mean())
-        if not oracle:
+        if learned:
             spreads.append(np.log(np.maximum(attention, 1e-38)).std(axis=-1).mean())
             embeddings = model.retrieval_embeddings(images.to(_device_of(model))).float().cpu().numpy()
             references.append(similarity_attention_share(embeddings, labels, _row_entropy(attention).mean()))
     model.train(was_training)
     per_head = np.mean(shares, axis=0)  # (L, H)
     result = {"share": float(per_head.mean()), "self_weight": float(np.mean(self_weights))}
-    if not oracle:
+    if learned:
         result.update(score_spread=float(np.mean(spreads)), similarity_share=float(np.mean(references)))
     result.update({f"share_layer{layer + 1}_head{head + 1}": float(per_head[layer, head])
                    for layer in range(per_head.shape[0]) for head in range(per_head.shape[1])})

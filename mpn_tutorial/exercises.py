@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mpn_tutorial.errors import UsageError
 from mpn_tutorial.losses import pair_masks, pairwise_distances
 
 
@@ -224,7 +225,7 @@ EXERCISES: dict[str, Exercise] = {
 def check(exercise: str, answer, *inputs) -> Feedback:
     """Check a learner's answer to ``exercise`` (a value, or a function called with ``inputs``)."""
     if exercise not in EXERCISES:
-        raise ValueError(f"unknown exercise {exercise!r}; the exercises are {', '.join(EXERCISES)}")
+        raise UsageError(f"unknown exercise {exercise!r}; the exercises are {', '.join(EXERCISES)}")
     entry = EXERCISES[exercise]
     try:
         message = entry.check(answer, *inputs)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import build_datasets
+from mpn_tutorial.errors import UsageError
 from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches
 from mpn_tutorial.training import TrainResult
 
@@ -42,7 +43,7 @@ def measure(result: TrainResult, test_dataset=None, share_batches: int = SHARE_B
                 "train_seconds": round(result.seconds, 1)}
     measured.update({f"test_{name}": value for name, value in result.test_metrics.items()
                      if isinstance(value, float)})
-    if model.mpn is not None and model.mpn.layers and share_batches:
+    if model.has_attention and share_batches:
         test = build_datasets(config).evaluation if test_dataset is None else test_dataset
         batches = diagnostic_batches(test, share_batches, config.classes_per_batch, config.samples_per_class)
         measured.update({f"test_{key}": value for key, value in attention_diagnostics(model, batches).items()
@@ -89,7 +90,7 @@ def paired_difference(runs: list[dict], reference: list[dict], key: str) -> Pair
     by_seed = {run["seed"]: run[key] for run in reference if key in run}
     differences = tuple(run[key] - by_seed[run["seed"]] for run in runs if key in run and run["seed"] in by_seed)
     if not differences:
-        raise ValueError(f"no seed has {key!r} in both lists")
+        raise UsageError(f"no seed has {key!r} in both lists")
     mean = statistics.fmean(differences)
     std = statistics.stdev(differences) if len(differences) > 1 else 0.0
     if std > 1e-9:
@@ -109,7 +110,7 @@ def noise_band(groups: Sequence[Sequence[list[dict]]], key: str) -> float:
             for second in range(first + 1, len(group)):
                 differences += paired_difference(group[first], group[second], key).differences
     if len(differences) < 2:
-        raise ValueError("the noise band needs at least two paired differences")
+        raise UsageError("the noise band needs at least two paired differences")
     # the differences of same-function pairs have mean 0 in expectation: their spread is the root mean square
     return math.sqrt(statistics.fmean(d * d for d in differences))
 

@@ -14,14 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpn_tutorial.errors import UsageError
+
 MINING_STRATEGIES = ("all", "hard", "semihard")
 
 
 def _check_inputs(embeddings: torch.Tensor, labels: torch.Tensor, what: str) -> None:
     if embeddings.dim() != 2:
-        raise ValueError(f"{what} expects embeddings of shape (N, D), got {tuple(embeddings.shape)}")
+        raise UsageError(f"{what} expects embeddings of shape (N, D), got {tuple(embeddings.shape)}")
     if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
-        raise ValueError(
+        raise UsageError(
             f"{what}: labels must have shape ({embeddings.shape[0]},) to match the embeddings, "
             f"got {tuple(labels.shape)}"
         )
@@ -96,7 +98,7 @@ class TripletLoss(nn.Module):
     def __init__(self, margin: float = 0.2, mining: str = "hard") -> None:
         super().__init__()
         if mining not in MINING_STRATEGIES:
-            raise ValueError(f"mining must be one of {MINING_STRATEGIES}, got {mining!r}")
+            raise UsageError(f"mining must be one of {MINING_STRATEGIES}, got {mining!r}")
         self.margin = margin
         self.mining = mining
 
@@ -148,16 +150,16 @@ class SmoothedCrossEntropy(nn.Module):
     def __init__(self, eps: float = 0.1, temperature: float = 1.0) -> None:
         super().__init__()
         if not 0 <= eps < 1:
-            raise ValueError(f"eps must be in [0, 1), got {eps}")
+            raise UsageError(f"eps must be in [0, 1), got {eps}")
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise UsageError(f"temperature must be positive, got {temperature}")
         self.eps = eps
         self.temperature = temperature
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         _check_inputs(logits, labels, "SmoothedCrossEntropy")
         if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[1]):
-            raise ValueError(
+            raise UsageError(
                 f"SmoothedCrossEntropy: labels must lie in 0..{logits.shape[1] - 1} (the classifier has "
                 f"{logits.shape[1]} classes), got {int(labels.min())}..{int(labels.max())}"
             )
@@ -173,45 +175,35 @@ class MessagePassingObjective(nn.Module):
 
     where ``z_b`` are the backbone classifier's logits (on the embedding), ``z_m`` the MPN's (on
     the embeddings after message passing over the batch), ``T`` the temperature, ``eps`` the label
-    smoothing (0.1 published) and ``w_b = w_m = 1`` as published. The temperature lives here only:
-    the model returns raw logits. Without MPN logits (``mpn_logits=None``) only the first term
-    remains: plain cross-entropy training.
+    smoothing (0.1 published) and ``w_b = w_m = 1`` as published. The parameters have the names of
+    the run's settings (``TrainConfig``); temperature and smoothing have no default, because each
+    preset sets its own. The model returns raw logits: the temperature lives here only.
 
     ``forward(...)`` returns L; ``terms(...)`` the two unweighted terms and ``combine(terms)`` their
     weighted sum, for a caller that also logs the terms.
     """
 
-    def __init__(
-        self, temperature: float = 1.0, label_smoothing: float = 0.1, backbone_weight: float = 1.0,
-        mpn_weight: float = 1.0,
-    ) -> None:
+    def __init__(self, temperature: float, label_smoothing: float, backbone_loss_weight: float = 1.0,
+                 mpn_loss_weight: float = 1.0) -> None:
         super().__init__()
-        if backbone_weight < 0 or mpn_weight < 0 or backbone_weight + mpn_weight == 0:
-            raise ValueError(
-                f"loss weights must be non-negative and not both zero, got backbone_weight={backbone_weight}, "
-                f"mpn_weight={mpn_weight}"
+        if backbone_loss_weight < 0 or mpn_loss_weight < 0 or backbone_loss_weight + mpn_loss_weight == 0:
+            raise UsageError(
+                "loss weights must be non-negative and not both zero, got "
+                f"backbone_loss_weight={backbone_loss_weight}, mpn_loss_weight={mpn_loss_weight}"
             )
         self.cross_entropy = SmoothedCrossEntropy(eps=label_smoothing, temperature=temperature)
-        self.backbone_weight = backbone_weight
-        self.mpn_weight = mpn_weight
+        self.backbone_loss_weight = backbone_loss_weight
+        self.mpn_loss_weight = mpn_loss_weight
 
-    def terms(
-        self, backbone_logits: torch.Tensor, mpn_logits: torch.Tensor | None, labels: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """``{"backbone_ce": ..., "mpn_ce": ...}`` (the second only with MPN logits), unweighted."""
-        terms = {"backbone_ce": self.cross_entropy(backbone_logits.float(), labels)}
-        if mpn_logits is not None:
-            terms["mpn_ce"] = self.cross_entropy(mpn_logits.float(), labels)
-        return terms
+    def terms(self, backbone_logits: torch.Tensor, mpn_logits: torch.Tensor,
+              labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"backbone_ce": ..., "mpn_ce": ...}``, unweighted."""
+        return {"backbone_ce": self.cross_entropy(backbone_logits.float(), labels),
+                "mpn_ce": self.cross_entropy(mpn_logits.float(), labels)}
 
     def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of :meth:`terms`."""
-        total = self.backbone_weight * terms["backbone_ce"]
-        if "mpn_ce" in terms:
-            total = total + self.mpn_weight * terms["mpn_ce"]
-        return total
+        return self.backbone_loss_weight * terms["backbone_ce"] + self.mpn_loss_weight * terms["mpn_ce"]
 
-    def forward(
-        self, backbone_logits: torch.Tensor, mpn_logits: torch.Tensor | None, labels: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, backbone_logits: torch.Tensor, mpn_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.combine(self.terms(backbone_logits, mpn_logits, labels))

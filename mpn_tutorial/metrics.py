@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mpn_tutorial.errors import UsageError
+
 BLOCK_SIZE = 4096
 
 
@@ -57,14 +59,14 @@ def _prepare(embeddings, labels, name: str, normalize: bool) -> tuple[torch.Tens
     embeddings = _as_tensor(embeddings, torch.float32)
     labels = _as_tensor(labels, torch.int64)
     if embeddings.dim() != 2:
-        raise ValueError(f"{name} must have shape (N, D), got {tuple(embeddings.shape)}")
+        raise UsageError(f"{name} must have shape (N, D), got {tuple(embeddings.shape)}")
     if labels.dim() != 1 or len(labels) != len(embeddings):
-        raise ValueError(
+        raise UsageError(
             f"{name} labels must have shape ({len(embeddings)},) to match the embeddings, "
             f"got {tuple(labels.shape)}"
         )
     if not torch.isfinite(embeddings).all():
-        raise ValueError(f"{name} contain NaN or infinite values; check the model that produced them")
+        raise UsageError(f"{name} contain NaN or infinite values; check the model that produced them")
     if normalize:
         embeddings = F.normalize(embeddings, dim=1)
     return embeddings.contiguous(), labels
@@ -162,17 +164,17 @@ def retrieval_metrics(
     """
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
+        raise UsageError(f"ks must be positive integers, got {ks}")
     leave_one_out = gallery is None
     if leave_one_out != (gallery_labels is None):
-        raise ValueError("pass both gallery= and gallery_labels=, or neither (leave-one-out)")
+        raise UsageError("pass both gallery= and gallery_labels=, or neither (leave-one-out)")
     queries, query_labels = _prepare(embeddings, labels, "embeddings", normalize)
     if leave_one_out:
         gallery, gallery_labels = queries, query_labels
     else:
         gallery, gallery_labels = _prepare(gallery, gallery_labels, "gallery", normalize)
         if gallery.shape[1] != queries.shape[1]:
-            raise ValueError(
+            raise UsageError(
                 f"queries have {queries.shape[1]} dimensions but the gallery has {gallery.shape[1]}"
             )
 
@@ -197,7 +199,7 @@ def retrieval_metrics(
     num_queries = int(answerable.sum())
     result: dict[str, float] = {}
     if num_queries == 0:
-        raise ValueError("no query has a positive in its gallery: every class has a single sample")
+        raise UsageError("no query has a positive in its gallery: every class has a single sample")
 
     # rank of the first positive = 1 + negatives at least as similar (ties against the query)
     for k in ks:
@@ -252,7 +254,7 @@ def nmi(embeddings, labels, n_clusters: int | None = None, seed: int = 0, normal
     points, labels = _prepare(embeddings, labels, "embeddings", normalize)
     n_clusters = int(len(torch.unique(labels))) if n_clusters is None else int(n_clusters)
     if not 1 <= n_clusters <= len(points):
-        raise ValueError(f"n_clusters must be between 1 and the number of points ({len(points)}), got {n_clusters}")
+        raise UsageError(f"n_clusters must be between 1 and the number of points ({len(points)}), got {n_clusters}")
     assignment = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(points.double().numpy())
     return float(normalized_mutual_info_score(labels.numpy(), assignment))
 
@@ -267,7 +269,7 @@ def nearest_neighbours(embeddings, k: int, queries: Sequence[int] | None = None,
     points = F.normalize(_as_tensor(embeddings, torch.float32), dim=1)
     queries = torch.arange(len(points)) if queries is None else torch.as_tensor(list(queries), dtype=torch.long)
     if not 1 <= k < len(points):
-        raise ValueError(f"k must be between 1 and {len(points) - 1} (the other samples), got {k}")
+        raise UsageError(f"k must be between 1 and {len(points) - 1} (the other samples), got {k}")
     result = torch.empty(len(queries), k, dtype=torch.long)
     for start in range(0, len(queries), block_size):
         block = queries[start : start + block_size]

@@ -25,6 +25,7 @@ from pathlib import Path
 from mpn_tutorial.callbacks import Callback
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import DATA_FIELDS, Datasets, build_datasets
+from mpn_tutorial.errors import MissingFileError, UsageError
 from mpn_tutorial.presets import get_preset, with_budget
 from mpn_tutorial.run_store import train_cached
 from mpn_tutorial.runtime import pin_threads, thread_count
@@ -63,10 +64,10 @@ def load_study(name: str = "messages") -> dict:
     """The per-seed results of a study that ship with the package: ``"messages"``
     (``bench/messages_study.py``) or ``"attention"`` (``bench/attention_study.py``)."""
     if name not in STUDIES:
-        raise ValueError(f"unknown study {name!r}; the package ships {', '.join(STUDIES)}")
+        raise UsageError(f"unknown study {name!r}; the package ships {', '.join(STUDIES)}")
     resource = files("mpn_tutorial") / "results" / f"{name}_study.json"
     if not resource.is_file():
-        raise FileNotFoundError(f"the {name} study's results are missing from the installed package ({resource}); "
+        raise MissingFileError(f"the {name} study's results are missing from the installed package ({resource}); "
                                 f"reinstall mpn_tutorial, or run `python bench/{name}_study.py` in the project")
     return json.loads(resource.read_text())
 

@@ -2,7 +2,8 @@
 
 The four benchmark presets restate the hyperparameters of the official release (dvl-tum/intra_batch):
 ImageNet-pretrained ResNet-50, 512-d embedding, RAdam for 70 epochs with the learning rate
-divided by 10 at epoch 30, 227 px crops, and per dataset:
+divided by 10 at epoch 30, 227 px crops, the attention's softmax with an extra zero logit (the
+release's ``net/utils.py`` adds exp(0) to every denominator, in every configuration), and per dataset:
 
 =========  ============  ===========  =========  =========  ============
 preset     layers×heads  temperature  P × K      lr         weight decay
@@ -15,7 +16,8 @@ inshop     1 × 4         0.186        14 × 4     1.13e-4    1.1e-7
 
 (cat): the MPN classifier sees both layers' outputs concatenated.
 
-The glyph preset was tuned on the glyph *validation* classes (never the test classes).
+The glyph preset was tuned on the glyph *validation* classes (never the test classes); it keeps the
+standard softmax of the paper's equation, which the notebooks teach.
 
 ``glyphs-attention`` is the glyph preset with the three changes the attention study
 (``bench/attention_study.py``, results in ``bench/attention_study.md``) found necessary for the
@@ -27,8 +29,11 @@ warm-up were chosen on the validation classes (study, section 1). The benchmark 
 published behaviour: their pretrained ResNet-50 starts with meaningful features, and nothing
 measured says that the published settings fail there (no benchmark was trained here).
 
-Named budgets (:data:`BUDGETS`, :func:`with_budget`) shorten a preset for the notebooks' repeated
-runs without changing anything else.
+A glyph preset's 600 steps are a budget for the notebooks (a run in half a minute), short of where
+training plateaus: the messages study (``bench/messages_study.md``) measures its runs over budgets,
+multiples of the preset's epochs with the schedule and the warm-up moved in proportion
+(:func:`with_budget`; :data:`BUDGETS` names the notebooks' ones), and states its results where a
+longer budget no longer changes them.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from __future__ import annotations
 import math
 
 from mpn_tutorial.config import TrainConfig
+from mpn_tutorial.errors import UsageError
 
 GLYPHS = TrainConfig(
     preset="glyphs",
@@ -67,6 +73,7 @@ GLYPHS_ATTENTION = GLYPHS.replace(
 )
 
 _PUBLISHED = dict(
+    zero_logit=True,  # the release's softmax: one extra logit of 0 in every row (models.py)
     image_size=227,
     val_fraction=0.1,
     loss="mpn",
@@ -97,29 +104,32 @@ INSHOP = TrainConfig(preset="inshop", dataset="inshop", mpn_layers=1, mpn_heads=
 
 PRESETS: dict[str, TrainConfig] = {c.preset: c for c in (GLYPHS, GLYPHS_ATTENTION, CUB, CARS, SOP, INSHOP)}
 
-# Fractions of a preset's epochs. "short" is what the notebooks' many-seed comparisons use.
+# Named multiples of a preset's epochs. "short" is what the notebooks' many-seed comparisons use.
 BUDGETS: dict[str, float] = {"full": 1.0, "short": 0.5}
 
 
 def get_preset(name: str, **changes) -> TrainConfig:
     """A copy of a preset, with optional field changes: ``get_preset("glyphs", loss="triplet")``."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name].replace(**changes)
 
 
-def with_budget(config: TrainConfig, budget: str) -> TrainConfig:
-    """``config`` trained for a named fraction of its epochs (:data:`BUDGETS`); the learning-rate
-    decay and the message warm-up move with it, in proportion (rounded down, at least 1 epoch)."""
-    if budget not in BUDGETS:
-        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
-    fraction = BUDGETS[budget]
-    epochs = max(1, round(config.epochs * fraction))
+def with_budget(config: TrainConfig, budget: str | float) -> TrainConfig:
+    """``config`` trained for a multiple of its epochs: a name of :data:`BUDGETS`, or a number (2: twice
+    as long). The learning-rate decay and the message warm-up move with it, in proportion (rounded
+    down, at least epoch 1); a decay that would fall on epoch 0 or after the last epoch is dropped."""
+    if isinstance(budget, str):
+        if budget not in BUDGETS:
+            raise UsageError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}, or a number")
+        budget = BUDGETS[budget]
+    if not budget > 0:
+        raise UsageError(f"a budget is a positive multiple of the preset's epochs, got {budget!r}")
+    epochs = max(1, round(config.epochs * budget))
 
     def scaled(epoch: int) -> int:
-        return min(epochs - 1, max(1, math.floor(epoch * fraction))) if epoch else 0
+        return min(epochs - 1, max(1, math.floor(epoch * budget))) if epoch else 0
 
-    # a decay that would fall on epoch 0 or after the last epoch is dropped
     decays = tuple(sorted({scaled(e) for e in config.lr_decay_epochs} - {0}))
     return config.replace(epochs=epochs, lr_decay_epochs=decays,
                           message_warmup_epochs=scaled(config.message_warmup_epochs))

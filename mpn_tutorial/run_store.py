@@ -1,8 +1,9 @@
 """The notebooks' store of finished runs: train once, and every later notebook (or a re-run) loads it.
 
-Training is deterministic for a configuration, a thread count (``runtime.py``) and the library's
-code, and the key of a stored run (:func:`cache_key`) holds all three, so a stored run is exactly
-what training again would give: edit any file of the library and the next call trains anew. An
+Training is deterministic for a configuration, a thread count (``runtime.py``), the versions of
+torch and numpy and the library's training code, and the key of a stored run (:func:`cache_key`)
+holds all of them, so a stored run is exactly what training again would give: edit any module the
+training depends on (:func:`training_modules`) and the next call trains anew. An
 entry holds the best model, its history and metrics, and the recordings of the callbacks that
 watched it (``EmbeddingSnapshots``, ``AttentionCapture``, ``EpochEvaluation`` of ``callbacks.py``),
 so notebook 04 can show the attention notebook 03 recorded. Entries are written atomically; delete
@@ -11,6 +12,7 @@ the folder to start afresh. A teacher can fill the store before class by running
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -26,28 +28,62 @@ from mpn_tutorial.checkpoints import CheckpointError, load_checkpoint, model_fro
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import Datasets, sample_batch
 from mpn_tutorial.data.splits import ClassSubset
+from mpn_tutorial.errors import UsageError
 from mpn_tutorial.runtime import thread_count
 from mpn_tutorial.training import TrainResult, train
 
 PACKAGE = Path(__file__).resolve().parent
 
 
+def training_modules() -> list[Path]:
+    """The library's source files a stored run depends on: this module and everything it imports from
+    the package, directly or through other modules (the training loop, the model, the data, ...),
+    found by reading their import statements. Not the notebooks' helpers, the exercises, the figures
+    or the command line: editing those keeps the stored runs."""
+    seen: dict[str, Path] = {}
+    pending = ["mpn_tutorial.run_store"]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        relative = Path(*name.split(".")[1:])
+        path = PACKAGE / relative / "__init__.py" if (PACKAGE / relative).is_dir() else PACKAGE / f"{relative}.py"
+        if not path.is_file():
+            continue
+        seen[name] = path
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:  # relative: from . import x
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+                pending += [module] + [f"{module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mpn_tutorial"):
+                pending += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                pending += [alias.name for alias in node.names if alias.name.startswith("mpn_tutorial")]
+        if path.name != "__init__.py" and "." in package:  # a module's package runs its __init__ first
+            pending.append(package)
+    return sorted(set(seen.values()))
+
+
 @lru_cache(maxsize=1)
 def library_fingerprint() -> str:
-    """A hash of the library's source: every ``.py`` file under ``mpn_tutorial/``, read once per
-    process (so it describes the code this process runs). Part of every run's key: a learner who
-    edits the model gets a new run, never the old one."""
+    """A hash of the source of :func:`training_modules`, read once per process (so it describes the
+    code this process runs). Part of every run's key: a learner who edits the model gets a new run,
+    never the old one."""
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in training_modules():
         digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
 def cache_key(config: TrainConfig) -> str:
     """A stable name for a configuration's run: its computed settings (``TrainConfig.computed_settings``),
-    the thread count (CPU results depend on it, see runtime.py) and the library's source."""
+    the thread count (CPU results depend on it, see runtime.py), the versions of torch and numpy, and the
+    source of the library's training code (:func:`library_fingerprint`)."""
     settings = config.computed_settings()
-    settings.update(threads=thread_count(), library=library_fingerprint())
+    settings.update(threads=thread_count(), library=library_fingerprint(), torch=torch.__version__,
+                    numpy=np.__version__)
     text = json.dumps(settings, sort_keys=True, default=list)
     return f"{config.preset}-{config.loss}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
@@ -70,7 +106,7 @@ def recording_key(callback: Callback) -> str:
         return f"attention-{_fingerprint(callback.images.numpy(), callback.labels.numpy())}"
     if isinstance(callback, EpochEvaluation):
         return f"evaluation-k{'-'.join(map(str, callback.ks))}-{_fingerprint(np.asarray(callback.dataset.labels))}"
-    raise TypeError(f"the run store keeps the recordings of EmbeddingSnapshots and AttentionCapture, "
+    raise UsageError(f"the run store keeps the recordings of EmbeddingSnapshots and AttentionCapture, "
                     f"not of {type(callback).__name__}")
 
 

@@ -1,4 +1,4 @@
-"""Where and how fast a run computes: CPU threads, seeds, the device, and the settings that only say that.
+"""Where and how fast a run computes: CPU threads, seeds and the device.
 
 **Threads: the one place they are documented.** Importing any module of the package changes
 nothing: not torch's thread counts, not an environment variable. The entry points pin them by
@@ -12,31 +12,22 @@ machine with fewer cores). To use 8 cores: ``MPN_TUTORIAL_THREADS=8 make lab`` (
 before starting Python). The Makefile sets 2, with which the committed notebook outputs were
 produced; a run store entry records its thread count in its key (``run_store.cache_key``).
 
-**Settings that only say where or how fast** (the device, data-loading workers, batch size of
-evaluation...) are declared so on their field with :func:`machinery`; what names a run, what
-``--resume`` compares and what keys the run store all derive from that (``config.py``).
+Settings that only say where or how fast a run computes (the device, data-loading workers...) are
+declared so on their field (``settings.setting(..., machinery=True)``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
+
+from mpn_tutorial.errors import UsageError
 
 THREADS_VARIABLE = "MPN_TUTORIAL_THREADS"
 DEFAULT_THREADS = 2
 # Native libraries read these when they first load; an entry point that pins threads before numba
 # (UMAP) loads also exports them, so later-loaded libraries start with the same count.
 LIBRARY_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-def machinery(default, **options) -> dataclasses.Field:
-    """A settings field that changes where or how fast a run computes, never what it computes."""
-    return dataclasses.field(default=default, metadata={"machinery": True}, **options)
-
-
-def is_machinery(setting: dataclasses.Field) -> bool:
-    return bool(setting.metadata.get("machinery"))
 
 
 def thread_count() -> int:
@@ -47,9 +38,9 @@ def thread_count() -> int:
     try:
         count = int(value)
     except ValueError:
-        raise ValueError(f"{THREADS_VARIABLE}={value!r} is not a whole number; set it to e.g. 2") from None
+        raise UsageError(f"{THREADS_VARIABLE}={value!r} is not a whole number; set it to e.g. 2") from None
     if count < 1:
-        raise ValueError(f"{THREADS_VARIABLE}={count} must be at least 1")
+        raise UsageError(f"{THREADS_VARIABLE}={count} must be at least 1")
     return count
 
 
@@ -94,12 +85,12 @@ def resolve_device(name: str = "auto"):
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+        raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
+            raise UsageError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device

@@ -22,6 +22,7 @@ identity (``distributed.SingleProcess``). The step waits for the device once per
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -45,15 +46,16 @@ from mpn_tutorial.config import OPTIMIZERS, TrainConfig, create_model
 from mpn_tutorial.data.build import Datasets, build_datasets, iterate_batches
 from mpn_tutorial.data.sampler import PKSampler
 from mpn_tutorial.distributed import SingleProcess
+from mpn_tutorial.errors import TrainingDiverged
 from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches, evaluate, evaluate_on_test
-from mpn_tutorial.losses import ContrastiveLoss, MessagePassingObjective, TripletLoss
+from mpn_tutorial.losses import ContrastiveLoss, MessagePassingObjective, SmoothedCrossEntropy, TripletLoss
 from mpn_tutorial.models import MetricLearningModel, ModelOutput
 from mpn_tutorial.runtime import resolve_device, seed_everything
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
 LOG_INTERVAL = 25  # steps between the waits for the device (progress bar, divergence check)
 
-__all__ = ["LOG_INTERVAL", "RUN_FILES", "TrainResult", "create_model", "loss_function", "make_optimizer",
+__all__ = ["LOG_INTERVAL", "RUN_FILES", "TrainResult", "loss_function", "lr_factor", "make_optimizer",
            "prepare_run_folder", "train"]
 
 
@@ -90,14 +92,32 @@ def loss_function(config: TrainConfig) -> LossFunction:
             return total, {config.loss: total.detach()}
 
         return on_embeddings
-    objective = MessagePassingObjective(config.temperature, config.label_smoothing, config.backbone_loss_weight,
-                                        config.mpn_loss_weight if config.loss == "mpn" else 0.0)
+    if config.loss == "ce":
+        cross_entropy = SmoothedCrossEntropy(config.label_smoothing, config.temperature)
 
-    def on_logits(output: ModelOutput, labels: torch.Tensor):
+        def on_backbone_logits(output: ModelOutput, labels: torch.Tensor):
+            total = cross_entropy(output.backbone_logits.float(), labels)
+            return total, {"backbone_ce": total.detach()}
+
+        return on_backbone_logits
+    objective = MessagePassingObjective(config.temperature, config.label_smoothing, config.backbone_loss_weight,
+                                        config.mpn_loss_weight)
+
+    def on_both_logits(output: ModelOutput, labels: torch.Tensor):
         terms = objective.terms(output.backbone_logits, output.mpn_logits, labels)
         return objective.combine(terms), {name: value.detach() for name, value in terms.items()}
 
-    return on_logits
+    return on_both_logits
+
+
+def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate's multiplier at a step (0-based), for ``LambdaLR``: ``"step"`` multiplies by
+    ``lr_decay_factor`` from each epoch of ``lr_decay_epochs`` on (epoch e: steps from e * steps_per_epoch);
+    ``"cosine"`` falls from 1 to 0 over the run, half a cosine wave."""
+    total = config.epochs * steps_per_epoch
+    if config.lr_schedule == "cosine":
+        return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    return lambda step: config.lr_decay_factor ** sum(step // steps_per_epoch >= e for e in config.lr_decay_epochs)
 
 
 def prepare_run_folder(config: TrainConfig, folder: Path, resume: bool, overwrite: bool) -> dict | None:
@@ -173,15 +193,16 @@ def train(
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_decay_epochs), config.lr_decay_factor)
-    compute_loss = loss_function(config)
     sampler = context.shard_sampler(PKSampler(datasets.train.labels, config.classes_per_batch,
                                               config.samples_per_class, seed=config.seed,
                                               num_batches=config.batches_per_epoch))
-    messages_ever_off = not config.mpn_pass_messages or config.message_warmup_epochs > 0
-    trained = context.wrap(model, find_unused_parameters=model.mpn is not None and messages_ever_off)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, len(sampler)))  # stepped per step
+    compute_loss = loss_function(config)
+    # a control leaves some of the attention's maps unused (module docstring of models.py), and so does a warm-up
+    some_unused = config.mpn_attention != "learned" or config.message_warmup_epochs > 0
+    trained = context.wrap(model, find_unused_parameters=model.mpn is not None and some_unused)
     watched = (diagnostic_batches(datasets.val, config.attention_batches, config.classes_per_batch,
-                                  config.samples_per_class) if model.mpn is not None and model.mpn.layers else [])
+                                  config.samples_per_class) if model.has_attention else [])
 
     state = TrainState(config=config, model=model, datasets=datasets)
     best_state = model_state(model) if checkpoint is None else _restore(checkpoint, optimizer, scheduler, state)
@@ -192,8 +213,8 @@ def train(
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
         model.train()
-        if model.mpn is not None:  # the control keeps messages off; a warm-up delays them
-            model.mpn.set_pass_messages(config.mpn_pass_messages and epoch > config.message_warmup_epochs)
+        if model.mpn is not None:  # a warm-up delays the messages
+            model.mpn.set_pass_messages(epoch > config.message_warmup_epochs)
         sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
@@ -206,12 +227,14 @@ def train(
             if config.channels_last and device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = context.gather_labels(labels)  # the classifiers and the MPN see the global batch
+            model.provide_labels(labels)  # only the oracle control reads them
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                output = trained(images, labels=labels, gather=context.gather)
+                output = trained(images, gather=context.gather)
                 loss, terms = compute_loss(output, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # under DDP this also averages the gradients across processes
             optimizer.step()
+            scheduler.step()
             state.step += 1
             finite = torch.isfinite(loss) & torch.isfinite(output.embeddings.detach()).all()
             diverged_at.masked_fill_(~finite & (diverged_at == 0), state.step)  # on the device: no wait
@@ -221,7 +244,6 @@ def train(
                 _stop_if_diverged(diverged_at, epoch)
                 batches.set_postfix(loss=f"{sum(sums.values()).item() / index:.3f}")
         train_seconds = time.perf_counter() - epoch_start  # the steps only (the last wait synchronised the device)
-        scheduler.step()
         state.epoch = epoch
 
         row = {"epoch": epoch, "step": state.step,
@@ -273,7 +295,7 @@ def _stop_if_diverged(diverged_at: torch.Tensor, epoch: int) -> None:
     """Stop a diverging run, saying where, instead of training on NaNs (checked every LOG_INTERVAL steps)."""
     step = int(diverged_at)
     if step:
-        raise FloatingPointError(
+        raise TrainingDiverged(
             f"training diverged at step {step} (epoch {epoch}): the loss or the embeddings became NaN or "
             "infinite. Lower the learning rate (--lr) or check the input data."
         )

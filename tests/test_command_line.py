@@ -99,43 +99,49 @@ def test_overwrite_replaces_the_run_and_metrics_hold_only_the_new_one(in_tmp, ca
 
 A_FILE = str(Path(__file__).resolve().parents[1] / "pyproject.toml")  # a file where a folder is expected
 
+def _out_of_range(field) -> tuple[str, str]:
+    """A value outside a setting's declared range, and what the refusal must say."""
+    from mpn_tutorial.settings import choices_of
+
+    meta = field.metadata
+    if choices_of(field) is not None:
+        return "nope", "invalid choice"
+    if meta["path"] == "file":
+        return "missing.pth", "not an existing file"
+    if meta["path"] == "folder":
+        return A_FILE, "is a file"
+    if meta["pattern"]:
+        return "tpu", "must be text matching"
+    if meta["low"] is not None:
+        return f"{meta['low'] - 1:g}", f"at least {meta['low']:g}"
+    return f"{meta['above']:g}", f"above {meta['above']:g}"
+
+
+def _setting_cases() -> list[tuple[list[str], str]]:
+    """One refused value per setting flag that takes a value, from the setting's own declaration."""
+    import dataclasses
+
+    from mpn_tutorial.config import TrainConfig
+    from mpn_tutorial.settings import flag_of, kind_of
+
+    return [([f"--{flag_of(field)}", _out_of_range(field)[0]], _out_of_range(field)[1])
+            for field in dataclasses.fields(TrainConfig) if kind_of(field)[0] is not bool]
+
+
 BAD_ARGUMENTS = {
-    "train": [
-        (["--preset", "nope"], "invalid choice"),
-        (["--loss", "nope"], "invalid choice"),
-        (["--data-root", A_FILE], "is a file"),
-        (["--epochs", "0"], "at least 1"),
-        (["--epochs", "two"], "whole number"),
-        (["--batches-per-epoch", "0"], "at least 1"),
-        (["--batches-per-epoch", "-3"], "at least 1"),
-        (["--lr", "0"], "above 0"),
-        (["--lr", "-1"], "above 0"),
+    "train": _setting_cases() + [
+        # values of the wrong type, and the rules that tie settings together
+        (["--epochs", "two"], "a whole number"),
         (["--lr", "nan"], "above 0"),
         (["--lr", "fast"], "a number"),
-        (["--seed", "-1"], "at least 0"),
-        (["--seed", "1.5"], "whole number"),
-        (["--layers", "-1"], "at least 0"),
-        (["--attention", "nope"], "invalid choice"),
-        (["--heads", "0"], "at least 1"),
+        (["--seed", "1.5"], "a whole number"),
         (["--heads", "3"], "divisible"),
-        (["--temperature", "0"], "above 0"),
         (["--temperature", "inf"], "above 0"),
-        (["--classes-per-batch", "1"], "at least 2"),
         (["--classes-per-batch", "1000"], "classes"),
-        (["--samples-per-class", "1"], "at least 2"),
-        (["--device", "tpu"], "device"),
-        (["--num-workers", "-1"], "at least 0"),
-        (["--weights-path", "missing.pth"], "not an existing file"),
-        (["--backbone", "vgg"], "invalid choice"),
         (["--backbone", "resnet18"], "glyph_cnn"),
-        (["--mpn-input-scale", "0"], "above 0"),
-        (["--mpn-input-scale", "-2"], "above 0"),
-        (["--message-warmup-epochs", "-1"], "at least 0"),
-        (["--message-warmup-epochs", "1"], "--message-warmup-epochs"),
-        (["--image-size", "0"], "at least 8"),
-        (["--image-size", "5"], "at least 8"),
+        (["--message-warmup-epochs", "1"], "message_warmup_epochs"),
         (["--image-size", "100"], "image_size"),
-        (["--embedding-dim", "0"], "at least 1"),
+        (["--glyph-channels", "8", "0"], "at least 1"),
         (["--checkpoint-dir", A_FILE], "is a file"),
         (["--unknown-flag"], "unrecognized"),
     ],
@@ -153,7 +159,7 @@ BAD_ARGUMENTS = {
         (["--checkpoint", "{best}", "--preset", "nope"], "invalid choice"),
         (["--checkpoint", "{best}", "--preset", "cub"], "trained with preset 'glyphs'"),
         (["--checkpoint", "{best}", "--data-root", A_FILE], "is a file"),
-        (["--checkpoint", "{best}", "--device", "tpu"], "device"),
+        (["--checkpoint", "{best}", "--device", "tpu"], "must be text matching"),
         (["--checkpoint", "{best}", "--refine-k", "-1"], "at least 0"),
         (["--checkpoint", "{ce_best}", "--refine-k", "5"], "message passing"),
         (["--checkpoint", "{best}", "--refine-method", "nope"], "invalid choice"),
@@ -162,10 +168,9 @@ BAD_ARGUMENTS = {
     "make-data": [
         (["nope"], "invalid choice"),
         (["glyphs", "--root", A_FILE], "is a file"),
-        (["glyphs", "--seed", "-1"], "at least 0"),
-        (["glyphs", "--image-size", "0"], "from 8 to 64"),
-        (["glyphs", "--image-size", "100"], "from 8 to 64"),
-        (["glyphs", "--images-per-class", "0"], "at least 2"),
+        (["glyphs", "--data-seed", "-1"], "at least 0"),
+        (["glyphs", "--image-size", "5"], "at least 8"),
+        (["glyphs", "--image-size", "100"], "at most 64"),
         (["glyphs", "--images-per-class", "1"], "at least 2"),
     ],
     "answer-key": [
@@ -227,7 +232,7 @@ def test_the_default_folder_name_leaves_out_where_and_how_a_run_computes():
 
     config = get_preset("cub", lr=1e-4, seed=2)
     name = run_name(config, {"lr": 1e-4, "weights_path": "/w/r50.pth", "device": "cuda:1", "num_workers": 8,
-                             "seed": 2, "identity_values": True})
+                             "seed": 2, "mpn_identity_values": True})
     assert name == "cub-mpn-identity-values-lr0.0001-seed2"
 
 

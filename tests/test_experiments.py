@@ -10,10 +10,14 @@ import pytest
 from test_benchmark_readers import make_cub
 
 from mpn_tutorial.__main__ import main
-from mpn_tutorial.checkpoints import load_checkpoint
+from mpn_tutorial.checkpoints import load_checkpoint, load_model
+from mpn_tutorial.data.build import build_datasets
+from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches, evaluate_on_test
 from mpn_tutorial.experiments import noise_band, paired_difference, paired_table
 
 TINY = ["--epochs", "2", "--batches-per-epoch", "3", "--embedding-dim", "16", "--no-progress", "--device", "cpu"]
+SMALLEST = ["--epochs", "1", "--batches-per-epoch", "1", "--embedding-dim", "8", "--glyph-channels", "4", "8",
+            "--ff-dim", "8", "--no-progress", "--device", "cpu"]
 
 
 @pytest.mark.parametrize("keys", [("test_share", "test_self_weight"), ("test_recall@1", "test_map@r", "test_share")])
@@ -41,23 +45,25 @@ def test_the_noise_band_is_the_spread_of_differences_between_runs_of_one_functio
     assert noise_band([[a, b]], "x") == pytest.approx(math.sqrt((0.02**2 + 0.03**2 + 0) / 3))
 
 
-def test_train_no_messages_is_the_control_and_its_checkpoint_says_so(tmp_path, data_root):
+def test_train_attention_none_is_the_messages_off_control_and_its_checkpoint_says_so(tmp_path, data_root):
     folder = tmp_path / "off"
     assert main(["train", "--preset", "glyphs-attention", *TINY, "--no-nmi", "--data-root", str(data_root),
-                 "--no-messages", "--checkpoint-dir", str(folder)]) == 0
-    config = load_checkpoint(folder / "best.pt")["config"]
-    assert config["mpn_pass_messages"] is False and config["message_warmup_epochs"] == 0
+                 "--attention", "none", "--checkpoint-dir", str(folder)]) == 0
+    model, config = load_model(folder / "best.pt")
+    assert config.mpn_attention == "none" and not model.mpn.passes_messages
 
 
-def test_an_mpn_run_logs_its_attention_every_epoch(tmp_path, data_root):
+def test_an_mpn_run_logs_the_attention_diagnostics_of_each_epochs_model(tmp_path, data_root):
     folder = tmp_path / "run"
     assert main(["train", *TINY, "--no-nmi", "--data-root", str(data_root), "--checkpoint-dir", str(folder)]) == 0
     rows = list(csv.DictReader((folder / "metrics.csv").open()))
-    assert len(rows) == 2
-    for row in rows:
-        for column in ("attention_share", "attention_self_weight", "attention_score_spread",
-                       "attention_share_layer1_head1", "attention_share_layer1_head2"):
-            assert 0 <= float(row[column]) <= 1, column
+    assert [int(row["epoch"]) for row in rows] == [1, 2]
+    model, config = load_model(folder / "last.pt")  # the model after epoch 2
+    val = build_datasets(config).val
+    batches = diagnostic_batches(val, config.attention_batches, config.classes_per_batch, config.samples_per_class)
+    expected = attention_diagnostics(model, batches)
+    for key in ("share", "self_weight", "score_spread", "share_layer1_head1", "share_layer1_head2"):
+        assert float(rows[-1][f"attention_{key}"]) == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
 
 
 def _compare(tmp_path, arguments):
@@ -68,26 +74,26 @@ def _compare(tmp_path, arguments):
 
 
 def test_compare_trains_each_variant_and_seed_into_its_own_folder_and_writes_both_tables(tmp_path, data_root, capsys):
-    output, table = _compare(tmp_path, ["--preset", "glyphs", *TINY, "--data-root", str(data_root), "--variants",
-                                        "messages", "no-messages", "one-head=--heads 1"])
+    smallest = ["--preset", "glyphs", *SMALLEST, "--data-root", str(data_root), "--variants", "messages",
+                "one-head=--heads 1"]
+    output, table = _compare(tmp_path, smallest)
     results = table["results"]
-    assert list(results) == ["messages", "no-messages", "one-head"]
+    assert list(results) == ["messages", "one-head"]
     for name, runs in results.items():
         assert [run["seed"] for run in runs] == [0, 1]
-        for run in runs:
-            assert (output / f"{name}-seed{run['seed']}" / "best.pt").exists() and run["folder"].endswith(
-                f"{name}-seed{run['seed']}")
-            assert 0 <= run["test_recall@1"] <= 1 and 0 <= run["test_share"] <= 1
-    assert load_checkpoint(output / "one-head-seed1" / "best.pt")["config"]["mpn_heads"] == 1
+        for run in runs:  # each row is the run in its own folder, measured on the test classes
+            model, config = load_model(output / f"{name}-seed{run['seed']}" / "best.pt")
+            assert config.seed == run["seed"] and config.mpn_heads == (1 if name == "one-head" else 2)
+            measured = evaluate_on_test(model, build_datasets(config), config.dataset, seed=config.seed)
+            assert run["test_recall@1"] == pytest.approx(measured["recall@1"])
     markdown = (output / "comparison.md").read_text()
-    no_messages = next(line for line in markdown.splitlines() if line.startswith("| no-messages | 2 |"))
-    assert "| messages |" in no_messages  # paired against the first variant, its control
+    one_head = next(line for line in markdown.splitlines() if line.startswith("| one-head | 2 |"))
+    assert "| messages |" in one_head  # paired against the first variant, its control
 
     # run again: every run is found finished in its folder; nothing is trained or overwritten
     before = {path: path.stat().st_mtime_ns for path in output.rglob("*.pt")}
     capsys.readouterr()
-    _, again = _compare(tmp_path, ["--preset", "glyphs", *TINY, "--data-root", str(data_root), "--variants",
-                                   "messages", "no-messages", "one-head=--heads 1"])
+    _, again = _compare(tmp_path, smallest)
     assert {path: path.stat().st_mtime_ns for path in output.rglob("*.pt")} == before
     assert again["results"]["messages"][0]["test_recall@1"] == results["messages"][0]["test_recall@1"]
 
@@ -100,4 +106,4 @@ def test_compare_runs_the_published_recipe_on_a_fake_cub_tree(tmp_path):
                                         "--no-progress"])
     assert set(table["results"]) == {"messages", "no-messages"}
     assert any(line.startswith("| messages | 2 |") for line in (output / "comparison.md").read_text().splitlines())
-    assert load_checkpoint(output / "no-messages-seed0" / "best.pt")["config"]["mpn_pass_messages"] is False
+    assert load_checkpoint(output / "no-messages-seed0" / "best.pt")["config"]["mpn_attention"] == "none"

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mpn_tutorial"
 # 0: plumbing; 1: the ground floor (independent of each other); 2: what stands on it;
 # 3: the loop; 4: what the notebooks and the command line use on top.
 LEVELS = {
-    "runtime": 0, "atomic": 0,
+    "runtime": 0, "atomic": 0, "errors": 0, "settings": 0,
     "data": 1, "backbones": 1, "models": 1, "losses": 1, "metrics": 1, "distributed": 1,
     "config": 2, "presets": 2, "evaluation": 2, "callbacks": 2, "checkpoints": 2,
     "training": 3,

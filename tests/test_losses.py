@@ -141,18 +141,24 @@ def test_the_objective_weights_both_terms_and_divides_both_logits_by_the_tempera
 
     torch.manual_seed(0)
     backbone, mpn, labels = torch.randn(6, 4), torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
-    objective = MessagePassingObjective(temperature=0.5, label_smoothing=0.1, backbone_weight=2.0, mpn_weight=0.25)
+    objective = MessagePassingObjective(temperature=0.5, label_smoothing=0.1, backbone_loss_weight=2.0,
+                                        mpn_loss_weight=0.25)
     expected = (2.0 * torch.nn.functional.cross_entropy(backbone / 0.5, labels, label_smoothing=0.1)
                 + 0.25 * torch.nn.functional.cross_entropy(mpn / 0.5, labels, label_smoothing=0.1))
     torch.testing.assert_close(objective(backbone, mpn, labels), expected)
 
 
-def test_the_objective_without_mpn_logits_is_the_backbone_cross_entropy():
+def test_the_objective_takes_the_names_and_defaults_of_the_run_settings():
+    import inspect
+
+    from mpn_tutorial.config import TrainConfig
     from mpn_tutorial.losses import MessagePassingObjective
 
-    backbone, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
-    expected = torch.nn.functional.cross_entropy(backbone / 0.2, labels, label_smoothing=0.1)
-    torch.testing.assert_close(MessagePassingObjective(temperature=0.2)(backbone, None, labels), expected)
+    defaults = TrainConfig()
+    for name, parameter in inspect.signature(MessagePassingObjective).parameters.items():
+        assert hasattr(defaults, name), f"{name} is not the name of a run setting"
+        if parameter.default is not inspect.Parameter.empty:
+            assert parameter.default == getattr(defaults, name), name
 
 
 def test_the_mpn_term_alone_trains_the_backbone_through_the_attention():
@@ -163,8 +169,8 @@ def test_the_mpn_term_alone_trains_the_backbone_through_the_attention():
     model = MetricLearningModel(ModelConfig(embedding_dim=8, glyph_channels=(4,), mpn_layers=1, mpn_heads=2,
                                             mpn_ff_dim=16), num_classes=3).train()
     output = model(torch.randn(6, 1, 16, 16))
-    loss = MessagePassingObjective(temperature=0.2, backbone_weight=0.0)(output.backbone_logits, output.mpn_logits,
-                                                                         torch.tensor([0, 0, 1, 1, 2, 2]))
+    objective = MessagePassingObjective(temperature=0.2, label_smoothing=0.1, backbone_loss_weight=0.0)
+    loss = objective(output.backbone_logits, output.mpn_logits, torch.tensor([0, 0, 1, 1, 2, 2]))
     loss.backward()
     assert model.classifier.weight.grad is None or not model.classifier.weight.grad.any()
     assert model.backbone.features[0].weight.grad.abs().sum() > 0  # the MPN's loss reaches the first conv
@@ -175,4 +181,4 @@ def test_objective_weights_that_train_nothing_are_refused():
     from mpn_tutorial.losses import MessagePassingObjective
 
     with pytest.raises(ValueError, match="not both zero"):
-        MessagePassingObjective(backbone_weight=0.0, mpn_weight=0.0)
+        MessagePassingObjective(0.1, 0.1, backbone_loss_weight=0.0, mpn_loss_weight=0.0)

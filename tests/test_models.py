@@ -6,14 +6,17 @@ import torch.nn.functional as F
 
 from mpn_tutorial.backbones import WeightsUnavailableError
 from mpn_tutorial.models import (
-    AttentionOptions,
+    BatchAttention,
+    CosineClassifier,
     GlyphEncoder,
     MessagePassingLayer,
     MessagePassingNetwork,
     MetricLearningModel,
     ModelConfig,
     ModelOutput,
+    NoMessages,
     ResNetBackbone,
+    make_attention,
 )
 
 
@@ -135,9 +138,9 @@ def test_the_mpn_sees_only_the_direction_of_the_backbone_embeddings():
     model = _glyph_model().eval()
     embeddings = torch.randn(6, 16)
     scales = torch.rand(6, 1) * 10 + 0.1  # another length per sample
-    unscaled, scaled = model.message_passing(embeddings), model.message_passing(embeddings * scales)
-    torch.testing.assert_close(scaled.embeddings, unscaled.embeddings)
-    torch.testing.assert_close(scaled.logits, unscaled.logits)
+    unscaled, scaled = model.classify(embeddings), model.classify(embeddings * scales)
+    torch.testing.assert_close(scaled.mpn_embeddings, unscaled.mpn_embeddings)
+    torch.testing.assert_close(scaled.mpn_logits, unscaled.mpn_logits)
 
 
 def test_the_model_returns_raw_logits_the_loss_applies_the_temperature():
@@ -188,22 +191,53 @@ def test_resnet_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(checkpointed.stem[0].weight.grad, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_without_message_passing_each_output_depends_only_on_its_own_input():
-    torch.manual_seed(0)
-    network = MessagePassingNetwork(16, 1, 2, ff_dim=32).eval()
-    network.set_pass_messages(False)
+def _each_output_depends_only_on_its_own_input(network) -> bool:
     x = torch.randn(5, 16)
     changed = x.clone()
     changed[1:] = torch.randn(4, 16)
-    torch.testing.assert_close(network(changed)[0], network(x)[0])
-    with_messages = MessagePassingNetwork(16, 1, 2, ff_dim=32).eval()
-    with_messages.load_state_dict(network.state_dict())
-    assert not torch.allclose(with_messages(changed)[0], with_messages(x)[0])
+    return torch.allclose(network(changed)[0], network(x)[0])
+
+
+def test_the_messages_off_control_makes_each_output_depend_only_on_its_own_input():
+    torch.manual_seed(0)
+    off = MessagePassingNetwork(16, 1, 2, ff_dim=32, attention="none").eval()
+    assert _each_output_depends_only_on_its_own_input(off)
+    on = MessagePassingNetwork(16, 1, 2, ff_dim=32).eval()
+    on.load_state_dict(off.state_dict())  # the control has the same parameters as the model it controls
+    assert not _each_output_depends_only_on_its_own_input(on)
+
+
+def test_the_warm_up_switch_turns_messages_off_and_back_on_with_the_same_parameters():
+    torch.manual_seed(0)
+    network = MessagePassingNetwork(16, 1, 2, ff_dim=32).eval()
+    attention, keys = network.layers[0].attention, list(network.state_dict())
+    network.set_pass_messages(False)
+    assert _each_output_depends_only_on_its_own_input(network) and list(network.state_dict()) == keys
+    network.set_pass_messages(True)
+    assert network.layers[0].attention is attention and not _each_output_depends_only_on_its_own_input(network)
+
+
+def test_a_network_built_as_the_messages_off_control_stays_off():
+    network = MessagePassingNetwork(16, 1, 2, ff_dim=32, attention="none").eval()
+    network.set_pass_messages(True)
+    assert not network.passes_messages and _each_output_depends_only_on_its_own_input(network)
+
+
+def test_every_attention_variant_starts_from_the_random_draws_of_the_published_one():
+    starts = {}
+    for kind in ("learned", "uniform", "oracle", "none"):
+        torch.manual_seed(0)
+        module = make_attention(kind, 8, 2)
+        starts[kind] = module.v_proj.weight.clone(), torch.randn(3)  # and the next draw after it
+    for kind, (weight, after) in starts.items():
+        torch.testing.assert_close(weight, starts["learned"][0])
+        torch.testing.assert_close(after, starts["learned"][1])
 
 
 def test_identity_values_make_a_message_the_attention_weighted_mean_of_the_inputs():
     torch.manual_seed(0)
-    layer = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0, options=AttentionOptions(identity_values=True)).eval()
+    layer = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0,
+                                attention=BatchAttention(8, 2, 0.0, identity_values=True)).eval()
     x = torch.randn(5, 8)
     _, attention = layer(x, return_attention=True)
     expected = torch.cat([attention[h] @ x[:, 4 * h : 4 * (h + 1)] for h in range(2)], dim=1)
@@ -213,7 +247,8 @@ def test_identity_values_make_a_message_the_attention_weighted_mean_of_the_input
 
 def test_a_similarity_prior_starts_attention_as_the_scaled_similarity_of_the_inputs():
     torch.manual_seed(0)
-    layer = MessagePassingLayer(8, 1, ff_dim=16, dropout=0.0, options=AttentionOptions(similarity_prior=True)).eval()
+    layer = MessagePassingLayer(8, 1, ff_dim=16, dropout=0.0,
+                                attention=BatchAttention(8, 1, 0.0, similarity_prior=True)).eval()
     x = torch.randn(5, 8)
     _, attention = layer(x, return_attention=True)
     torch.testing.assert_close(attention[0], torch.softmax(x @ x.T / math.sqrt(8), dim=1))
@@ -241,23 +276,40 @@ def test_impossible_layer_shapes_are_refused_with_a_clear_message(arguments, mes
 
 def test_a_zero_output_map_starts_the_layer_as_its_messages_off_control():
     torch.manual_seed(0)
-    zero = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0, options=AttentionOptions(zero_out=True)).eval()
-    off = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0).eval()
+    zero = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0, attention=BatchAttention(8, 2, 0.0, zero_out=True)).eval()
+    off = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0, attention=NoMessages(BatchAttention(8, 2, 0.0))).eval()
     off.load_state_dict(zero.state_dict())
     off.attention.out_proj.weight.data.normal_()  # anything: messages off never uses it
-    off.pass_messages = False
     x = torch.randn(6, 8)
     torch.testing.assert_close(zero(x), off(x))
 
 
-def test_oracle_attention_gives_every_sample_the_mean_of_its_class_and_needs_the_labels():
-    layer = MessagePassingLayer(8, 2, ff_dim=16, dropout=0.0, options=AttentionOptions(attention="oracle")).eval()
+def _fixed_weights(kind, labels):
+    model = _glyph_model(mpn_attention=kind).eval()
+    model.provide_labels(labels)
+    return model.classify(torch.randn(len(labels), 16), return_attention=True).attention[0]
+
+
+@pytest.mark.parametrize("include_self", [True, False])
+def test_oracle_attention_gives_every_sample_the_mean_of_its_class(include_self):
     labels = torch.tensor([0, 0, 1, 1, 1, 2])
-    _, attention = layer(torch.randn(6, 8), return_attention=True, labels=labels)
-    expected = (labels[:, None] == labels[None, :]).float()
-    torch.testing.assert_close(attention, (expected / expected.sum(1, keepdim=True)).expand(2, 6, 6))
-    with pytest.raises(ValueError, match="labels"):
-        layer(torch.randn(6, 8))
+    attention = _fixed_weights("oracle" if include_self else "oracle_without_self", labels)
+    same = (labels[:, None] == labels[None, :]).float()
+    if not include_self:
+        same.fill_diagonal_(0)
+    expected = same / same.sum(1, keepdim=True).clamp_min(1)
+    torch.testing.assert_close(attention, expected.expand(2, 6, 6))
+
+
+def test_oracle_attention_without_the_labels_says_it_needs_them():
+    model = _glyph_model(mpn_attention="oracle").eval()
+    with pytest.raises(ValueError, match="provide_labels"):
+        model.classify(torch.randn(6, 16))
+
+
+def test_uniform_attention_gives_every_sample_the_mean_of_the_batch():
+    attention = _fixed_weights("uniform", torch.tensor([0, 0, 1, 1, 2, 2]))
+    torch.testing.assert_close(attention, torch.full((2, 6, 6), 1 / 6))
 
 
 def test_a_batch_of_graphs_gives_each_graph_what_it_gets_alone():
@@ -269,16 +321,20 @@ def test_a_batch_of_graphs_gives_each_graph_what_it_gets_alone():
 def test_a_head_without_layers_or_input_map_classifies_the_normalised_embedding():
     model = _glyph_model(mpn_layers=0, mpn_input_map=False).eval()
     embeddings = torch.randn(6, 16)
-    output = model.message_passing(embeddings)
-    torch.testing.assert_close(output.embeddings, F.normalize(embeddings, dim=1))
+    output = model.classify(embeddings)
+    torch.testing.assert_close(output.mpn_embeddings, F.normalize(embeddings, dim=1))
+    torch.testing.assert_close(output.mpn_logits, model.mpn.classifier(F.normalize(embeddings, dim=1)))
 
 
-def test_a_state_dict_with_the_flat_parameter_names_of_earlier_versions_still_loads():
-    torch.manual_seed(0)
-    source, target = _layer(), MessagePassingLayer(16, 4, ff_dim=32).eval()
-    flat = {name.replace("attention.", "").replace("feed_forward.", ""): value
-            for name, value in source.state_dict().items()}
-    assert "q_proj.weight" in flat and "linear1.weight" in flat
-    target.load_state_dict(flat)
-    x = torch.randn(5, 16)
-    torch.testing.assert_close(target(x), source(x))
+def test_the_decomposition_head_can_see_the_raw_embedding_through_a_plain_linear_classifier():
+    model = _glyph_model(mpn_layers=0, mpn_input_map=False, mpn_normalize_input=False, mpn_classifier="linear").eval()
+    embeddings = torch.randn(6, 16)
+    assert isinstance(model.mpn.classifier, torch.nn.Linear)
+    torch.testing.assert_close(model.classify(embeddings).mpn_logits, embeddings @ model.mpn.classifier.weight.T)
+
+
+def test_the_cosine_classifier_gives_the_cosines_of_embedding_and_class_weights():
+    classifier = CosineClassifier(8, 3)
+    embeddings = torch.randn(5, 8) * 7
+    expected = F.cosine_similarity(embeddings[:, None], classifier.weight[None], dim=-1)
+    torch.testing.assert_close(classifier(embeddings), expected)

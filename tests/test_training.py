@@ -11,7 +11,8 @@ from mpn_tutorial.evaluation import embed_dataset, evaluate, refine_embeddings
 from mpn_tutorial.metrics import recall_at_k
 from mpn_tutorial.presets import get_preset
 from mpn_tutorial.run_store import train_cached
-from mpn_tutorial.training import create_model, train
+from mpn_tutorial.config import create_model
+from mpn_tutorial.training import train
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_resuming_with_another_preset_is_refused(tiny, tiny_datasets, tmp_path):
     train(tiny.replace(epochs=1), datasets=tiny_datasets, progress=False, checkpoint_dir=tmp_path,
           evaluate_test=False)
     with pytest.raises(ValueError, match="trained with preset 'glyphs'"):
-        train(tiny.replace(preset="glyphs-wide"), datasets=tiny_datasets, checkpoint_dir=tmp_path, resume=True,
+        train(tiny.replace(preset="glyphs-attention"), datasets=tiny_datasets, checkpoint_dir=tmp_path, resume=True,
               progress=False)
 
 
@@ -206,7 +207,7 @@ def test_messages_stay_off_during_the_warm_up_and_start_after_it(tiny, tiny_data
             self.passing = []
 
         def on_epoch_end(self, state):
-            self.passing.append(state.model.mpn.layers[0].pass_messages)
+            self.passing.append(state.model.mpn.passes_messages)
 
     recorder = Recorder()
     train(tiny.replace(message_warmup_epochs=2), callbacks=[recorder], datasets=tiny_datasets, progress=False,

@@ -39,6 +39,7 @@ from PIL import Image
 from torchvision import transforms
 
 from mpn_tutorial.data.registry import DATASETS
+from mpn_tutorial.errors import UsageError
 
 __all__ = [
     "BenchmarkDataset",
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """A benchmark's files are malformed or unreadable; the message names the file and the fix."""
 
 
@@ -88,7 +89,7 @@ class BenchmarkDataset(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
     ) -> None:
         if split not in self.splits:
-            raise ValueError(f"{type(self).__name__}: split must be one of {self.splits}, got {split!r}")
+            raise UsageError(f"{type(self).__name__}: split must be one of {self.splits}, got {split!r}")
         self.root = Path(root).expanduser().absolute()
         self.split = split
         self.transform = transform if transform is not None else transforms.ToTensor()

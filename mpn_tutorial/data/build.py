@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpn_tutorial.runtime import machinery
+from mpn_tutorial.errors import UsageError
+from mpn_tutorial.settings import setting
 
 BENCHMARKS = ("cub", "cars", "sop", "inshop")
 DATASET_NAMES = ("glyphs",) + BENCHMARKS
@@ -26,11 +27,15 @@ DATASET_NAMES = ("glyphs",) + BENCHMARKS
 class DataConfig:
     """The data part of a run's settings (:class:`~mpn_tutorial.config.TrainConfig` extends it)."""
 
-    dataset: str = "glyphs"  # glyphs | cub | cars | sop | inshop
-    data_root: str = machinery("data")  # the same data in another folder is the same run
-    image_size: int = 32
-    val_fraction: float = 0.2  # share of training classes held out for validation
-    data_seed: int = 0  # glyph rendering and class split; TrainConfig.seed is the training run's
+    dataset: str = setting("glyphs", "the dataset: the offline glyphs, or a benchmark (see data/README.md)",
+                           choices=DATASET_NAMES)
+    data_root: str = setting("data", "dataset folder (see data/README.md); the same data in another folder is the "
+                             "same run", machinery=True, path="folder")
+    image_size: int = setting(32, "crop size in pixels (glyphs: 8-64, rendered at 64; a ResNet: at least 32, 227 "
+                              "published)", low=8)
+    val_fraction: float = setting(0.2, "share of the training classes held out for validation", above=0, below=1,
+                                  hint="e.g. 0.2")
+    data_seed: int = setting(0, "glyph rendering and class split (the training run's seed is --seed)", low=0)
 
 
 DATA_FIELDS = tuple(setting.name for setting in fields(DataConfig))
@@ -73,7 +78,7 @@ def build_datasets(settings: DataConfig) -> Datasets:
         "inshop": benchmarks.InShop,
     }
     if settings.dataset not in readers:
-        raise ValueError(f"dataset must be one of {DATASET_NAMES}, got {settings.dataset!r}")
+        raise UsageError(f"dataset must be one of {DATASET_NAMES}, got {settings.dataset!r}")
     reader = readers[settings.dataset]
     root = dataset_root(settings.dataset, settings.data_root)
     train_view = reader(root, "train", transform=transforms.train_transform(settings.image_size))

@@ -34,12 +34,13 @@ from collections.abc import Callable
 from pathlib import Path, PureWindowsPath
 
 from mpn_tutorial.data.registry import DatasetSource, RemoteFile, dataset_source
+from mpn_tutorial.errors import MPNTutorialError
 
 USER_AGENT = "mpn_tutorial-fetch/0.1 (python urllib)"
 ProgressCallback = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
 
 
-class FetchError(RuntimeError):
+class FetchError(MPNTutorialError, RuntimeError):
     """Obtaining a dataset failed; the message says why and what to do."""
 
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from mpn_tutorial.atomic import write_atomically
 from mpn_tutorial.data.splits import split_classes
+from mpn_tutorial.errors import MissingFileError, UsageError
 
 SPLITS = ("train", "val", "test")
 
@@ -88,7 +89,7 @@ def font_paths() -> list[Path]:
     paths = [folder / name for name in FONT_FILES]
     missing = [p.name for p in paths if not p.exists()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"matplotlib's font folder {folder} lacks {missing}; reinstall matplotlib "
             "(pip install --force-reinstall matplotlib)"
         )
@@ -315,12 +316,12 @@ MIN_IMAGES_PER_CLASS = 2  # a P×K batch needs at least 2 images of a class (a p
 def check_glyph_settings(image_size: int, images_per_class: int) -> None:
     """Refuse sizes no dataset can have, with a message that says what would work."""
     if not isinstance(image_size, int) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise ValueError(
+        raise UsageError(
             f"image_size must be a whole number of pixels from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (glyphs are "
             f"rendered at {CANVAS} px), got {image_size!r}; the default is 32"
         )
     if not isinstance(images_per_class, int) or images_per_class < MIN_IMAGES_PER_CLASS:
-        raise ValueError(
+        raise UsageError(
             f"images_per_class must be at least {MIN_IMAGES_PER_CLASS} (metric learning needs pairs of a class), "
             f"got {images_per_class!r}; the default is 48"
         )
@@ -390,7 +391,7 @@ class GlyphDataset(torch.utils.data.Dataset):
         val_fraction: float = 0.2,
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise UsageError(f"split must be one of {SPLITS}, got {split!r}")
         arrays = load_glyphs(root, seed, image_size, images_per_class)
         class_split = split_classes(len(arrays["codepoints"]), seed, val_fraction)
         chosen_classes = np.flatnonzero(class_split == SPLITS.index(split))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from mpn_tutorial.errors import UsageError
+
 
 @dataclass(frozen=True)
 class RemoteFile:
@@ -165,4 +167,4 @@ def dataset_source(name: str) -> DatasetSource:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None

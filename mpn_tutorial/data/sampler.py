@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from mpn_tutorial.errors import UsageError
+
 
 class PKSampler(torch.utils.data.Sampler[list[int]]):
     """Yields lists of ``classes_per_batch * samples_per_class`` dataset indices.
@@ -47,15 +49,15 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
     ) -> None:
         labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
         if labels.ndim != 1 or len(labels) == 0:
-            raise ValueError(f"labels must be a non-empty 1-D sequence, got shape {labels.shape}")
+            raise UsageError(f"labels must be a non-empty 1-D sequence, got shape {labels.shape}")
         if classes_per_batch < 2 or samples_per_class < 2:
-            raise ValueError(
+            raise UsageError(
                 "a P×K batch needs at least 2 classes (for negatives) and 2 samples per class (for "
                 f"positives); got classes_per_batch={classes_per_batch}, samples_per_class={samples_per_class}"
             )
         classes, inverse = np.unique(labels, return_inverse=True)
         if len(classes) < classes_per_batch:
-            raise ValueError(
+            raise UsageError(
                 f"classes_per_batch={classes_per_batch} but the labels hold only {len(classes)} classes; "
                 "lower classes_per_batch or use a dataset with more classes"
             )
@@ -66,7 +68,7 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = 0
         self.num_batches = max(1, len(labels) // self.batch_size) if num_batches is None else num_batches
         if self.num_batches < 1:
-            raise ValueError(f"num_batches must be at least 1, got {num_batches}")
+            raise UsageError(f"num_batches must be at least 1, got {num_batches}")
         order = np.argsort(inverse, kind="stable")
         boundaries = np.cumsum(np.bincount(inverse))[:-1]
         self._indices_per_class = np.split(order, boundaries)

@@ -10,16 +10,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mpn_tutorial.errors import UsageError
+
 
 def carve_validation_classes(num_classes: int, fraction: float, seed: int) -> np.ndarray:
     """Sorted class ids (of ``0..num_classes-1``) held out for validation: ``round(fraction *
     num_classes)`` of them, but at least 2 and leaving at least 2 to train on (a retrieval query
     needs a negative; a small test tree of 12 classes still gets a validation split)."""
     if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
-        raise ValueError(f"val_fraction must be between 0 and 1 (a share of the training classes), got {fraction!r}")
+        raise UsageError(f"val_fraction must be between 0 and 1 (a share of the training classes), got {fraction!r}")
     count = min(num_classes - 2, max(2, int(round(fraction * num_classes))))
     if count < 2:
-        raise ValueError(f"{num_classes} training classes are too few to carve a validation split from (at least 4)")
+        raise UsageError(f"{num_classes} training classes are too few to carve a validation split from (at least 4)")
     return np.sort(np.random.default_rng(seed).permutation(num_classes)[:count])
 
 
@@ -73,6 +75,6 @@ class ClassSubset(torch.utils.data.Dataset):
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels of many indices at once (in-memory datasets only)."""
         if not self.in_memory:
-            raise TypeError(f"{type(self.dataset).__name__} loads images one by one; use dataset[i]")
+            raise UsageError(f"{type(self.dataset).__name__} loads images one by one; use dataset[i]")
         images, _ = self.dataset.batch(self.indices[np.asarray(indices)])
         return images, self.labels[torch.as_tensor(indices)]

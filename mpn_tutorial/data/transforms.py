@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from torchvision import transforms
 
+from mpn_tutorial.errors import UsageError
+
 # ImageNet statistics: the backbone was pretrained on images normalised with them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,7 +56,7 @@ def test_transform(image_size: int = 227, resize: int | None = None) -> transfor
     """
     resize = round(image_size * RESIZE_PER_CROP) if resize is None else resize
     if resize < image_size:
-        raise ValueError(f"resize={resize} is smaller than the crop image_size={image_size}")
+        raise UsageError(f"resize={resize} is smaller than the crop image_size={image_size}")
     return transforms.Compose(
         [
             transforms.Resize(resize),

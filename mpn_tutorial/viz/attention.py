@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from mpn_tutorial.errors import UsageError
 from mpn_tutorial.metrics import same_class_attention_share
 from mpn_tutorial.viz.figures import class_order, draw_class_boundaries, draw_thumbnail
 
@@ -40,7 +41,7 @@ def attention_view(attention, labels, layer: int = 0, head: int = 0, query: int 
         attention = attention[None]
     num_layers, num_heads, n, _ = attention.shape
     if not (0 <= layer < num_layers and 0 <= head < num_heads and 0 <= query < n):
-        raise ValueError(f"layer {layer}, head {head}, query {query} out of range for attention of shape "
+        raise UsageError(f"layer {layer}, head {head}, query {query} out of range for attention of shape "
                          f"{attention.shape}")
     labels = np.asarray(labels)
     weights = attention[layer, head]

@@ -1,320 +1,679 @@
-"""The messages study: does passing messages over the batch make a better embedding on the glyphs, and why (not)?
+"""The messages study: what passing messages over the batch does on the glyphs, measured where training has plateaued.
 
-Every comparison runs on the library's experiment runner (``mpn_tutorial.experiments``, the same
-code as ``python -m mpn_tutorial compare`` and notebook 06), over seeds, seed-paired, against a
-control that removes exactly one thing, next to the **noise band** (the spread of paired
-differences between messages-off configurations that compute the same function). It writes
-``bench/messages_study.md`` (tables) and ``mpn_tutorial/results/messages_study.json`` (every
-seed's numbers; ``bench/messages_study.json`` links to it, and the package ships it for notebooks
-04 and 06). The JSON's keys:
+Every comparison is seed-paired against a control that removes exactly one thing, next to the
+**noise band**: the spread of paired differences between messages-off configurations that compute
+the same function (they differ only in how unused attention maps start, which shifts the random
+draws of the rest). A difference counts as beyond the noise band when |mean Δ| > 2 · band / sqrt(n).
+Each family of comparisons is corrected for its size (Holm); the p values printed are the corrected ones.
 
-- ``noise_band``: messages-off configurations that compute the same function (they differ only in
-  how unused attention weights are initialised, which shifts the random draws of the rest);
-- ``on_off``: the published preset and ``glyphs-attention``, messages on and off;
-- ``oracle``: attention given by the labels during training (uniform over the sample's class in
-  the batch, the sample itself included), with and without the warm-up, against messages off;
-- ``decomposition``: cross-entropy alone; + a BNNeck classifier on the L2-normalised embedding;
-  + the MPN's input map; + its feed-forward block (= the MPN head with messages off); + messages;
-- ``zero_init_out``: messages on from step 1 with W_o = 0, against the warm-up switch;
-- ``refinement``: test-time refinement over k-reciprocal neighbourhoods by the MPN, beside average
-  and alpha-query expansion on the same neighbourhoods and the MPN without messages per sample;
-- ``test_selection``: the epoch chosen on the test classes (the official release's practice)
-  against the validation classes;
-- ``attention``: the learned attention's same-class share beside the backbone-similarity attention
-  (at the same sharpness) and the mean self-weight;
-- ``episodes``: batch context at inference: within held-out P×K episodes of test classes, the MPN's
-  output (messages over the episode) against its output without messages and against query
-  expansion within the episode.
+1. **Budget curve** (``budget_curve``): the headline variants at multiples of the preset's budget
+   (600 steps; schedule and warm-up moved in proportion, ``presets.with_budget``), seeds 0-2.
+   **B\\*** (``converged_budget``) is the smallest budget where doubling it moves the validation R@1 of
+   every headline variant (seed-paired mean) by less than the validation noise band at that budget.
+2. **At B\\*, 5 seeds**: messages on/off for both settings (``on_off``), the decomposition of the head
+   (``decomposition``: cross-entropy alone, a second classifier, L2 normalisation, BatchNorm, the input
+   map, the feed-forward block, the messages), the normalised softmax (``normalised_softmax``, its
+   temperature chosen on the validation classes), attention given by the labels (``oracle``, with and
+   without the sample itself: a control, one fixed pattern), W_o = 0 instead of the warm-up
+   (``zero_init_out``), learned attention against the plain batch mean (``aggregation``), and the
+   paper's heads × layers (``ablation_heads_layers``, 3 seeds, each with its messages-off control).
+3. **Test time** (``episodes_tuned``): within held-out P×K episodes and over k-reciprocal
+   neighbourhoods, the MPN against the backbone, against query expansion and the backbone-similarity
+   twin of the MPN (the backbone's own similarity as attention through the trained W_v, W_o), with every
+   free parameter (k, alpha, the twin's sharpness) chosen on validation-class episodes.
 
-Settings come from the presets (chosen on validation classes, ``presets.py``); alpha = 3 and k = 10
-are the usual values of query expansion, not tuned. Runs are kept in a run store (default
-``data/study_runs``; its key holds the library's source), so an interrupted study resumes.
+Runs train in a run store (``--store``, keyed by the training code), two at a time with one thread
+each when ``--parallel 2`` (``bench/side_by_side.py`` measured that 1.4× faster on 2 cores); each run's
+measurements are cached beside it (keyed by the run and this measuring code), so a stopped study
+resumes. Writes ``bench/messages_study.md`` and ``mpn_tutorial/results/messages_study.json`` (shipped
+with the package; notebooks 03, 04, 06 and 07 read it).
 
-    nice -n 19 python bench/messages_study.py           # hours on 2 cores from scratch
-    python bench/messages_study.py --quick --output /tmp/study --store /tmp/store   # ~1 min, the machinery
+    nice -n 5 python bench/messages_study.py --parallel 2      # hours on 2 cores from scratch
+    python bench/messages_study.py --quick --output /tmp/study --store /tmp/store   # the machinery, ~1 min
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import multiprocessing
+import os
+import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import torch
-from benchlib import REPO_ROOT, cpu_model, print_header
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
-from mpn_tutorial import metrics
-from mpn_tutorial.callbacks import EpochEvaluation
-from mpn_tutorial.config import TrainConfig
-from mpn_tutorial.data.build import build_datasets
-from mpn_tutorial.data.splits import ClassSubset
-from mpn_tutorial.evaluation import _run_mpn, diagnostic_batches, embed_dataset, refine_embeddings
-from mpn_tutorial.experiments import measure, noise_band, paired_table, run_comparison
-from mpn_tutorial.presets import GLYPHS, GLYPHS_ATTENTION
-from mpn_tutorial.run_store import cache_key, train_cached
-from mpn_tutorial.runtime import thread_count
-
-REFINE_K, ALPHA, EPISODES = 10, 3.0, 50
-REFINEMENTS = {"backbone": None, "MPN refinement": "mpn", "MPN without messages": "mpn_without_messages",
-               "average QE": "mean", "alpha-QE": "similarity_weighted"}
-
-
-def configurations(base: TrainConfig, attention: TrainConfig) -> dict[str, dict[str, TrainConfig]]:
-    """Every configuration of the study, by section (a name may appear in several sections)."""
-    published_off, attention_off = base.without_messages(), attention.without_messages()
-    return {
-        "on_off": {"published": base, "published, messages off": published_off,
-                   "glyphs-attention": attention, "glyphs-attention, messages off": attention_off},
-        "noise_band": {  # two groups; within a group every configuration computes the same function
-            "published, messages off": published_off,
-            "published, messages off, identity W_v W_o (unused)": published_off.replace(mpn_identity_values=True),
-            "glyphs-attention, messages off": attention_off,
-            "glyphs-attention, messages off, random W_v W_o (unused)": attention_off.replace(mpn_identity_values=False),
-        },
-        "oracle": {"oracle attention, warm-up": attention.replace(mpn_attention="oracle"),
-                   "oracle attention, no warm-up": attention.replace(mpn_attention="oracle", message_warmup_epochs=0),
-                   "glyphs-attention, messages off": attention_off},
-        "decomposition": {
-            "cross-entropy alone": base.replace(loss="ce"),
-            "+ BNNeck classifier on the normalised embedding": base.replace(mpn_layers=0, mpn_input_map=False),
-            "+ input map": base.replace(mpn_layers=0),
-            "+ feed-forward block (= MPN head, messages off)": published_off,
-            "+ messages (= published MPN)": base,
-        },
-        "zero_init_out": {
-            "glyphs-attention (warm-up switch)": attention,
-            "zero W_o, messages from step 1": attention.replace(mpn_zero_out=True, message_warmup_epochs=0),
-            "glyphs-attention, messages off": attention_off},
-    }
-
-
+SEEDS_CURVE, SEEDS = (0, 1, 2), (0, 1, 2, 3, 4)
+HEADLINE = ("published", "published, messages off", "glyphs-attention", "glyphs-attention, messages off",
+            "cross-entropy alone", "+ BNNeck classifier on the normalised embedding")
 NOISE_GROUPS = (("published, messages off", "published, messages off, identity W_v W_o (unused)"),
                 ("glyphs-attention, messages off", "glyphs-attention, messages off, random W_v W_o (unused)"))
-ON_OFF = ("published", "published, messages off", "glyphs-attention", "glyphs-attention, messages off")
-REFINED = ON_OFF + ("zero W_o, messages from step 1",)
-LEARNED_ATTENTION = ("published", "glyphs-attention", "zero W_o, messages from step 1")
+EPISODES, EPISODE_SEED, VALIDATION_SEED = 50, 5000, 7000
+QE_K, QE_ALPHA, TWIN_SHARPNESS = (5, 10, 20), (0.0, 1.0, 3.0, 5.0, 10.0), (1.0, 3.0, 10.0, 30.0)
+NORMALISED_TEMPERATURES = (0.05, 0.1, 0.2)
+TEST_TIME_MODELS = ("published", "published, messages off", "glyphs-attention", "glyphs-attention, messages off")
+
+
+# --------------------------------------------------------------------------------------------
+# The configurations
+# --------------------------------------------------------------------------------------------
+
+
+def configurations(base, attention) -> dict[str, object]:
+    """Every configuration of the study at the preset's budget, by name."""
+    published_off, attention_off = base.without_messages(), attention.without_messages()
+    head = dict(mpn_layers=0, mpn_input_map=False)  # the MPN head as a second classifier only
+    found = {
+        "published": base,
+        "published, messages off": published_off,
+        "published, messages off, identity W_v W_o (unused)": published_off.replace(mpn_identity_values=True),
+        "glyphs-attention": attention,
+        "glyphs-attention, messages off": attention_off,
+        "glyphs-attention, messages off, random W_v W_o (unused)": attention_off.replace(mpn_identity_values=False),
+        "cross-entropy alone": base.replace(loss="ce"),
+        "+ second classifier (linear, on the raw embedding)": base.replace(
+            **head, mpn_normalize_input=False, mpn_classifier="linear"),
+        "+ L2 normalisation of its input": base.replace(**head, mpn_classifier="linear"),
+        "+ BNNeck classifier on the normalised embedding": base.replace(**head),
+        "+ input map": base.replace(mpn_layers=0),
+        "oracle attention (labels, self included)": attention.replace(mpn_attention="oracle"),
+        "oracle attention (labels, without self)": attention.replace(mpn_attention="oracle_without_self"),
+        "zero W_o, messages from step 1": attention.replace(mpn_zero_out=True, message_warmup_epochs=0),
+        "published, uniform mean over the batch": base.replace(mpn_attention="uniform"),
+        "glyphs-attention, uniform mean over the batch": attention.replace(mpn_attention="uniform"),
+    }
+    for temperature in NORMALISED_TEMPERATURES:
+        found[f"normalised softmax, T = {temperature:g}"] = base.replace(
+            loss="ce", backbone_classifier="cosine", temperature=temperature)
+    for layers in (1, 2):
+        for heads in (1, 2, 8):
+            found[f"{layers} × {heads}"] = base.replace(mpn_layers=layers, mpn_heads=heads)
+        found[f"{layers} layer(s), messages off"] = base.replace(mpn_layers=layers).without_messages()
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Obtaining runs (in worker processes) and measuring them
+# --------------------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _start_worker(threads: int, data_root: str, quick: bool) -> None:
+    os.environ["MPN_TUTORIAL_THREADS"] = str(threads)  # before the package pins threads and keys runs
+    from mpn_tutorial.runtime import pin_threads
+
+    pin_threads(threads)
+    _WORKER.update(data_root=data_root, quick=quick)
+
+
+def _datasets(config):
+    import numpy as np
+
+    from mpn_tutorial.data.build import build_datasets
+    from mpn_tutorial.data.splits import ClassSubset
+
+    if "datasets" not in _WORKER:
+        datasets = build_datasets(config)
+        if _WORKER["quick"]:  # a few test classes, so that evaluating is fast
+            datasets.test = ClassSubset(datasets.test, np.arange(30))
+        _WORKER["datasets"] = datasets
+    return _WORKER["datasets"]
+
+
+def measuring_code() -> str:
+    """A hash of the code that measures a run: this script's measuring functions and constants, the
+    experiment runner's ``measure``, evaluation and metrics (not the report, so editing it keeps the cache)."""
+    import inspect
+
+    import mpn_tutorial.evaluation
+    import mpn_tutorial.experiments
+    import mpn_tutorial.metrics
+
+    parts = [inspect.getsource(obtain), inspect.getsource(test_time_measurements),
+             inspect.getsource(mpn_tutorial.experiments.measure), inspect.getsource(mpn_tutorial.evaluation),
+             inspect.getsource(mpn_tutorial.metrics), repr((EPISODES, EPISODE_SEED, VALIDATION_SEED, QE_K, QE_ALPHA,
+                                                            TWIN_SHARPNESS))]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def obtain(job: tuple[str, dict, str, bool]) -> dict:
+    """Train (or load from the store) one run and measure it; runs in a worker process."""
+    name, settings, store, test_time = job
+    from mpn_tutorial.config import TrainConfig
+    from mpn_tutorial.experiments import measure
+    from mpn_tutorial.run_store import cache_key, train_cached
+
+    config = TrainConfig.from_dict(settings)
+    path = Path(store) / f"{cache_key(config)}.measured-{measuring_code()}{'-tt' if test_time else ''}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    datasets = _datasets(config)
+    start = time.perf_counter()
+    result = train_cached(config, store, datasets=datasets, progress=False)
+    measured = measure(result, datasets.test, 2 if _WORKER["quick"] else 10)
+    measured.update(steps=config.steps, val_recall1_per_epoch=[row["val"]["recall@1"] for row in result.history],
+                    val_map_at_r=result.val_metrics["map@r"])
+    if test_time:
+        measured["test_time"] = test_time_measurements(result.model, config, datasets, _WORKER["quick"])
+    measured["obtain_seconds"] = round(time.perf_counter() - start, 1)  # training (if not stored) and measuring
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(measured))
+    return measured
+
+
+def test_time_measurements(model, config, datasets, quick: bool) -> dict:
+    """Within-episode retrieval and neighbourhood refinement, every free parameter chosen on the
+    validation classes (the backbone is every row's control)."""
+    import torch
+
+    from mpn_tutorial import metrics
+    from mpn_tutorial.evaluation import (
+        diagnostic_batches,
+        embed_dataset,
+        refine_embeddings,
+        run_mpn,
+        similarity_twin,
+    )
+
+    count = 3 if quick else EPISODES
+    P, K = config.classes_per_batch, config.samples_per_class
+    model.eval()
+
+    def episodes(dataset, seed):
+        with torch.no_grad():
+            return [(model.retrieval_embeddings(images), labels)
+                    for images, labels in diagnostic_batches(dataset, count, P, K, seed=seed)]
+
+    def alpha_qe(embeddings, alpha):  # alpha-QE within the episode: every other sample, weights cos^alpha
+        return refine_embeddings(None, embeddings, len(embeddings) - 1, "similarity_weighted", alpha)
+
+    def views(embeddings, alpha, sharpness, mpn_alpha, only=None):
+        found = {"backbone": lambda: embeddings, "alpha-QE within the episode": lambda: alpha_qe(embeddings, alpha)}
+        if model.mpn is not None:
+            found.update({"MPN over the episode": lambda: run_mpn(model, embeddings, messages=True),
+                          "MPN without messages": lambda: run_mpn(model, embeddings, messages=False),
+                          "alpha-QE after the MPN": lambda: alpha_qe(run_mpn(model, embeddings), mpn_alpha)})
+            if model.has_attention:
+                found["backbone-similarity twin of the MPN"] = lambda: similarity_twin(model, embeddings, sharpness)
+        return {name: view() for name, view in found.items() if only is None or name == only}
+
+    def score(batches, alpha=1.0, sharpness=1.0, mpn_alpha=1.0, only=None) -> dict[str, tuple[float, float]]:
+        totals: dict[str, list] = {}
+        for embeddings, labels in batches:
+            for name, view in views(embeddings, alpha, sharpness, mpn_alpha, only).items():
+                found = metrics.retrieval_metrics(view, labels, (1,))
+                totals.setdefault(name, []).append((found["recall@1"], found["map@r"]))
+        return {name: (statistics.fmean(r for r, _ in v), statistics.fmean(m for _, m in v))
+                for name, v in totals.items()}
+
+    # each free parameter chosen on validation-class episodes, by MAP@R
+    validation = episodes(datasets.val, VALIDATION_SEED)
+
+    def best(values, view, parameter):
+        return max(values, key=lambda value: score(validation, only=view, **{parameter: value})[view][1])
+
+    chosen = {"alpha": best(QE_ALPHA, "alpha-QE within the episode", "alpha")}
+    if model.mpn is not None:
+        chosen["mpn_alpha"] = best(QE_ALPHA, "alpha-QE after the MPN", "mpn_alpha")
+    if model.has_attention:
+        chosen["sharpness"] = best(TWIN_SHARPNESS, "backbone-similarity twin of the MPN", "sharpness")
+    test = score(episodes(datasets.test, EPISODE_SEED), chosen["alpha"], chosen.get("sharpness", 1.0),
+                 chosen.get("mpn_alpha", 1.0))
+    result = {"chosen_on_validation": chosen,
+              "episodes": {name: {"test_recall@1": r, "test_map@r": m} for name, (r, m) in test.items()}}
+
+    # k-reciprocal neighbourhoods of the whole test set: k (and alpha) chosen on the validation classes
+    def refined(embeddings, labels, method, k, alpha_value):
+        shown = embeddings if method is None else refine_embeddings(model, embeddings, k, method, alpha_value)
+        found = metrics.retrieval_metrics(shown, labels, (1,))
+        return found["recall@1"], found["map@r"]
+
+    methods = {"average QE": "mean", "alpha-QE": "similarity_weighted"}
+    if model.mpn is not None:
+        methods["MPN refinement"] = "mpn"
+    val_embeddings, val_labels = embed_dataset(model, datasets.val)
+    test_embeddings, test_labels = embed_dataset(model, datasets.test)
+    neighbourhoods = {"backbone": dict(zip(("test_recall@1", "test_map@r"),
+                                           refined(test_embeddings, test_labels, None, 0, 0)))}
+    chosen_k = {}
+    for name, method in methods.items():
+        options = [(k, a) for k in QE_K for a in ((1.0, 3.0, 5.0) if method == "similarity_weighted" else (0.0,))]
+        best = max(options, key=lambda option: refined(val_embeddings, val_labels, method, *option)[1])
+        chosen_k[name] = {"k": best[0], "alpha": best[1]}
+        neighbourhoods[name] = dict(zip(("test_recall@1", "test_map@r"),
+                                        refined(test_embeddings, test_labels, method, *best)))
+    result.update(neighbourhoods=neighbourhoods, neighbourhoods_chosen_on_validation=chosen_k)
+    return result
 
 
 class Study:
-    """Obtains runs through the run store and measures each once (measurements cached beside the runs)."""
+    """Obtains every (name, budget, seed) the sections ask for, in parallel worker processes."""
 
-    def __init__(self, base: TrainConfig, store: Path, share_batches: int, episodes: int,
-                 test_classes: int | None = None) -> None:
-        self.store, self.share_batches, self.episodes = store, share_batches, episodes
-        self.datasets = build_datasets(base)
-        if test_classes is not None:  # --quick: a few test classes, so that evaluating is fast
-            self.datasets.test = ClassSubset(self.datasets.test, np.arange(test_classes))
-        self.trained = 0
+    def __init__(self, configs: dict, store: Path, parallel: int, data_root: str, quick: bool) -> None:
+        from mpn_tutorial.runtime import thread_count
 
-    def _path(self, config: TrainConfig) -> Path:
-        return self.store / f"{cache_key(config)}.measured.json"
+        self.configs, self.store, self.quick = configs, store, quick
+        threads = 1 if parallel > 1 else thread_count()
+        self.pool = ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_worker, initargs=(threads, data_root, quick))
+        self.threads, self.measured = threads, {}
 
-    def run(self, name: str, config: TrainConfig) -> dict:
-        path = self._path(config)
-        if path.exists():
-            return json.loads(path.read_text())
-        # the test classes after every epoch only where the test-selection lesson needs them (8 evaluations a run)
-        recorders = [EpochEvaluation(self.datasets.test, ks=(1,), batch_size=config.eval_batch_size)] if (
-            name in ON_OFF) else []
-        result = train_cached(config, self.store, callbacks=recorders, datasets=self.datasets, progress=False)
-        self.trained += 1
-        measured = measure(result, self.datasets.test, self.share_batches)
-        for recorder in recorders:
-            measured["test_recall@1_per_epoch"] = [m["recall@1"] for _, m in recorder.results]
-            measured["test_map@r_per_epoch"] = [m["map@r"] for _, m in recorder.results]
-        if name in REFINED:
-            measured["refinement"] = self.refine(result.model)
-            measured["episodes"] = self.episode_context(result.model, config)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(measured))
-        print(f"  {name:58s} seed {config.seed}  test R@1 {100 * measured['test_recall@1']:5.1f}  MAP@R "
-              f"{100 * measured['test_map@r']:5.1f}  share {measured.get('test_share', math.nan):.3f}"
-              f"  ({measured['train_seconds']:.0f} s)", flush=True)
-        return measured
+    def get(self, requests: list[tuple[str, float, int]], test_time: tuple[str, ...] = ()) -> None:
+        """Obtain ``(name, budget factor, seed)`` runs not obtained yet (``test_time``: names that also get
+        the test-time measurements), two at a time."""
+        from mpn_tutorial.presets import with_budget
 
-    def refine(self, model) -> dict:
-        embeddings, labels = embed_dataset(model, self.datasets.test)
-        refined = {}
-        for name, method in REFINEMENTS.items():
-            shown = embeddings if method is None else refine_embeddings(model, embeddings, REFINE_K, method, ALPHA)
-            found = metrics.retrieval_metrics(shown, labels, (1,))
-            refined[name] = {"test_recall@1": found["recall@1"], "test_map@r": found["map@r"]}
-        return refined
+        wanted = [(name, budget, seed) for name, budget, seed in dict.fromkeys(requests)
+                  if (name, budget, seed) not in self.measured
+                  or (name in test_time and "test_time" not in self.measured[(name, budget, seed)])]
+        jobs = [(name, with_budget(self.configs[name], budget).replace(seed=seed).to_dict(), str(self.store),
+                 name in test_time) for name, budget, seed in wanted]
+        for (name, budget, seed), measured in zip(wanted, self.pool.map(obtain, jobs)):
+            self.measured[(name, budget, seed)] = measured
+            print(f"  {name:62s} ×{budget:g} seed {seed}  val R@1 {100 * measured['val_recall@1']:5.1f}  test R@1 "
+                  f"{100 * measured['test_recall@1']:5.1f}  best epoch {measured['best_epoch']:2d}/"
+                  f"{len(measured['val_recall1_per_epoch'])}  ({measured['train_seconds']:.0f} s)", flush=True)
 
-    @torch.no_grad()
-    def episode_context(self, model, config: TrainConfig) -> dict:
-        """Within-episode retrieval on held-out P×K episodes of test classes: R@1 and MAP@R of each sample
-        against the rest of its episode, for the backbone embedding and three ways to use the episode."""
-        batches = diagnostic_batches(self.datasets.test, self.episodes, config.classes_per_batch,
-                                     config.samples_per_class, seed=5000)
-        model.eval()
-        found = {name: [] for name in ("backbone", "MPN over the episode", "MPN without messages",
-                                       "alpha-QE within the episode")}
-        for images, labels in batches:
-            embeddings = model.retrieval_embeddings(images)
-            views = {"backbone": embeddings,
-                     "MPN over the episode": _run_mpn(model, embeddings, messages=True),
-                     "MPN without messages": _run_mpn(model, embeddings, messages=False),
-                     "alpha-QE within the episode": refine_embeddings(None, embeddings, config.samples_per_class - 1,
-                                                                      "similarity_weighted", ALPHA)}
-            for name, view in views.items():
-                result = metrics.retrieval_metrics(view, labels, (1,))
-                found[name].append((result["recall@1"], result["map@r"]))
-        return {name: {"test_recall@1": float(np.mean([r for r, _ in values])),
-                       "test_map@r": float(np.mean([m for _, m in values]))} for name, values in found.items()}
+    def runs(self, name: str, budget: float, seeds=SEEDS) -> list[dict]:
+        return [self.measured[(name, budget, seed)] for seed in seeds if (name, budget, seed) in self.measured]
 
 
-def derived(section: dict[str, list[dict]], names, field: str) -> dict[str, list[dict]]:
-    """Per-seed entries of a measurement nested in the runs (refinement, episodes), as variants."""
-    out = {}
-    for name in names:
-        for runs in [section.get(name)]:
-            if not runs or field not in runs[0]:
-                continue
-            for method in runs[0][field]:
-                out[f"{name}: {method}"] = [{"seed": r["seed"], **r[field][method]} for r in runs]
-    return out
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
 
 
-def selection(runs: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """Test R@1 at the epoch chosen on the validation classes, and at the best epoch by test R@1."""
-    out = {}
-    for name, seeds in runs.items():
-        out[f"{name}: epoch chosen on validation"] = [
-            {"seed": r["seed"], "test_recall@1": r["test_recall@1_per_epoch"][r["best_epoch"] - 1],
-             "test_map@r": r["test_map@r_per_epoch"][r["best_epoch"] - 1], "epoch": r["best_epoch"]} for r in seeds]
-        out[f"{name}: epoch chosen on test"] = [
-            {"seed": r["seed"], "test_recall@1": max(r["test_recall@1_per_epoch"]),
-             "test_map@r": r["test_map@r_per_epoch"][int(np.argmax(r["test_recall@1_per_epoch"]))],
-             "epoch": int(np.argmax(r["test_recall@1_per_epoch"])) + 1} for r in seeds]
-    return out
+def paired(runs: list[dict], control: list[dict], key: str) -> dict:
+    """Seed-paired difference with its two-sided p (paired t, n - 1 degrees of freedom)."""
+    from scipy import stats
+
+    from mpn_tutorial.experiments import paired_difference
+
+    difference = paired_difference(runs, control, key)
+    if difference.n < 2:
+        p = 1.0
+    elif math.isinf(difference.t):  # identical non-zero differences: no spread
+        p = 0.0
+    else:
+        p = float(2 * stats.t.sf(abs(difference.t), difference.n - 1))
+    return {"mean": difference.mean, "std": difference.std, "t": difference.t, "n": difference.n, "p": p}
+
+
+def holm(comparisons: dict[str, dict]) -> None:
+    """Add Holm-corrected p values (``p_holm``) to a family of comparisons, in place."""
+    order = sorted(comparisons, key=lambda name: comparisons[name]["p"])
+    running, size = 0.0, len(order)
+    for rank, name in enumerate(order):
+        running = max(running, min(1.0, (size - rank) * comparisons[name]["p"]))
+        comparisons[name]["p_holm"] = running
+
+
+def family(study: Study, budget: float, controls: dict[str, str], band: dict[str, float], seeds=SEEDS) -> dict:
+    """A family of comparisons ``{variant: control}`` at a budget: paired Δ of test R@1 and MAP@R, Holm-
+    corrected over the family (per metric), and whether each Δ is beyond the noise band."""
+    found = {}
+    for key in ("test_recall@1", "test_map@r"):
+        comparisons = {variant: paired(study.runs(variant, budget, seeds), study.runs(control, budget, seeds), key)
+                       for variant, control in controls.items()}
+        holm(comparisons)
+        for variant, comparison in comparisons.items():
+            comparison["beyond_noise"] = abs(comparison["mean"]) > 2 * band[key] / math.sqrt(comparison["n"])
+            comparison["control"] = controls[variant]
+            found.setdefault(variant, {})[key] = comparison
+    return found
+
+
+def band_at(study: Study, budget: float, key: str, seeds) -> float:
+    from mpn_tutorial.experiments import noise_band
+
+    return noise_band([[study.runs(a, budget, seeds), study.runs(b, budget, seeds)] for a, b in NOISE_GROUPS], key)
+
+
+# --------------------------------------------------------------------------------------------
+# The study
+# --------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny networks, 2 seeds, short runs (~1 min)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--quick", action="store_true", help="tiny networks, short runs, 2 seeds (~1 min)")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[1, 2, 4, 8],
+                        help="multiples of the preset's budget on the curve (default 1 2 4 8)")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each when above 1)")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "bench" / "messages_study",
                         help="writes OUTPUT.md; the JSON goes to mpn_tutorial/results/ (default) or OUTPUT.json")
     parser.add_argument("--store", type=Path, default=REPO_ROOT / "data" / "study_runs")
     parser.add_argument("--data-root", type=Path, default=REPO_ROOT / "data")
+    parser.add_argument("--stop-after", choices=("curve", "headline", "baselines", "ablations", "all"), default="all",
+                        help="stop after a phase (the study resumes from its store)")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MPN_TUTORIAL_THREADS", "2")
+    from mpn_tutorial.runtime import pin_threads
+
+    pin_threads()
+    import torch
+
+    from mpn_tutorial.presets import GLYPHS, GLYPHS_ATTENTION
+
     start = time.perf_counter()
     base = GLYPHS.replace(data_root=str(args.data_root))
     attention = GLYPHS_ATTENTION.replace(data_root=str(args.data_root))
-    seeds, share_batches, episodes = args.seeds, 10, EPISODES
+    global SEEDS_CURVE, SEEDS, SEEDS_ABLATION
     if args.quick:
-        tiny = dict(glyph_channels=(8, 16), embedding_dim=16, mpn_ff_dim=32, epochs=3, batches_per_epoch=4,
-                    lr_decay_epochs=(2,))
+        tiny = dict(glyph_channels=(8, 16), embedding_dim=16, mpn_ff_dim=32, epochs=4, batches_per_epoch=3,
+                    lr_decay_epochs=(3,))
         base = base.replace(**tiny)
-        attention = attention.replace(**tiny, message_warmup_epochs=1, mpn_input_scale=2 * math.sqrt(16))
-        seeds, share_batches, episodes = args.seeds[:2], 2, 3
-    print_header("messages study (glyphs)", {"seeds": seeds, "store": args.store, "threads": thread_count()})
-    study = Study(base, args.store, share_batches, episodes, test_classes=30 if args.quick else None)
+        attention = attention.replace(**tiny, message_warmup_epochs=2, mpn_input_scale=2 * math.sqrt(16))
+        SEEDS_CURVE, SEEDS, SEEDS_ABLATION = (0, 1), (0, 1), (0, 1)
+        args.budgets = args.budgets[:2]
+    configs = configurations(base, attention)
+    study = Study(configs, args.store, args.parallel, str(args.data_root), args.quick)
+    budgets = sorted(args.budgets)
+    print(f"messages study: {len(budgets)} budgets × {len(SEEDS_CURVE)} seeds on the curve, {len(SEEDS)} at B*; "
+          f"{args.parallel} at a time, {study.threads} thread(s) each; store {args.store}", flush=True)
 
-    sections = {}
-    for section, variants in configurations(base, attention).items():
-        print(f"# {section}", flush=True)
-        sections[section] = run_comparison(variants, seeds, study.run)
-    on_off = sections["on_off"]
-    runs_by_name = {name: runs for section in sections.values() for name, runs in section.items()}
-    sections["refinement"] = derived(runs_by_name, REFINED, "refinement")
-    sections["episodes"] = derived(runs_by_name, REFINED, "episodes")
-    sections["test_selection"] = selection(on_off)
-    sections["attention"] = {name: runs_by_name[name] for name in LEARNED_ATTENTION + ("oracle attention, warm-up",)}
-    band = {key: noise_band([[runs_by_name[a], runs_by_name[b]] for a, b in NOISE_GROUPS], key)
-            for key in ("test_recall@1", "test_map@r")}
+    # 1. the budget curve, and B*
+    print("# budget curve", flush=True)
+    curve_names = HEADLINE + tuple(second for _, second in NOISE_GROUPS)
+    study.get([(name, budget, seed) for budget in budgets for name in curve_names for seed in SEEDS_CURVE
+               if budget != budgets[-1] or name in HEADLINE])
+    converged = converged_budget(study, budgets)
+    b_star = converged["factor"] or budgets[-1]
+    print(f"B* = ×{b_star:g} ({converged['steps']} steps): {converged['rule']}", flush=True)
+    phases = {"curve": 0, "headline": 1, "baselines": 2, "ablations": 3, "all": 4}
+    sections: dict = {"budget_curve": curve(study, budgets, curve_names), "converged_budget": converged}
+
+    # 2. the headline variants at B*, 5 seeds
+    headline = HEADLINE + tuple(second for _, second in NOISE_GROUPS) + (
+        "+ input map", "oracle attention (labels, self included)", "oracle attention (labels, without self)",
+        "zero W_o, messages from step 1")
+    if phases[args.stop_after] >= 1:
+        print("# headline at B*", flush=True)
+        study.get([(name, b_star, seed) for name in headline for seed in SEEDS], test_time=TEST_TIME_MODELS)
+    # 4. baselines: the normalised softmax (temperature chosen on validation, seed 0), the separating rungs
+    if phases[args.stop_after] >= 2:
+        print("# baselines at B*", flush=True)
+        temperatures = [f"normalised softmax, T = {t:g}" for t in NORMALISED_TEMPERATURES]
+        study.get([(name, b_star, 0) for name in temperatures])
+        chosen = max(temperatures, key=lambda name: study.runs(name, b_star, (0,))[0]["val_recall@1"])
+        sections["normalised_softmax_temperature"] = {
+            "chosen": chosen, "val_recall@1 (seed 0)": {name: study.runs(name, b_star, (0,))[0]["val_recall@1"]
+                                                        for name in temperatures}}
+        study.get([(name, b_star, seed) for seed in SEEDS for name in (
+            chosen, "+ second classifier (linear, on the raw embedding)", "+ L2 normalisation of its input")])
+    # 3. the paper's ablations (3 seeds) and the aggregation (5 seeds)
+    if phases[args.stop_after] >= 3:
+        print("# ablations at B*", flush=True)
+        study.get([(name, b_star, seed) for seed in SEEDS for name in (
+            "published, uniform mean over the batch", "glyphs-attention, uniform mean over the batch")])
+        study.get([(f"{layers} × {heads}", b_star, seed) for seed in SEEDS_ABLATION for layers in (1, 2)
+                   for heads in (1, 2, 8)] + [(f"{layers} layer(s), messages off", b_star, seed)
+                                              for seed in SEEDS_ABLATION for layers in (1, 2)])
+    sections.update(at_converged_budget(study, b_star, sections))
     minutes = (time.perf_counter() - start) / 60
-    header = {"commit": _commit(), "machine": f"{cpu_model()}, {thread_count()} threads, torch {torch.__version__}",
-              "minutes_this_invocation": round(minutes, 1), "runs_trained_now": study.trained, "seeds": seeds,
-              "quick": args.quick, "noise_band": band, "refine_k": REFINE_K, "alpha": ALPHA,
-              "episodes": episodes, "steps_per_run": base.steps, "date": time.strftime("%Y-%m-%d")}
+    sections["header"] = {
+        "commit": _commit(), "machine": f"{_cpu_model()}, {study.threads} thread(s) per run, {args.parallel} run(s) "
+        f"at a time, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
+        "minutes_this_invocation": round(minutes, 1), "quick": args.quick, "seeds": list(SEEDS),
+        "seeds_curve": list(SEEDS_CURVE), "budgets": budgets, "steps_per_budget_1": base.steps,
+        "phases": args.stop_after, "episodes": 3 if args.quick else EPISODES,
+        "rule_beyond_noise": "|mean paired Δ| > 2 · noise band / sqrt(n)",
+        "rule_converged": converged["rule"],
+    }
     output_json = (REPO_ROOT / "mpn_tutorial" / "results" / "messages_study.json" if args.output ==
                    parser.get_default("output") else args.output.with_suffix(".json"))
     output_json.parent.mkdir(parents=True, exist_ok=True)
-    output_json.write_text(json.dumps({"header": header, **sections}, indent=1))
-    report = write_report(args.output.with_suffix(".md"), header, sections)
-    print(report)
+    ordered = {"header": sections.pop("header"), **sections}
+    output_json.write_text(json.dumps(ordered, indent=1))
+    print(write_report(args.output.with_suffix(".md"), ordered))
+    study.pool.shutdown()
     return 0
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+SEEDS_ABLATION = (0, 1, 2)
 
 
-def against_backbone(section: dict[str, list[dict]]) -> dict[str, str]:
-    """Controls for a section derived per model ("MODEL: method"): every method against "MODEL: backbone"."""
-    return {name: f"{name.split(': ')[0]}: backbone" for name in section if not name.endswith(": backbone")}
+def converged_budget(study: Study, budgets: list[float]) -> dict:
+    """B*: the smallest budget where doubling it moves the validation R@1 of every headline variant by
+    less than the validation noise band at that budget (seed-paired means over the curve's seeds)."""
+    steps = {budget: study.runs(HEADLINE[0], budget, SEEDS_CURVE)[0]["steps"] for budget in budgets}
+    checks = []
+    for budget in budgets:
+        if 2 * budget not in budgets:
+            continue
+        band = band_at(study, budget, "val_recall@1", SEEDS_CURVE)
+        moves = {name: paired(study.runs(name, 2 * budget, SEEDS_CURVE), study.runs(name, budget, SEEDS_CURVE),
+                              "val_recall@1")["mean"] for name in HEADLINE}
+        checks.append({"factor": budget, "steps": steps[budget], "val_noise_band": band, "doubling_moves": moves,
+                       "converged": all(abs(move) < band for move in moves.values())})
+    first = next((check for check in checks if check["converged"]), None)
+    return {"factor": first["factor"] if first else None, "steps": first["steps"] if first else None,
+            "checks": checks,
+            "rule": "the smallest budget where doubling it moves the validation R@1 of every headline variant (mean "
+                    "of the seed-paired differences over seeds " + ", ".join(map(str, SEEDS_CURVE)) + ") by less "
+                    "than the validation noise band at that budget" + ("" if first else
+                                                                       "; no budget of the curve met it")}
 
 
-def write_report(path: Path, header: dict, sections: dict) -> str:
-    band = header["noise_band"]
-    lines = [
-        "# The messages study (glyphs)", "",
-        f"Written by `bench/messages_study.py` on {header['date']} at commit {header['commit'][:10]}: "
-        f"{header['machine']}; {header['minutes_this_invocation']} min in this invocation "
-        f"({header['runs_trained_now']} runs trained now, the rest from the run store). Seeds "
-        f"{', '.join(map(str, header['seeds']))}; every run "
-        f"{header['steps_per_run']} steps of 8×6 glyphs, best epoch chosen by validation R@1; test classes measured "
-        "only. Mean ± standard deviation over seeds. Δ: the seed-paired difference to the row's control, mean ± std "
-        "of the per-seed differences, with its t (4 degrees of freedom for 5 seeds: |t| > 2.78 at 95%). * marks a "
-        "difference with |t| > 2.78 that is also larger than twice the noise band's standard error.", "",
-        "**Noise band** (the spread a difference must beat): the root mean square of the seed-paired differences "
-        "between messages-off configurations that compute the same function: "
-        f"±{100 * band['test_recall@1']:.1f} points of R@1, ±{100 * band['test_map@r']:.1f} of MAP@R per seed.", "",
-        "## Noise band: same function, other random draws", "",
-        paired_table(sections["noise_band"], {second: first for first, second in NOISE_GROUPS}, band=band),
-        "", "## Messages on against off", "",
-        paired_table(sections["on_off"], {"published": "published, messages off",
-                                    "glyphs-attention": "glyphs-attention, messages off"},
-               ("test_recall@1", "test_map@r", "test_share"), band),
-        "", "## The oracle bound: attention given by the labels during training", "",
-        "Oracle attention: a_ij = 1/n_c over the n_c samples of i's class in the batch, i itself included (each "
-        "sample receives the mean of its class, through W_v and W_o, initialised as in glyphs-attention).", "",
-        paired_table(sections["oracle"], {"oracle attention, warm-up": "glyphs-attention, messages off",
-                                    "oracle attention, no warm-up": "glyphs-attention, messages off"}, band=band),
-        "", "## Decomposition: which part of the head carries the gain over cross-entropy", "",
-        paired_table(sections["decomposition"], {
-            "+ BNNeck classifier on the normalised embedding": "cross-entropy alone",
-            "+ input map": "+ BNNeck classifier on the normalised embedding",
-            "+ feed-forward block (= MPN head, messages off)": "+ input map",
-            "+ messages (= published MPN)": "+ feed-forward block (= MPN head, messages off)"}, band=band),
-        "", "## Zero W_o instead of the warm-up switch", "",
-        paired_table(sections["zero_init_out"], {"zero W_o, messages from step 1": "glyphs-attention (warm-up switch)",
-                                           "glyphs-attention (warm-up switch)": "glyphs-attention, messages off"},
-               ("test_recall@1", "test_map@r", "test_share"), band),
-        "", f"## Test-time refinement over k-reciprocal neighbourhoods (k = {header['refine_k']}), against query "
-        "expansion on the same neighbourhoods", "",
-        f"alpha-QE: weights cos^{header['alpha']:g}. Controls: each model's backbone embedding.", "",
-        paired_table(sections["refinement"], against_backbone(sections["refinement"])),
-        "", f"## Batch context at inference: {header['episodes']} held-out episodes of 8 test classes × 6", "",
-        "Within-episode retrieval (each sample against the other 47). Control: the backbone embedding.", "",
-        paired_table(sections["episodes"], against_backbone(sections["episodes"])),
-        "", "## Choosing the epoch on the test classes (the official release) against the validation classes", "",
-        paired_table(sections["test_selection"], {name: name.replace("on test", "on validation")
-                                            for name in sections["test_selection"] if name.endswith("on test")}),
-        "", "## What the learned attention finds, against the backbone's own similarity", "",
-        "Share: same-class share of the attention to other samples on 10 held-out test-class batches (chance "
-        "0.106). Backbone-similarity share: softmax_j(beta cos(e_i, e_j)) of the same model's backbone embeddings, "
-        "with beta set per batch to the learned attention's sharpness (equal mean row entropy). Self-weight: the "
-        "mean a_ii (uniform 1/48 = 0.021).", "",
-        paired_table(sections["attention"], {}, ("test_recall@1", "test_share", "test_similarity_share",
-                                                 "test_self_weight", "test_score_spread")),
-        "",
-    ]
+def curve(study: Study, budgets, names) -> dict:
+    """``{steps: {variant: [per-seed dicts]}}`` with the keys the package's readers use."""
+    keys = ("seed", "steps", "best_epoch", "val_recall@1", "test_recall@1", "test_map@r", "train_seconds",
+            "val_recall1_per_epoch")
+    found = {}
+    for budget in budgets:
+        runs = {name: [{key: run.get(key) for key in keys} for run in study.runs(name, budget, SEEDS)]
+                for name in names}
+        runs = {name: value for name, value in runs.items() if value}
+        found[str(runs[HEADLINE[0]][0]["steps"])] = runs
+    return found
+
+
+def at_converged_budget(study: Study, b_star: float, sections: dict) -> dict:
+    """Every section at B*: per variant its per-seed runs, and the families of comparisons."""
+    def runs(name, seeds=SEEDS):
+        found = study.runs(name, b_star, seeds)
+        return [{key: value for key, value in run.items() if key not in ("test_time", "val_recall1_per_epoch")}
+                for run in found]
+
+    band = {key: band_at(study, b_star, key, SEEDS) for key in ("test_recall@1", "test_map@r", "val_recall@1")}
+    found: dict = {"noise_band": {"band": band, "groups": [list(group) for group in NOISE_GROUPS],
+                                  "runs": {name: runs(name) for group in NOISE_GROUPS for name in group},
+                                  "comparisons": family(study, b_star, {second: first for first, second in
+                                                                        NOISE_GROUPS}, band)}}
+    on_off = {"published": "published, messages off", "glyphs-attention": "glyphs-attention, messages off"}
+    found["on_off"] = {"runs": {name: runs(name) for name in (*on_off, *on_off.values())},
+                       "comparisons": family(study, b_star, on_off, band)}
+    rungs = ["cross-entropy alone", "+ second classifier (linear, on the raw embedding)",
+             "+ L2 normalisation of its input", "+ BNNeck classifier on the normalised embedding", "+ input map",
+             "published, messages off", "published"]
+    rungs = [name for name in rungs if runs(name)]
+    found["decomposition"] = {"rungs": rungs, "runs": {name: runs(name) for name in rungs},
+                              "comparisons": family(study, b_star, dict(zip(rungs[1:], rungs[:-1])), band)}
+    chosen = sections.get("normalised_softmax_temperature", {}).get("chosen")
+    if chosen and runs(chosen):
+        controls = {chosen: "cross-entropy alone", "+ BNNeck classifier on the normalised embedding": chosen,
+                    "published": chosen}
+        found["normalised_softmax"] = {"chosen": chosen, "temperatures": sections.pop("normalised_softmax_temperature"),
+                                       "runs": {name: runs(name) for name in (chosen, *controls.values(),
+                                                                              *controls)},
+                                       "comparisons": family(study, b_star, controls, band)}
+    controls = {"oracle attention (labels, self included)": "glyphs-attention, messages off",
+                "oracle attention (labels, without self)": "glyphs-attention, messages off",
+                "zero W_o, messages from step 1": "glyphs-attention, messages off"}
+    controls = {name: control for name, control in controls.items() if runs(name)}
+    found["oracle"] = {"runs": {name: runs(name) for name in (*controls, "glyphs-attention, messages off")},
+                       "comparisons": family(study, b_star, controls, band)}
+    found["zero_init_out"] = {"runs": {name: runs(name) for name in ("zero W_o, messages from step 1",
+                                                                    "glyphs-attention")},
+                              "comparisons": family(study, b_star, {"zero W_o, messages from step 1":
+                                                                    "glyphs-attention"}, band)}
+    aggregation = {"published": "published, messages off",
+                   "published, uniform mean over the batch": "published, messages off",
+                   "glyphs-attention": "glyphs-attention, messages off",
+                   "glyphs-attention, uniform mean over the batch": "glyphs-attention, messages off"}
+    if runs("published, uniform mean over the batch"):
+        found["aggregation"] = {"runs": {name: runs(name) for name in dict.fromkeys([*aggregation.values(),
+                                                                                    *aggregation])},
+                                "comparisons": family(study, b_star, aggregation, band)}
+    ablation = {f"{layers} × {heads}": f"{layers} layer(s), messages off" for layers in (1, 2) for heads in (1, 2, 8)}
+    if runs("2 × 8", SEEDS_ABLATION):
+        found["ablation_heads_layers"] = {
+            "runs": {name: runs(name, SEEDS_ABLATION) for name in dict.fromkeys([*ablation.values(), *ablation])},
+            "comparisons": family(study, b_star, ablation, band, SEEDS_ABLATION)}
+    learned = ("published", "glyphs-attention", "zero W_o, messages from step 1")
+    found["attention"] = {name: runs(name) for name in learned}
+    found["episodes_tuned"] = test_time_section(study, b_star, band)
+    return found
+
+
+def test_time_section(study: Study, b_star: float, band: dict[str, float]) -> dict:
+    """Per model: the test-time views, each against the backbone (the primary control), Holm over the
+    family; a difference counts next to the training noise band of its metric (the same rule)."""
+    found = {}
+    for model in TEST_TIME_MODELS:
+        runs = [run for run in study.runs(model, b_star) if "test_time" in run]
+        if not runs:
+            continue
+        for part in ("episodes", "neighbourhoods"):
+            views = {view: [{"seed": run["seed"], **run["test_time"][part][view]} for run in runs]
+                     for view in runs[0]["test_time"][part]}
+            comparisons = {}
+            for key in ("test_recall@1", "test_map@r"):
+                family_ = {view: paired(views[view], views["backbone"], key) for view in views if view != "backbone"}
+                holm(family_)
+                for view, comparison in family_.items():
+                    comparison["beyond_noise"] = abs(comparison["mean"]) > 2 * band[key] / math.sqrt(comparison["n"])
+                    comparisons.setdefault(view, {})[key] = comparison
+            found.setdefault(model, {})[part] = {"runs": views, "comparisons": comparisons}
+        found[model]["chosen_on_validation"] = [run["test_time"]["chosen_on_validation"] | {
+            "neighbourhoods": run["test_time"]["neighbourhoods_chosen_on_validation"], "seed": run["seed"]}
+            for run in runs]
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+
+
+def _cell(runs: list[dict], key: str) -> str:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    if not values:
+        return "—"
+    scale = 1 if ("share" in key or "weight" in key or "spread" in key) else 100
+    digits = 3 if scale == 1 else 1
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * spread:.{digits}f}"
+
+
+def _delta(comparison: dict) -> str:
+    mark = " *" if comparison["p_holm"] < 0.05 and comparison["beyond_noise"] else ""
+    return (f"{100 * comparison['mean']:+.1f} ± {100 * comparison['std']:.1f} (t {comparison['t']:+.1f}, "
+            f"p {comparison['p_holm']:.3f}){mark}")
+
+
+def table(section: dict, names=None, keys=("val_recall@1", "test_recall@1", "test_map@r")) -> str:
+    names = names or list(section["runs"])
+    comparisons = section.get("comparisons", {})
+    headings = {"val_recall@1": "val R@1", "test_recall@1": "test R@1", "test_map@r": "test MAP@R",
+                "test_share": "share", "test_self_weight": "self-weight", "test_similarity_share":
+                "backbone-similarity share", "test_score_spread": "score spread"}
+    columns = ["variant", "seeds", *(headings.get(key, key) for key in keys), "control", "Δ test R@1 (Holm p)",
+               "Δ test MAP@R (Holm p)"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for name in names:
+        runs = section["runs"][name]
+        comparison = comparisons.get(name)
+        deltas = [_delta(comparison[key]) if comparison else "" for key in ("test_recall@1", "test_map@r")]
+        control = comparison["test_recall@1"]["control"] if comparison else "—"
+        lines.append("| " + " | ".join([name, str(len(runs)), *(_cell(runs, key) for key in keys), control,
+                                        *deltas]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(path: Path, study: dict) -> str:
+    header, converged = study["header"], study["converged_budget"]
+    lines = ["# The messages study (glyphs), at the converged budget", "",
+             f"Written by `bench/messages_study.py` on {header['date']} at commit {header['commit'][:10]}: "
+             f"{header['machine']}; {header['minutes_this_invocation']} min in this invocation (runs already in the "
+             "store are loaded). Best epoch by validation R@1; test classes measured only. Mean ± standard deviation "
+             "over seeds. Δ: seed-paired difference to the control (mean ± std of the per-seed differences), its t, "
+             "and its p corrected for the comparisons of its table (Holm). * marks Holm p < 0.05 with a difference "
+             f"beyond the noise band ({header['rule_beyond_noise']}).", "", "## Budget curve", "",
+             f"Multiples of the preset's {header['steps_per_budget_1']} steps (schedule and warm-up in proportion), "
+             f"seeds {', '.join(map(str, header['seeds_curve']))}; validation R@1 (test R@1).", ""]
+    names = list(next(iter(study["budget_curve"].values())))
+    lines.append("| steps | " + " | ".join(names) + " |")
+    lines.append("|" + "---|" * (len(names) + 1))
+    for steps, runs in study["budget_curve"].items():
+        lines.append(f"| {steps} | " + " | ".join(
+            f"{_cell(runs[name], 'val_recall@1')} ({_cell(runs[name], 'test_recall@1')})" if name in runs else "—"
+            for name in names) + " |")
+    lines += ["", f"**B\\*** = {converged['steps']} steps: {converged['rule']}.", ""]
+    for check in converged["checks"]:
+        moves = ", ".join(f"{name} {100 * move:+.2f}" for name, move in check["doubling_moves"].items())
+        lines.append(f"- {check['steps']} → {2 * check['steps']} steps: validation noise band "
+                     f"±{100 * check['val_noise_band']:.2f}; doubling moves (points) {moves}: "
+                     f"{'converged' if check['converged'] else 'not converged'}")
+    if "noise_band" not in study:
+        return "\n".join(lines)
+    band = study["noise_band"]["band"]
+    lines += ["", f"## At B\\* ({converged['steps']} steps)", "",
+              f"**Noise band** at B\\*: ±{100 * band['test_recall@1']:.2f} points of test R@1, "
+              f"±{100 * band['test_map@r']:.2f} of test MAP@R, ±{100 * band['val_recall@1']:.2f} of validation R@1 "
+              "(root mean square of the seed-paired differences between the messages-off configurations that compute "
+              "the same function).", ""]
+    for key, title in (("noise_band", "Noise band: same function, other random draws"),
+                       ("on_off", "Messages on against off"), ("decomposition", "Decomposition of the head"),
+                       ("normalised_softmax", "The normalised softmax (cosine classifier), the field's baseline"),
+                       ("oracle", "Attention given by the labels (a control, one fixed pattern)"),
+                       ("zero_init_out", "W_o = 0 instead of the warm-up"),
+                       ("aggregation", "Learned attention, the plain batch mean, no messages"),
+                       ("ablation_heads_layers", "Heads × layers (published settings), each with its messages-off "
+                                                 "control")):
+        if key in study:
+            lines += [f"### {title}", "", table(study[key]), ""]
+    if study.get("attention"):
+        lines += ["### What the learned attention finds", "",
+                  table({"runs": study["attention"]}, keys=("test_share", "test_similarity_share", "test_self_weight",
+                                                            "test_score_spread")), ""]
+    for model, parts in study.get("episodes_tuned", {}).items():
+        for part in ("episodes", "neighbourhoods"):
+            lines += [f"### Test time, {model}: {part} (parameters chosen on validation classes; control: backbone)",
+                      "", table({"runs": parts[part]["runs"], "comparisons": {
+                          view: {key: {**value, "control": "backbone"} for key, value in comparison.items()}
+                          for view, comparison in parts[part]["comparisons"].items()}},
+                          keys=("test_recall@1", "test_map@r")), ""]
     text = "\n".join(lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
+
+
+def _commit() -> str:
+    import mpn_tutorial
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(mpn_tutorial.__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("Model name:")),
+                "unknown CPU")
 
 
 if __name__ == "__main__":

@@ -226,6 +226,20 @@ def test_every_option_of_every_command_has_a_bad_argument_case():
         assert options <= tried, f"{name}: no bad-value case for {sorted(options - tried)}"
 
 
+def test_every_setting_has_exactly_one_flag_of_train_and_compare_with_its_declared_range():
+    import dataclasses
+
+    from mpn_tutorial.config import TrainConfig
+    from mpn_tutorial.settings import describe_range, has_range
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command in ("train", "compare"):
+        for field in dataclasses.fields(TrainConfig):
+            flags = [action for action in commands[command]._actions if action.dest == field.name]
+            assert len(flags) == 1, f"{command}: {field.name} has {len(flags)} flags"
+            assert has_range(field) and describe_range(field) in flags[0].help, field.name
+
+
 def test_the_default_folder_name_leaves_out_where_and_how_a_run_computes():
     from mpn_tutorial.__main__ import run_name
     from mpn_tutorial.presets import get_preset
@@ -310,8 +324,8 @@ def test_a_disk_that_fills_up_names_the_file_exits_1_and_keeps_the_earlier_check
     monkeypatch.setattr(atomic.os, "fsync", fsync_then_full)
     assert main(_tiny_run(folder, data_root, epochs=2)) == 1
     line = _one_line_error(capsys)
-    assert "no space left" in line and str(folder) in line and "MiB free" in line and "intact" in line
-    assert "--resume" in line
+    assert "no space left" in line and str(folder) in line and "MiB free" in line
+    assert "last.pt holds epoch 1 and is intact" in line and "--resume" in line
     assert load_checkpoint(folder / "last.pt")["epoch"] == 1
     load_model(folder / "best.pt")
     assert not list(folder.glob("*.partial"))
@@ -341,28 +355,48 @@ def test_a_real_small_tmpfs_that_fills_up_gives_the_same_clear_error(tmp_path, d
         subprocess.run(["umount", str(disk)], check=False)
 
 
-def test_an_unexpected_error_shows_its_traceback_and_exits_1(tmp_path, data_root):
-    # a bug, simulated: the loss function of the library raises something no input can cause
+def test_a_valueerror_from_a_bug_inside_the_library_shows_its_traceback_says_bug_and_exits_1(tmp_path, data_root):
+    # a bug, simulated: a ValueError (the type a bad unpacking raises) from deep inside training, which no
+    # input can cause; it must not read as the user's fault
     code = ("import sys, mpn_tutorial.training as t\n"
-            "def broken(config):\n    raise ZeroDivisionError('a bug')\n"
-            "t.loss_function = broken\n"
+            "def broken(*args, **kwargs):\n    first, second = (1, 2, 3)\n"
+            "t.evaluate = broken\n"
             "from mpn_tutorial.__main__ import main\n"
             f"sys.exit(main({_tiny_run(tmp_path / 'run', data_root, 1)!r}))\n")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 1
-    assert "Traceback" in completed.stderr and "ZeroDivisionError: a bug" in completed.stderr
+    assert "Traceback" in completed.stderr and "ValueError: too many values to unpack" in completed.stderr
+    assert "this is a bug in mpn_tutorial" in completed.stderr.splitlines()[-1]
 
 
-def test_a_gpu_out_of_memory_says_which_flags_lower_memory_and_exits_1(monkeypatch, capsys, data_root, tmp_path):
+@pytest.mark.parametrize("error, machine", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "the GPU"),
+    (MemoryError(), "the machine (CPU memory)"),
+])
+def test_out_of_memory_says_what_ran_out_and_that_nothing_was_saved_and_exits_1(error, machine, monkeypatch,
+                                                                                capsys, data_root, tmp_path):
     import mpn_tutorial.training
 
     def out_of_memory(*args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise error
 
     monkeypatch.setattr(mpn_tutorial.training, "train", out_of_memory)
     assert main(_tiny_run(tmp_path / "run", data_root, 1)) == 1
     line = _one_line_error(capsys)
+    assert f"{machine} ran out of memory" in line and "nothing of it is saved" in line
     assert "--classes-per-batch" in line and "--checkpointing" in line
+
+
+def test_a_disk_full_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, data_root, monkeypatch, capsys):
+    from mpn_tutorial import atomic
+
+    def full(descriptor):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    assert main(_tiny_run(tmp_path / "run", data_root, epochs=1)) == 1
+    line = _one_line_error(capsys)
+    assert "no space left" in line and "nothing of it is saved" in line and "intact" not in line
 
 
 def test_evaluate_prints_what_the_attention_of_an_mpn_checkpoint_does(trained, capsys):

@@ -143,11 +143,19 @@ def test_the_mpn_sees_only_the_direction_of_the_backbone_embeddings():
     torch.testing.assert_close(scaled.mpn_logits, unscaled.mpn_logits)
 
 
-def test_the_model_returns_raw_logits_the_loss_applies_the_temperature():
-    model = _glyph_model().train()
-    torch.manual_seed(1)
-    output = model(torch.randn(6, 1, 32, 32))
-    torch.testing.assert_close(output.backbone_logits, model.classifier(output.embeddings))
+def test_the_temperature_is_the_losss_alone_the_model_returns_the_same_raw_logits_for_any():
+    from mpn_tutorial.config import TrainConfig, create_model
+    from mpn_tutorial.training import loss_function
+
+    sharp, soft = (TrainConfig(embedding_dim=16, glyph_channels=(8,), mpn_ff_dim=16, temperature=t) for t in (0.1, 1.0))
+    images, labels = torch.randn(6, 1, 32, 32), torch.tensor([0, 0, 1, 1, 2, 2])
+    outputs = [create_model(config, 3).eval()(images) for config in (sharp, soft)]
+    torch.testing.assert_close(outputs[0].backbone_logits, outputs[1].backbone_logits)
+    torch.testing.assert_close(outputs[0].mpn_logits, outputs[1].mpn_logits)
+    loss, _ = loss_function(sharp)(outputs[0], labels)
+    expected = sum(F.cross_entropy(logits / 0.1, labels, label_smoothing=0.1)
+                   for logits in (outputs[0].backbone_logits, outputs[0].mpn_logits))
+    torch.testing.assert_close(loss, expected)
 
 
 def test_glyph_encoder_uses_global_max_pooling():
@@ -229,7 +237,7 @@ def test_every_attention_variant_starts_from_the_random_draws_of_the_published_o
         torch.manual_seed(0)
         module = make_attention(kind, 8, 2)
         starts[kind] = module.v_proj.weight.clone(), torch.randn(3)  # and the next draw after it
-    for kind, (weight, after) in starts.items():
+    for weight, after in starts.values():
         torch.testing.assert_close(weight, starts["learned"][0])
         torch.testing.assert_close(after, starts["learned"][1])
 

@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from mpn_tutorial.config import TrainConfig, create_model, names_run
-from mpn_tutorial.data.build import DataConfig
-from mpn_tutorial.models import ModelConfig
 from mpn_tutorial.presets import get_preset
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -36,12 +35,46 @@ def test_importing_the_package_changes_no_thread_count_and_no_environment_variab
     assert completed.returncode == 0, completed.stderr[-2000:]
 
 
-def test_no_field_is_declared_in_two_settings_dataclasses():
-    declared = [dataclasses.fields(DataConfig), dataclasses.fields(ModelConfig)]
-    own = [f for f in dataclasses.fields(TrainConfig) if f.name not in {g.name for group in declared for g in group}]
-    names = [f.name for group in (*declared, own) for f in group]
-    assert len(names) == len(set(names))
-    assert {f.name for f in dataclasses.fields(TrainConfig)} == set(names)  # TrainConfig is the union
+def test_no_setting_is_declared_in_two_settings_dataclasses():
+    # a redeclaration (TrainConfig saying `image_size: int = 64` again) would leave one field with two defaults
+    for field in dataclasses.fields(TrainConfig):
+        declaring = [cls.__name__ for cls in TrainConfig.__mro__ if field.name in vars(cls).get("__annotations__", {})]
+        assert len(declaring) == 1, f"{field.name} is declared in {declaring}"
+    assert {cls.__name__ for cls in TrainConfig.__mro__} >= {"DataConfig", "ModelConfig"}
+
+
+def _outside(field):
+    """A value outside a setting's declared range (see test_command_line for the flags' version)."""
+    from mpn_tutorial.settings import choices_of, kind_of
+
+    element, many, _ = kind_of(field)
+    meta = field.metadata
+    if element is bool:
+        value = "yes"
+    elif choices_of(field) is not None or meta["pattern"]:
+        value = "nope"
+    elif meta["path"] is not None:
+        value = 3
+    elif meta["low"] is not None:
+        value = element(meta["low"] - 1)
+    else:
+        value = element(meta["above"])
+    return (value,) if many else value
+
+
+@pytest.mark.parametrize("field", dataclasses.fields(TrainConfig), ids=lambda field: field.name)
+def test_validate_refuses_a_value_outside_each_settings_declared_range_and_names_it(field):
+    config = get_preset("glyphs")
+    config.validate()
+    with pytest.raises(ValueError, match=field.name):
+        config.replace(**{field.name: _outside(field)}).validate()
+
+
+def test_every_setting_declares_its_help_and_its_range():
+    from mpn_tutorial.settings import has_range
+
+    for field in dataclasses.fields(TrainConfig):
+        assert field.metadata.get("help") and has_range(field), field.name
 
 
 def test_a_machinery_setting_names_no_new_run_and_a_computed_one_does():

@@ -2,7 +2,7 @@
 
 With the published settings (``--preset glyphs``), the MPN's attention on the glyphs never leaves
 uniform. This script trains a ladder of variants, each with its **messages-off control** (the same
-configuration with ``mpn_pass_messages=False``: same head, no sample receives anything from the
+configuration with ``mpn_attention="none"``: same head, no sample receives anything from the
 others) over several seeds, and measures on the **test classes**: backbone Recall@1 and MAP@R, the
 same-class share of the attention on held-out P×K batches (chance = (K-1)/(N-1) = 0.106 for 8×6),
 and optional test-time refinement (``evaluate(..., refine_k=10)``).
@@ -109,14 +109,14 @@ class Study:
             "test_map@r": result.test_metrics["map@r"],
             "train_seconds": result.seconds,
         }
-        if model.mpn is not None:
+        if model.has_attention:
             measured["val_share"] = attention_share(model, self.datasets.val, self.share_batches)
             measured["test_share"] = attention_share(model, test, self.share_batches)
-        if refine and model.mpn is not None:
+        if refine and model.has_attention:
             refined = evaluate(model, test, ks=(1,), refine_k=self.refine_k, batch_size=config.eval_batch_size)
             measured.update({"refined_recall@1": refined["recall@1"], "refined_map@r": refined["map@r"]})
         path.write_text(json.dumps(measured))
-        print(f"  {config.preset:18s} seed {config.seed} messages {'on ' if config.mpn_pass_messages else 'off'}"
+        print(f"  {config.preset:18s} seed {config.seed} messages {'off' if config.mpn_attention == 'none' else 'on '}"
               f" val R@1 {100 * measured['val_recall@1']:5.1f}  test R@1 {100 * measured['test_recall@1']:5.1f}"
               f"  share {measured.get('test_share', float('nan')):.3f}", flush=True)
         return measured

@@ -35,7 +35,7 @@ def main() -> None:
     def epoch() -> None:
         model.train()
         for images, labels in iterate_batches(datasets.train, sampler):
-            loss, _ = compute_loss(model(images, labels=labels), labels)
+            loss, _ = compute_loss(model(images), labels)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

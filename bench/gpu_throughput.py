@@ -23,10 +23,10 @@ import argparse
 import torch
 from benchlib import print_header, print_ratio, time_interleaved
 
-from mpn_tutorial.config import TrainConfig
+from mpn_tutorial.config import TrainConfig, create_model
 from mpn_tutorial.data.splits import carve_validation_classes
 from mpn_tutorial.presets import get_preset
-from mpn_tutorial.training import create_model, loss_function
+from mpn_tutorial.training import loss_function
 
 CUB_TRAIN_CLASSES = 100  # classes 1-100 of CUB-200-2011; the preset carves validation classes from them
 

@@ -1,7 +1,7 @@
 """One glyph-preset training step: cross-entropy + MPN vs the same backbone with cross-entropy only.
 
 A step is forward + backward + optimizer step on one P×K batch (8 classes × 6 glyphs of 32 px,
-the ``glyphs`` preset). Both models are built by ``mpn_tutorial.training.create_model`` from the
+the ``glyphs`` preset). Both models are built by ``mpn_tutorial.config.create_model`` from the
 same preset, so the only difference is the message-passing network (1 layer, 2 heads, FFN 512) and
 its classifier. Batches are drawn by ``PKSampler`` and loaded with ``dataset.batch`` beforehand, so
 the timing covers the step only.
@@ -17,11 +17,11 @@ import itertools
 import torch
 from benchlib import REPO_ROOT, print_header, print_ratio, time_interleaved
 
-from mpn_tutorial.config import TrainConfig
+from mpn_tutorial.config import TrainConfig, create_model
 from mpn_tutorial.data import PKSampler
 from mpn_tutorial.data.build import build_datasets
 from mpn_tutorial.presets import get_preset
-from mpn_tutorial.training import create_model, loss_function, make_optimizer
+from mpn_tutorial.training import loss_function, make_optimizer
 
 # For --breakdown: the same optimizers with explicit options (e.g. torch's default for-loop Adam) to
 # compare with what mpn_tutorial.training.make_optimizer builds (fused Adam).

@@ -22,14 +22,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from scipy import stats
+
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import build_datasets
 from mpn_tutorial.errors import UsageError
 from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches
 from mpn_tutorial.training import TrainResult
 
-# two-sided 95% critical values of Student's t, by degrees of freedom
-T_CRITICAL_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 SHARE_BATCHES = 10  # held-out P×K batches of test classes on which a run's attention is measured
 
 
@@ -80,9 +80,16 @@ class Paired:
     differences: tuple[float, ...]
 
     @property
+    def p(self) -> float:
+        """Two-sided p of the paired t with n - 1 degrees of freedom (1 without two seeds)."""
+        if self.n < 2:
+            return 1.0
+        return 0.0 if math.isinf(self.t) else float(2 * stats.t.sf(abs(self.t), self.n - 1))
+
+    @property
     def significant(self) -> bool:
-        """|t| above the two-sided 95% critical value for n - 1 degrees of freedom."""
-        return self.n > 1 and abs(self.t) > T_CRITICAL_95.get(self.n - 1, 1.96)
+        """p below 0.05 (|t| above the two-sided 95% critical value for n - 1 degrees of freedom)."""
+        return self.p < 0.05
 
 
 def paired_difference(runs: list[dict], reference: list[dict], key: str) -> Paired:

@@ -1,4 +1,4 @@
-"""The messages study's machinery, at CI size (`--quick`: tiny networks, two seeds, short runs)."""
+"""The messages study's machinery: its rules on numbers we know, and the whole script at CI size (`--quick`)."""
 
 import json
 import subprocess
@@ -8,28 +8,76 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-KEYS = ("noise_band", "on_off", "oracle", "decomposition", "zero_init_out", "refinement", "test_selection",
-        "attention", "episodes")
+sys.path.insert(0, str(REPOSITORY / "bench"))
+
+import messages_study  # noqa: E402
+
+KEYS = ("budget_curve", "converged_budget", "noise_band", "on_off", "decomposition", "normalised_softmax", "oracle",
+        "zero_init_out", "aggregation", "ablation_heads_layers", "attention", "episodes_tuned")
+
+
+class _Runs:
+    """A stand-in for the study's store: ``runs(name, budget, seeds)`` from a table of values."""
+
+    def __init__(self, values: dict[tuple[str, float], list[float]]) -> None:
+        self.values = values
+
+    def runs(self, name, budget, seeds=(0, 1, 2)):
+        return [{"seed": seed, "steps": int(600 * budget), "val_recall@1": value}
+                for seed, value in zip(seeds, self.values[(name, budget)])]
+
+
+def test_the_converged_budget_is_the_first_whose_doubling_moves_every_headline_variant_less_than_the_band():
+    noise = {1: 0.02, 2: 0.01, 4: 0.005}  # the half-width of the same-function pairs' differences per budget
+    gains = {1: 0.05, 2: 0.03, 4: 0.001, 8: 0.0}  # what each headline variant gains on reaching each budget
+    values = {}
+    for budget in (1, 2, 4, 8):
+        level = sum(gain for b, gain in gains.items() if b <= budget)
+        for name in messages_study.HEADLINE:
+            values[(name, budget)] = [level, level + 0.001, level - 0.001]
+        for first, second in messages_study.NOISE_GROUPS:
+            if budget in noise:
+                values[(first, budget)] = [level, level, level]
+                values[(second, budget)] = [level + noise[budget], level - noise[budget], level]
+    found = messages_study.converged_budget(_Runs(values), [1, 2, 4, 8])
+    # ×1 -> ×2 gains 0.03 against a band of 0.016 (not converged); ×2 -> ×4 gains 0.001 against 0.008
+    assert found["factor"] == 2 and found["steps"] == 1200
+    assert [check["converged"] for check in found["checks"]] == [False, True, True]
+
+
+def test_holm_multiplies_the_sorted_p_values_by_the_comparisons_left_and_keeps_them_monotone():
+    family = {"a": {"p": 0.01}, "b": {"p": 0.04}, "c": {"p": 0.03}}
+    messages_study.holm(family)
+    assert {name: round(c["p_holm"], 6) for name, c in family.items()} == {"a": 0.03, "b": 0.06, "c": 0.06}
 
 
 @pytest.mark.slow
-def test_the_quick_study_writes_every_section_with_paired_seeds(tmp_path):
+def test_the_quick_study_writes_every_section_with_paired_seeds_steps_and_best_epochs(tmp_path):
     output = tmp_path / "study"
     completed = subprocess.run([sys.executable, str(REPOSITORY / "bench" / "messages_study.py"), "--quick",
                                 "--output", str(output), "--store", str(tmp_path / "store")],
                                capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
     study = json.loads(output.with_suffix(".json").read_text())
-    assert set(KEYS) <= set(study)
-    for key in KEYS:
-        assert study[key], key
-        for variant, runs in study[key].items():
-            assert [run["seed"] for run in runs] == [0, 1], (key, variant)
-            assert all(0 <= run["test_recall@1"] <= 1 and 0 <= run["test_map@r"] <= 1 for run in runs), (key, variant)
-    assert "published: alpha-QE" in study["refinement"] and "glyphs-attention: MPN refinement" in study["refinement"]
-    assert study["header"]["noise_band"]["test_recall@1"] >= 0
+    assert set(KEYS) <= set(study), sorted(set(KEYS) - set(study))
+    assert len(study["budget_curve"]) == 2  # the quick study's two budgets
+    for steps, variants in study["budget_curve"].items():
+        for variant, runs in variants.items():
+            assert [run["seed"] for run in runs] == [0, 1], (steps, variant)
+            assert all(run["steps"] == int(steps) and 1 <= run["best_epoch"] <= len(run["val_recall1_per_epoch"])
+                       for run in runs), (steps, variant)
+            assert {"val_recall@1", "test_recall@1", "test_map@r"} <= set(runs[0])
+    b_star = str(study["converged_budget"]["steps"])
+    assert study["on_off"]["runs"]["published"][0]["steps"] == int(b_star)
+    for section in ("on_off", "decomposition", "oracle", "aggregation", "ablation_heads_layers"):
+        for comparisons in study[section]["comparisons"].values():
+            for comparison in comparisons.values():
+                assert comparison["p"] <= comparison["p_holm"] <= 1, section
+    assert "chosen" in study["normalised_softmax"]
+    episodes = study["episodes_tuned"]["glyphs-attention"]["episodes"]["runs"]
+    assert {"backbone", "alpha-QE within the episode", "backbone-similarity twin of the MPN"} <= set(episodes)
     report = output.with_suffix(".md").read_text()
-    assert "Noise band" in report and "oracle" in report.lower()
+    assert "B\\*" in report and "Noise band" in report and "Holm" in report
 
 
 @pytest.mark.slow

@@ -1,50 +1,119 @@
-"""The teachers' answer key: executed copies of the notebooks with the reference solutions filled in.
+"""The teachers' answer key: the notebooks with each exercise's solution in place, executed.
 
-``python -m mpn_tutorial answer-key --output answer_key`` (or ``make answer-key``) copies every
-numbered notebook, makes its exercise cell use the reference solution of :mod:`mpn_tutorial.solutions`
-(each exercise is a function named like its solution), executes the copy top to bottom in a fresh
-kernel, and writes it to the output folder; the learners' notebooks are never changed. Each copy's
-check cell then shows the feedback on the reference answer, which must be "correct".
+``python -m mpn_tutorial answer-key --output answer_key`` (or ``make answer-key``) takes every
+numbered notebook **as committed** (``git show HEAD:...`` when the notebooks are in a git checkout,
+so a learner's edits in ``notebooks/`` never reach the key), and in each:
+
+- writes the reference solution (:mod:`mpn_tutorial.solutions`) into the exercise cell, between
+  nbgrader's ``### BEGIN SOLUTION`` / ``### END SOLUTION`` markers (the cell is marked as an nbgrader
+  solution cell, so a teacher who uses nbgrader can release the student version from it);
+- adds a cell after the check: why the solution is right (the solution's docstring), and the
+  exercise's common mistakes with the feedback the check gives each (``exercises.common_mistakes``,
+  generated from the checks themselves, never copied by hand);
+- executes the notebook top to bottom in a fresh kernel, so its check cell shows the feedback on the
+  reference answer, which must be "correct".
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
 import re
+import subprocess
+import textwrap
 from pathlib import Path
 
 from mpn_tutorial.errors import MissingFileError, UsageError
 
 CHECK_CALL = re.compile(r'^check\("(\w+)"', re.MULTILINE)
+PLACEHOLDER = "return None  # your code"
+
+
+def committed_source(path: Path) -> str:
+    """The notebook as committed (HEAD) when it is tracked in a git checkout; else the file as it is."""
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True,
+                             cwd=path.parent).stdout.strip()
+        relative = path.resolve().relative_to(Path(top).resolve()).as_posix()
+        return subprocess.run(["git", "show", f"HEAD:{relative}"], capture_output=True, text=True, check=True,
+                              cwd=top).stdout
+    except (OSError, ValueError, subprocess.CalledProcessError):  # no git, not a checkout, or not tracked
+        return path.read_text()
+
+
+def solution_body(name: str) -> str:
+    """The statements of ``solutions.<name>`` (no signature, no docstring), and the imports they need."""
+    from mpn_tutorial import solutions
+
+    function = ast.parse(textwrap.dedent(inspect.getsource(getattr(solutions, name)))).body[0]
+    statements = function.body[1:] if isinstance(function.body[0], ast.Expr) else function.body
+    lines = inspect.getsource(getattr(solutions, name)).splitlines()
+    body = textwrap.dedent("\n".join(lines[statements[0].lineno - 1:statements[-1].end_lineno]))
+    used = {node.id for statement in statements for node in ast.walk(statement) if isinstance(node, ast.Name)}
+    imports = []
+    for node in ast.parse(inspect.getsource(solutions)).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and not (isinstance(node, ast.ImportFrom) and
+                                                                    node.module == "__future__"):
+            names = [alias for alias in node.names if (alias.asname or alias.name).split(".")[0] in used]
+            if names:
+                imports.append(ast.unparse(type(node)(**{**node.__dict__, "names": names})))
+    return "\n".join(imports), body
+
+
+def explanation(name: str) -> str:
+    """Markdown for after the check: why the solution is right, and the common mistakes with their feedback."""
+    from mpn_tutorial import solutions
+    from mpn_tutorial.exercises import common_mistakes
+
+    why = inspect.getdoc(getattr(solutions, name)).split("\n", 1)[-1].strip()
+    mistakes = "\n".join(f"* **{what}** — the check says: *{feedback.message}*" for what, feedback in
+                         common_mistakes(name))
+    return (f"**Answer key: why this is right.** {' '.join(why.split())}\n\n"
+            f"**Common mistakes and the check's feedback** (on inputs like this notebook's):\n\n{mistakes}")
 
 
 def fill_in(notebook) -> str:
-    """Put the reference solution into a notebook's exercise cell (the code cell before its check);
-    returns the exercise's name."""
-    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    for index, cell in enumerate(code):
+    """Put the reference solution into a notebook's exercise cell (the code cell before its check), mark it
+    as nbgrader's solution cell, and add the explanation after the check; returns the exercise's name."""
+    import nbformat
+
+    code = [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+    for position, (index, cell) in enumerate(code):
         found = CHECK_CALL.search(cell.source)
-        if found:
-            exercise = found.group(1)
-            code[index - 1].source += f"\n\nfrom mpn_tutorial.solutions import {exercise}  # the answer key's reference"
-            return exercise
+        if not found:
+            continue
+        name = found.group(1)
+        exercise = code[position - 1][1]
+        if PLACEHOLDER not in exercise.source or f"def {name}(" not in exercise.source:
+            raise UsageError(f"the exercise cell before check({name!r}) should define {name}() with the placeholder "
+                             f"`{PLACEHOLDER}`")
+        imports, body = solution_body(name)
+        indent = re.search(rf"^( *){re.escape(PLACEHOLDER)}", exercise.source, re.MULTILINE).group(1)
+        solution = textwrap.indent(f"### BEGIN SOLUTION\n{body}\n### END SOLUTION", indent)
+        exercise.source = exercise.source.replace(f"{indent}{PLACEHOLDER}", solution)
+        if imports:
+            exercise.source = imports + "  # what the solution uses\n" + exercise.source
+        exercise.metadata["nbgrader"] = {"solution": True, "grade": False, "locked": False,
+                                         "grade_id": f"{name}-solution", "schema_version": 3}
+        notebook.cells.insert(index + 1, nbformat.v4.new_markdown_cell(explanation(name)))
+        return name
     raise UsageError("this notebook has no exercise check (a cell calling check(\"...\"))")
 
 
 def write_answer_key(notebooks: str | os.PathLike, output: str | os.PathLike, data: str | os.PathLike | None = None,
-                     timeout: int = 1800) -> dict[str, str]:
-    """Execute every ``NN_*.ipynb`` of ``notebooks`` with its solution filled in, into ``output``.
-
-    ``data``: the data folder the copies use (default: the one a notebook in ``notebooks`` finds).
-    Returns ``{notebook file: the check's feedback}``.
-    """
+                     timeout: int = 1800, only: tuple[str, ...] = ()) -> dict[str, str]:
+    """Write the key of every ``NN_*.ipynb`` of ``notebooks`` (or those whose name starts with one of
+    ``only``), executed, into ``output``. ``data``: the data folder the copies use (default: the one a
+    notebook in ``notebooks`` finds). Returns ``{notebook file: the check's feedback}``."""
     import nbformat
     from nbclient import NotebookClient
 
     from mpn_tutorial.notebook import DATA_VARIABLE, find_data_folder
 
     notebooks, output = Path(notebooks), Path(output)
-    paths = sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))
+    paths = [path for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))
+             if not only or path.name.startswith(tuple(only))]
     if not paths:
         raise MissingFileError(f"no numbered notebooks (NN_*.ipynb) in {notebooks}")
     output.mkdir(parents=True, exist_ok=True)
@@ -54,7 +123,7 @@ def write_answer_key(notebooks: str | os.PathLike, output: str | os.PathLike, da
     feedback = {}
     try:
         for path in paths:
-            notebook = nbformat.read(path, as_version=4)
+            notebook = nbformat.reads(committed_source(path), as_version=4)
             exercise = fill_in(notebook)
             NotebookClient(notebook, kernel_name="python3", timeout=timeout,
                            resources={"metadata": {"path": str(output)}}).execute()

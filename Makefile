@@ -14,7 +14,7 @@ export MPN_TUTORIAL_THREADS ?= 2
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: setup data lab test unit notebooks browser browser-deps tutorial answer-key lint clean
+.PHONY: setup data lab test unit notebooks browser browser-deps tutorial answer-key site lint clean
 
 setup: $(INSTALLED) data
 
@@ -71,6 +71,12 @@ tutorial: setup
 # For teachers: executed copies of the notebooks with the reference solutions, in answer_key/.
 answer-key: setup
 	$(BIN)/python -m mpn_tutorial answer-key --notebooks notebooks --output answer_key
+
+# A static HTML site to hand out: the README, the seven notebooks as committed (not executed again) and the
+# API reference from the docstrings, in build/site/ (open build/site/docs/index.html; no network needed).
+site: setup
+	$(BIN)/python -m sphinx -b html -q -W --keep-going -c docs . build/site
+	@echo "site written: build/site/docs/index.html"
 
 lint: setup
 	$(BIN)/ruff check mpn_tutorial tests bench notebooks

@@ -8,7 +8,7 @@ the statistics and the tables are these.
 Statistics. A run's test metrics depend on its seed (initialisation, batches, dropout); two variants
 run with the same seeds are compared **seed by seed**: the paired difference d_s = x_s(variant) -
 x_s(reference), its mean, standard deviation and t = mean / (std / sqrt(n)) (n - 1 degrees of
-freedom; |t| > 2.78 for 5 seeds, 4.30 for 3, at the usual two-sided 95%). A difference counts only
+freedom; ``|t| > 2.78`` for 5 seeds, 4.30 for 3, at the usual two-sided 95%). A difference counts only
 next to the **noise band**: the spread of paired differences between configurations that compute the
 same function (``noise_band``).
 """
@@ -88,7 +88,7 @@ class Paired:
 
     @property
     def significant(self) -> bool:
-        """p below 0.05 (|t| above the two-sided 95% critical value for n - 1 degrees of freedom)."""
+        """p below 0.05 (``|t|`` above the two-sided 95% critical value for n - 1 degrees of freedom)."""
         return self.p < 0.05
 
 
@@ -148,7 +148,7 @@ def paired_table(results: dict[str, list[dict]], controls: dict[str, str],
                  keys: Sequence[str] = ("test_recall@1", "test_map@r"), band: dict[str, float] | None = None) -> str:
     """A markdown table: per variant the mean ± std over seeds of ``keys``, its control
     (``controls[variant]``, a variant of ``results``; none for a reference row) and the seed-paired
-    difference of R@1 and MAP@R to it with t. * marks |t| above the 95% value that is also larger
+    difference of R@1 and MAP@R to it with t. ``*`` marks ``|t|`` above the 95% value that is also larger
     than twice the noise band's standard error (``band``: per key, see :func:`noise_band`)."""
     paired_keys = [key for key in keys if key in ("test_recall@1", "test_map@r")]
     columns = ["variant", "seeds", *(HEADINGS.get(k, k) for k in keys), "control",

@@ -121,7 +121,8 @@ def test_the_query_slider_counts_the_rows_of_the_class_sorted_map():
     explorer = viz.AttentionExplorer([(0, _attention())], IMAGES, LABELS)
     order = np.argsort(LABELS, kind="stable")
     explorer.query_slider.value = 5
-    assert explorer.current.query == order[5]  # the sample in row 5 of the sorted heat map
+    assert explorer.current.query == order[4]  # the sample in row 5 of the sorted heat map, counted from 1
+    assert explorer.query_slider.min == explorer.head_slider.min == 1  # every slider counts from 1
     assert "row 5" in explorer.current.caption
 
 

@@ -10,7 +10,7 @@ reader                      ``root`` holds                               split
 ==========================  ===========================================  =========================
 ``CUB200``                  images.txt, image_class_labels.txt, images/  classes 1-100 / 101-200
 ``Cars196``                 cars_annos.mat, car_ims/                     classes 1-98 / 99-196
-``StanfordOnlineProducts``  Ebay_train.txt, Ebay_test.txt, *_final/      the two files
+``StanfordOnlineProducts``  Ebay_train.txt, Ebay_test.txt, ``*_final/``  the two files
 ``InShop``                  Eval/list_eval_partition.txt, Img/           train / query / gallery
 ==========================  ===========================================  =========================
 

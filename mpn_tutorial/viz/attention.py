@@ -51,7 +51,7 @@ def attention_view(attention, labels, layer: int = 0, head: int = 0, query: int 
     shares = same_class_attention_share(weights, labels, per_query=True) if n > 1 else np.zeros(n)
     share, query_share = float(shares.mean()), float(shares[query])
     position = int(np.flatnonzero(order == query)[0])
-    caption = (f"layer {layer + 1} · head {head + 1} of {num_heads} · query in row {position} of the sorted map "
+    caption = (f"layer {layer + 1} · head {head + 1} of {num_heads} · query in row {position + 1} of the sorted map "
                f"(sample {query}, class {labels[query]}): "
                f"{100 * query_share:.0f}% of its attention to others stays in its class "
                f"(this head, all queries: {100 * share:.0f}%)")
@@ -78,7 +78,7 @@ def plot_attention_view(view: AttentionView, images, labels, title: str = "") ->
     colour_axis = figure.add_subplot(grid[:, 1])
     figure.colorbar(shown, cax=colour_axis)
     query_axis = figure.add_subplot(grid[0, 3])
-    draw_thumbnail(query_axis, images[view.query], f"query (row {row_position})", frame="cyan")
+    draw_thumbnail(query_axis, images[view.query], f"query (row {row_position + 1})", frame="cyan")
     for position, (index, weight) in enumerate(zip(view.top, view.top_weights)):
         axis = figure.add_subplot(grid[1, 3 + position])
         same = labels[index] == labels[view.query]
@@ -114,17 +114,17 @@ def plot_attention_comparison(attentions: dict[str, np.ndarray], labels, title: 
     scale: ``{name: attention (L, H, N, N)}`` of models on the same batch."""
     order, boundaries = class_order(labels)
     num_heads = max(np.asarray(a).shape[1] for a in attentions.values())
-    figure, axes = plt.subplots(len(attentions), num_heads, figsize=(2.7 * num_heads + 1, 2.8 * len(attentions)),
-                                squeeze=False)
+    figure, axes = plt.subplots(len(attentions), num_heads, figsize=(2.7 * num_heads + 1.6, 2.8 * len(attentions)),
+                                squeeze=False, layout="constrained")
     for row, (name, attention) in enumerate(attentions.items()):
         layer = np.asarray(attention)[0]
-        shares = same_class_attention_share(layer, labels)
+        shares, shown = same_class_attention_share(layer, labels), None
         for head in range(num_heads):
-            _draw_head(axes[row, head], layer, head, shares, order, boundaries)
+            shown = _draw_head(axes[row, head], layer, head, shares, order, boundaries) or shown
             if head == 0:
                 axes[row, head].set_ylabel(name, fontsize=9)
+        figure.colorbar(shown, ax=axes[row, :].tolist(), shrink=0.9, label="weight a_ij")  # this row's scale
     figure.suptitle(title or "attention on the same held-out batch (rows and columns sorted by class)", fontsize=10)
-    figure.tight_layout()
     return figure
 
 
@@ -136,20 +136,24 @@ def plot_heads(attention, labels, columns: int = 4, title: str = "") -> Figure:
     shares = same_class_attention_share(layer, labels)
     rows = -(-len(layer) // columns)
     used = min(columns, len(layer))
-    figure, axes = plt.subplots(rows, used, figsize=(2.9 * used + 0.6, 3.3 * rows + 0.5), squeeze=False)
+    figure, axes = plt.subplots(rows, used, figsize=(2.9 * used + 1.4, 3.3 * rows + 0.5), squeeze=False,
+                                layout="constrained")
+    shown = None
     for head in range(rows * used):
-        _draw_head(axes.flat[head], layer, head, shares, order, boundaries)
+        shown = _draw_head(axes.flat[head], layer, head, shares, order, boundaries) or shown
+    figure.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="weight a_ij (one scale for all heads)")
     figure.suptitle(title or "each head's attention on the same held-out batch (sorted by class)", fontsize=11)
-    figure.tight_layout(h_pad=1.5)
     return figure
 
 
-def _draw_head(axis, layer: np.ndarray, head: int, shares: np.ndarray, order, boundaries) -> None:
+def _draw_head(axis, layer: np.ndarray, head: int, shares: np.ndarray, order, boundaries):
+    """One head's sorted heat map on ``axis`` (the layer's colour scale); returns its image (None: no such head)."""
     axis.set_xticks([])
     axis.set_yticks([])
     if head >= len(layer):
         axis.axis("off")
-        return
-    axis.imshow(layer[head][np.ix_(order, order)], cmap="magma", vmin=0, vmax=float(layer.max()))
+        return None
+    shown = axis.imshow(layer[head][np.ix_(order, order)], cmap="magma", vmin=0, vmax=float(layer.max()))
     draw_class_boundaries(axis, boundaries, linewidth=0.5)
     axis.set_title(f"head {head + 1}: {100 * shares[head]:.0f}% same class", fontsize=10)
+    return shown

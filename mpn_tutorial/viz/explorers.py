@@ -55,10 +55,19 @@ class _Explorer:
     def update(self):  # pragma: no cover - every explorer defines it
         raise NotImplementedError
 
-    def _ipython_display_(self) -> None:  # displaying the explorer shows its widget
+    def _ipython_display_(self) -> None:
+        """The widget, and for a static page (the site, a notebook read without a kernel) the picture it starts
+        with: JupyterLab shows the widget, a static renderer the PNG."""
+        import base64
+        import re
+
         from IPython.display import display
 
-        display(self.widget)
+        bundle = dict(self.widget._repr_mimebundle_())
+        bundle["image/png"] = base64.b64encode(self.image.value).decode()
+        caption = re.sub(r"<[^>]+>", "", self.caption.value)
+        bundle["text/plain"] = f"{type(self).__name__} (sliders in JupyterLab): {caption}"
+        display(bundle, raw=True)
 
 
 class AttentionExplorer(_Explorer):
@@ -66,7 +75,7 @@ class AttentionExplorer(_Explorer):
 
     ``snapshots``: list of ``(epoch, attention (L, H, N, N))`` (as recorded by
     :class:`~mpn_tutorial.callbacks.AttentionCapture`), ``images`` (N, C, H, W), ``labels`` (N,).
-    The query slider counts the rows of the class-sorted heat map (row 0 at the top). Moving a
+    The sliders count from 1; the query slider counts the rows of the class-sorted heat map (row 1 at the top). Moving a
     slider calls :meth:`update`, which recomputes :attr:`current` (an :class:`AttentionView`),
     redraws :attr:`image` and rewrites :attr:`caption`.
     """
@@ -84,9 +93,10 @@ class AttentionExplorer(_Explorer):
                                               continuous_update=False, style=style)
         self.head_slider = widgets.IntSlider(value=1, min=1, max=num_heads, description="head",
                                              continuous_update=False, style=style)
-        self.query_slider = widgets.IntSlider(value=0, min=0, max=n - 1, description="query row",
+        # counted from 1, like the head and layer sliders: row 1 is the top of the sorted heat map
+        self.query_slider = widgets.IntSlider(value=1, min=1, max=n, description="query row",
                                               continuous_update=False, style={"description_width": "70px"})
-        self.order, _ = class_order(self.labels)  # row r of the sorted map is batch sample order[r]
+        self.order, _ = class_order(self.labels)  # row r (from 1) of the sorted map is batch sample order[r - 1]
         first_row = ([self.epoch_slider] if len(epochs) > 1 else []) + ([self.layer_slider] if num_layers > 1 else [])
         self._assemble([first_row, [self.head_slider, self.query_slider]], "attention-explorer")
 
@@ -94,7 +104,8 @@ class AttentionExplorer(_Explorer):
         epoch = self.epoch_slider.value
         attention = dict(self.snapshots)[epoch]
         self.current = attention_view(attention, self.labels, self.layer_slider.value - 1,
-                                      self.head_slider.value - 1, int(self.order[self.query_slider.value]), self.top_k)
+                                      self.head_slider.value - 1, int(self.order[self.query_slider.value - 1]),
+                                      self.top_k)
         figure = plot_attention_view(self.current, self.images, self.labels,
                                      title=f"epoch {epoch}: layer {self.current.layer + 1}, "
                                      f"head {self.current.head + 1}")

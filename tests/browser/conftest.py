@@ -138,8 +138,7 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture
-def page(request, tmp_path, chromium, jupyter_lab):
+def _browser_page(request, tmp_path, chromium, server_log: Path | None):
     """A page in a fresh headless Chromium; on failure its screenshot, console and the server log go to artifacts/."""
     from playwright.sync_api import sync_playwright
 
@@ -159,5 +158,18 @@ def page(request, tmp_path, chromium, jupyter_lab):
                 name = request.node.name
                 page.screenshot(path=ARTIFACTS / f"{name}.png")
                 (ARTIFACTS / f"{name}-console.log").write_text("\n".join(console))
-                shutil.copy(jupyter_lab.log, ARTIFACTS / f"{name}-jupyter-server.log")
+                if server_log is not None:
+                    shutil.copy(server_log, ARTIFACTS / f"{name}-jupyter-server.log")
             context.close()
+
+
+@pytest.fixture
+def page(request, tmp_path, chromium, jupyter_lab):
+    """A Chromium page for a test that drives JupyterLab (:func:`jupyter_lab`)."""
+    yield from _browser_page(request, tmp_path, chromium, jupyter_lab.log)
+
+
+@pytest.fixture
+def static_page(request, tmp_path, chromium):
+    """A Chromium page for a test of static files (no server)."""
+    yield from _browser_page(request, tmp_path, chromium, None)

@@ -351,9 +351,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="writes OUTPUT.md; the JSON goes to mpn_tutorial/results/ (default) or OUTPUT.json")
     parser.add_argument("--store", type=Path, default=REPO_ROOT / "data" / "study_runs")
     parser.add_argument("--data-root", type=Path, default=REPO_ROOT / "data")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite OUTPUT.md and the budget figure from the study's JSON, training nothing")
     parser.add_argument("--stop-after", choices=("curve", "headline", "baselines", "ablations", "all"), default="all",
                         help="stop after a phase (the study resumes from its store)")
     args = parser.parse_args(argv)
+    output_json = (REPO_ROOT / "mpn_tutorial" / "results" / "messages_study.json" if args.output ==
+                   parser.get_default("output") else args.output.with_suffix(".json"))
+    if args.report_only:
+        study = json.loads(output_json.read_text())
+        print(write_report(args.output.with_suffix(".md"), study))
+        return 0
     os.environ.setdefault("MPN_TUTORIAL_THREADS", "2")
     from mpn_tutorial.runtime import pin_threads
 
@@ -427,8 +435,6 @@ def main(argv: list[str] | None = None) -> int:
         "rule_beyond_noise": "|mean paired Δ| > 2 · noise band / sqrt(n)",
         "rule_converged": converged["rule"],
     }
-    output_json = (REPO_ROOT / "mpn_tutorial" / "results" / "messages_study.json" if args.output ==
-                   parser.get_default("output") else args.output.with_suffix(".json"))
     output_json.parent.mkdir(parents=True, exist_ok=True)
     ordered = {"header": sections.pop("header"), **sections}
     output_json.write_text(json.dumps(ordered, indent=1))
@@ -563,39 +569,16 @@ def test_time_section(study: Study, b_star: float, band: dict[str, float]) -> di
 # --------------------------------------------------------------------------------------------
 
 
-def _cell(runs: list[dict], key: str) -> str:
-    values = [run[key] for run in runs if run.get(key) is not None]
-    if not values:
-        return "—"
-    scale = 1 if ("share" in key or "weight" in key or "spread" in key) else 100
-    digits = 3 if scale == 1 else 1
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * spread:.{digits}f}"
+def table(section: dict, names=None, keys=("val_recall@1", "test_recall@1", "test_map@r"), control=None) -> str:
+    from mpn_tutorial.experiments import study_table
+
+    return study_table(section, names, keys, control)
 
 
-def _delta(comparison: dict) -> str:
-    mark = " *" if comparison["p_holm"] < 0.05 and comparison["beyond_noise"] else ""
-    return (f"{100 * comparison['mean']:+.1f} ± {100 * comparison['std']:.1f} (t {comparison['t']:+.1f}, "
-            f"p {comparison['p_holm']:.3f}){mark}")
+def _cell(runs, key):
+    from mpn_tutorial.experiments import study_cell
 
-
-def table(section: dict, names=None, keys=("val_recall@1", "test_recall@1", "test_map@r")) -> str:
-    names = names or list(section["runs"])
-    comparisons = section.get("comparisons", {})
-    headings = {"val_recall@1": "val R@1", "test_recall@1": "test R@1", "test_map@r": "test MAP@R",
-                "test_share": "share", "test_self_weight": "self-weight", "test_similarity_share":
-                "backbone-similarity share", "test_score_spread": "score spread"}
-    columns = ["variant", "seeds", *(headings.get(key, key) for key in keys), "control", "Δ test R@1 (Holm p)",
-               "Δ test MAP@R (Holm p)"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for name in names:
-        runs = section["runs"][name]
-        comparison = comparisons.get(name)
-        deltas = [_delta(comparison[key]) if comparison else "" for key in ("test_recall@1", "test_map@r")]
-        control = comparison["test_recall@1"]["control"] if comparison else "—"
-        lines.append("| " + " | ".join([name, str(len(runs)), *(_cell(runs, key) for key in keys), control,
-                                        *deltas]) + " |")
-    return "\n".join(lines)
+    return study_cell(runs, key)
 
 
 def write_report(path: Path, study: dict) -> str:
@@ -608,7 +591,8 @@ def write_report(path: Path, study: dict) -> str:
              "and its p corrected for the comparisons of its table (Holm). * marks Holm p < 0.05 with a difference "
              f"beyond the noise band ({header['rule_beyond_noise']}).", "", "## Budget curve", "",
              f"Multiples of the preset's {header['steps_per_budget_1']} steps (schedule and warm-up in proportion), "
-             f"seeds {', '.join(map(str, header['seeds_curve']))}; validation R@1 (test R@1).", ""]
+             f"seeds {', '.join(map(str, header['seeds_curve']))}; validation R@1 (test R@1).", "",
+             "![the budget curve](messages_study_budget.png)", ""]
     names = list(next(iter(study["budget_curve"].values())))
     lines.append("| steps | " + " | ".join(names) + " |")
     lines.append("|" + "---|" * (len(names) + 1))
@@ -654,7 +638,18 @@ def write_report(path: Path, study: dict) -> str:
     text = "\n".join(lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    _budget_figure(study, path.with_name(path.stem + "_budget.png"))
     return text
+
+
+def _budget_figure(study: dict, path: Path) -> None:
+    """The budget curve as a PNG beside the report (the README shows it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mpn_tutorial.viz import plot_budget_curve
+
+    plot_budget_curve(study).savefig(path, dpi=90, bbox_inches="tight")
 
 
 def _commit() -> str:

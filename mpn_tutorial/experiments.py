@@ -195,5 +195,61 @@ def write_comparison(path: str | Path, results: dict[str, list[dict]], header: d
     return markdown, data
 
 
-__all__ = ["Paired", "cell", "comparison_table", "mean_std", "measure", "noise_band", "paired_difference",
-           "paired_table", "run_comparison", "write_comparison"]
+# --------------------------------------------------------------------------------------------
+# The messages study's sections (bench/messages_study.py writes them; notebooks and README read them)
+# --------------------------------------------------------------------------------------------
+
+STUDY_HEADINGS = {"val_recall@1": "val R@1", "test_recall@1": "test R@1", "test_map@r": "test MAP@R",
+                  "test_share": "share", "test_self_weight": "self-weight",
+                  "test_similarity_share": "backbone-similarity share", "test_score_spread": "score spread"}
+
+
+def study_cell(runs: list[dict], key: str) -> str:
+    """``mean ± std`` over a section's per-seed runs: metrics in percent, shares and weights as fractions."""
+    values = [run[key] for run in runs if run.get(key) is not None]
+    if not values:
+        return "—"
+    scale, digits = (1, 3) if ("share" in key or "weight" in key or "spread" in key) else (100, 1)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * spread:.{digits}f}"
+
+
+def study_delta(comparison: dict) -> str:
+    """A comparison of the study: ``Δ ± std (t, Holm p)``, with * when Holm p < 0.05 and beyond the noise band."""
+    mark = " *" if comparison["p_holm"] < 0.05 and comparison["beyond_noise"] else ""
+    return (f"{100 * comparison['mean']:+.1f} ± {100 * comparison['std']:.1f} (t {comparison['t']:+.1f}, "
+            f"p {comparison['p_holm']:.3f}){mark}")
+
+
+def study_table(section: dict, names: Sequence[str] | None = None,
+                keys: Sequence[str] = ("val_recall@1", "test_recall@1", "test_map@r"),
+                control: str | None = None) -> str:
+    """A markdown table of a study section (``{"runs": {variant: [per-seed dicts]}, "comparisons": {...}}``):
+    per variant the mean ± std of ``keys``, its control and its seed-paired Δ of test R@1 and MAP@R.
+    ``control``: the control's name when the section's comparisons do not say it (the test-time views)."""
+    names = list(section["runs"]) if names is None else list(names)
+    comparisons = section.get("comparisons", {})
+    columns = ["variant", "seeds", *(STUDY_HEADINGS.get(key, key) for key in keys), "control",
+               "Δ test R@1 (t, Holm p)", "Δ test MAP@R (t, Holm p)"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for name in names:
+        runs, comparison = section["runs"][name], comparisons.get(name)
+        deltas = [study_delta(comparison[key]) if comparison else "" for key in ("test_recall@1", "test_map@r")]
+        against = (comparison["test_recall@1"].get("control") or control) if comparison else "—"
+        lines.append("| " + " | ".join([name, str(len(runs)), *(study_cell(runs, key) for key in keys), against,
+                                        *deltas]) + " |")
+    return "\n".join(lines)
+
+
+def describe(comparison: dict, key: str = "test_recall@1", unit: str = "points") -> str:
+    """One comparison in words, with its numbers: ``-0.3 ± 0.4 points (5 seeds; Holm p 0.62, within the noise
+    band)``."""
+    found = comparison[key]
+    verdict = ("beyond the noise band" if found["beyond_noise"] else "within the noise band")
+    return (f"{100 * found['mean']:+.1f} ± {100 * found['std']:.1f} {unit} ({found['n']} seeds; Holm p "
+            f"{found['p_holm']:.2g}, {verdict})")
+
+
+__all__ = ["STUDY_HEADINGS", "Paired", "cell", "comparison_table", "describe", "mean_std", "measure", "noise_band",
+           "paired_difference", "paired_table", "run_comparison", "study_cell", "study_delta", "study_table",
+           "write_comparison"]

@@ -8,7 +8,7 @@ callbacks only call ``update``.
   triplets (:func:`show_pairs`, :func:`show_triplets`), training curves and tables
   (:func:`plot_histories`, :func:`results_table`), seeds and ablations (:func:`summarize_seeds`,
   :func:`seed_table`,
-  :func:`plot_ablation`), the batch as a graph and the model (:func:`plot_batch_graph`,
+  :func:`plot_ablation`, :func:`plot_budget_curve`), the batch as a graph and the model (:func:`plot_batch_graph`,
   :func:`plot_architecture`), the paper's table next to the glyphs' (:func:`plot_reported_results`)
 - ``attention``: :func:`attention_view`, :func:`plot_attention_view`,
   :func:`plot_same_class_share`, :func:`plot_attention_comparison` (the share itself:
@@ -41,6 +41,7 @@ from mpn_tutorial.viz.figures import (
     plot_ablation,
     plot_architecture,
     plot_batch_graph,
+    plot_budget_curve,
     plot_histories,
     plot_reported_results,
     results_table,
@@ -69,6 +70,7 @@ __all__ = [
     "plot_attention_comparison",
     "plot_attention_view",
     "plot_batch_graph",
+    "plot_budget_curve",
     "plot_embedding_frame",
     "plot_heads",
     "plot_histories",

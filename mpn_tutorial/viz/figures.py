@@ -339,3 +339,54 @@ def plot_reported_results(rows: dict[str, tuple[float | None, float | None]], ti
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return figure
+
+
+def plot_budget_curve(study: dict, pairs: dict[str, str] | None = None, live: dict[str, float] | None = None) -> Figure:
+    """The messages study's budget curve: validation R@1 of every variant against the training steps (left),
+    and the seed-paired test R@1 of messages on minus off against the steps (right, mean ± std over seeds,
+    the noise band at the converged budget shaded around zero). ``pairs``: ``{on: off}`` (default: both
+    presets); ``live``: ``{label: steps}`` marks a notebook's own short runs on the steps axis."""
+    pairs = pairs or {"published": "published, messages off", "glyphs-attention": "glyphs-attention, messages off"}
+    curve = study["budget_curve"]
+    steps = [int(s) for s in curve]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    names = [name for name in next(iter(curve.values())) if "unused" not in name]
+    for name in names:
+        values = [np.array([run["val_recall@1"] for run in curve[str(s)][name]]) for s in steps
+                  if name in curve[str(s)]]
+        shown = steps[:len(values)]
+        left.errorbar(shown, [100 * v.mean() for v in values], yerr=[100 * v.std(ddof=1) for v in values],
+                      marker="o", capsize=3, label=name)
+    for index, (on, off) in enumerate(pairs.items()):
+        gaps = []
+        for s in steps:
+            by_seed = {run["seed"]: run["test_recall@1"] for run in curve[str(s)][off]}
+            gaps.append(np.array([100 * (run["test_recall@1"] - by_seed[run["seed"]]) for run in curve[str(s)][on]
+                                  if run["seed"] in by_seed]))
+        offset = (index - 0.5) * 0.04  # side by side on the log axis
+        right.errorbar([s * (1 + offset) for s in steps], [g.mean() for g in gaps],
+                       yerr=[g.std(ddof=1) if len(g) > 1 else 0 for g in gaps], marker="o", capsize=3,
+                       label=f"{on}: on − off")
+    band = study.get("noise_band", {}).get("band", {}).get("test_recall@1")
+    if band is not None:
+        right.axhspan(-100 * band, 100 * band, color="gray", alpha=0.2, label="noise band at B* (per seed)")
+    right.axhline(0, color="black", linewidth=0.8)
+    converged = study.get("converged_budget", {}).get("steps")
+    for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(steps, [str(s) for s in steps])
+        axis.set_xlabel("training steps (8×6 batches)")
+        axis.grid(alpha=0.3)
+        if converged:
+            axis.axvline(converged, color="tab:green", linestyle="--", linewidth=1)
+        for label, at in (live or {}).items():
+            axis.axvline(at, color="tab:red", linestyle=":", linewidth=1)
+            axis.text(at, axis.get_ylim()[0], f" {label}", color="tab:red", fontsize=8, rotation=90, va="bottom")
+    left.set_ylabel("validation R@1 (%), mean ± std over seeds")
+    left.set_title("training to convergence" + (f" (dashed: B* = {converged} steps)" if converged else ""))
+    left.legend(fontsize=7)
+    right.set_ylabel("test R@1, messages on − off (points)")
+    right.set_title("what the messages change, by budget (seed-paired)")
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

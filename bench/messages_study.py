@@ -361,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         study = json.loads(output_json.read_text())
         print(write_report(args.output.with_suffix(".md"), study))
+        if args.output == parser.get_default("output"):
+            write_readme(study)
         return 0
     os.environ.setdefault("MPN_TUTORIAL_THREADS", "2")
     from mpn_tutorial.runtime import pin_threads
@@ -640,6 +642,103 @@ def write_report(path: Path, study: dict) -> str:
     path.write_text(text)
     _budget_figure(study, path.with_name(path.stem + "_budget.png"))
     return text
+
+
+README_BEGIN = "<!-- study:begin"
+README_END = "<!-- study:end -->"
+
+
+def readme_block(study: dict) -> str:
+    """The README's "What the glyphs show", every number computed from the study's JSON."""
+    from mpn_tutorial.experiments import describe, study_cell, study_table
+
+    header, converged, curve = study["header"], study["converged_budget"], study["budget_curve"]
+    b_star, first = converged["steps"], str(header["steps_per_budget_1"])
+    band = study["noise_band"]["band"]
+    names = [name for name in curve[first] if "unused" not in name]
+    lines = [
+        f"From the messages study (`bench/messages_study.py`, tables in `bench/messages_study.md`; notebook 06 "
+        f"reads the same JSON), {header['date']}, commit {header['commit'][:10]}, {header['machine']}. Every run "
+        "chooses its epoch on the validation classes; test classes are only measured.", "",
+        f"**Training to convergence.** Validation R@1 (test R@1), mean ± std over seeds "
+        f"{', '.join(map(str, header['seeds_curve']))}, at multiples of the presets' {first} steps (schedule and "
+        f"warm-up moved in proportion). B\\* = **{b_star} steps**: {converged['rule']}.", "",
+        "| steps | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for steps, runs in curve.items():
+        lines.append(f"| {steps} | " + " | ".join(
+            f"{study_cell(runs[name], 'val_recall@1')} ({study_cell(runs[name], 'test_recall@1')})"
+            if name in runs else "—" for name in names) + " |")
+    lines += ["", "![The budget curve: validation R@1 per budget, and messages on − off per budget]"
+              "(bench/messages_study_budget.png)", ""]
+    # where a variant is compared in several sections, the later section's control is the one shown
+    sections = ("normalised_softmax", "zero_init_out", "aggregation", "oracle", "decomposition", "on_off")
+    runs = {name: found for section in sections if section in study for name, found in study[section]["runs"].items()}
+    comparisons = {name: found for section in sections if section in study
+                   for name, found in study[section]["comparisons"].items()}
+    chosen = study.get("normalised_softmax", {}).get("chosen")
+    rows = ["cross-entropy alone", chosen, "+ second classifier (linear, on the raw embedding)",
+            "+ L2 normalisation of its input", "+ BNNeck classifier on the normalised embedding", "+ input map",
+            "published, messages off", "published", "published, uniform mean over the batch",
+            "glyphs-attention, messages off", "glyphs-attention", "glyphs-attention, uniform mean over the batch",
+            "oracle attention (labels, self included)", "oracle attention (labels, without self)",
+            "zero W_o, messages from step 1"]
+    rows = [row for row in rows if row in runs]
+    lines += [f"**At B\\*, {len(header['seeds'])} seeds.** Δ: the seed-paired difference to the row's control "
+              f"(mean ± std of the per-seed differences), its t and its p corrected for the comparisons of its "
+              f"family (Holm); * marks Holm p < 0.05 with |Δ| beyond the noise band ({header['rule_beyond_noise']}; "
+              f"the band, from messages-off pairs that compute the same function: ±{100 * band['test_recall@1']:.2f} "
+              f"points of test R@1 per seed).", "",
+              study_table({"runs": runs, "comparisons": comparisons}, rows,
+                          keys=("test_recall@1", "test_map@r", "test_share")), ""]
+
+    def gap(at: str, on: str, off: str) -> str:
+        by_seed = {run["seed"]: run["test_recall@1"] for run in curve[at][off]}
+        values = [100 * (run["test_recall@1"] - by_seed[run["seed"]]) for run in curve[at][on]
+                  if run["seed"] in by_seed]
+        return f"{statistics.fmean(values):+.1f} ± {statistics.stdev(values):.1f} points"
+
+    gains = [statistics.fmean(run["test_recall@1"] for run in curve[str(b_star)][name]) -
+             statistics.fmean(run["test_recall@1"] for run in curve[first][name]) for name in names]
+    early = [run for name in names for run in curve[first][name]]
+    last = sum(run["best_epoch"] == len(run["val_recall1_per_epoch"]) for run in early)
+    findings = [
+        f"* **Budget.** From {first} steps to B\\* every headline configuration gains {100 * min(gains):.1f} to "
+        f"{100 * max(gains):.1f} points of test R@1 (means over seeds); at {first} steps {last} of {len(early)} runs "
+        "had their best validation R@1 in their last epoch. Numbers at the notebooks' budget say how fast a "
+        "configuration learns, not where it ends.",
+        f"* **The head.** Cross-entropy alone against the MPN head's second classifier (BNNeck), seed-paired: "
+        f"{gap(first, 'cross-entropy alone', '+ BNNeck classifier on the normalised embedding')} at {first} steps, "
+        f"{gap(str(b_star), 'cross-entropy alone', '+ BNNeck classifier on the normalised embedding')} at B\\*."]
+    for name in ("published", "glyphs-attention"):
+        if name in comparisons:
+            findings.append(f"* **The messages, {name}.** On − off: {gap(first, name, name + ', messages off')} at "
+                            f"{first} steps; at B\\* {describe(comparisons[name])}.")
+    for name in ("oracle attention (labels, self included)", "glyphs-attention, uniform mean over the batch",
+                 "published, uniform mean over the batch", "zero W_o, messages from step 1"):
+        if name in comparisons:
+            control = comparisons[name]["test_recall@1"]["control"]
+            findings.append(f"* {name} against {control}: {describe(comparisons[name])}.")
+    ablation = study.get("ablation_heads_layers")
+    if ablation:
+        findings.append("* **Heads × layers** (published settings, 3 seeds, each against messages off with the same "
+                        "layers): " + "; ".join(f"{name} {describe(comparison)}" for name, comparison in
+                                               ablation["comparisons"].items()) + ".")
+    episodes = study.get("episodes_tuned", {}).get("glyphs-attention")
+    if episodes:
+        views = episodes["episodes"]["comparisons"]
+        findings.append("* **Test time, glyphs-attention, within held-out episodes** (8 test classes × 6; against the "
+                        "backbone, every free parameter chosen on validation classes): MAP@R " + "; ".join(
+                            f"{view} {describe(comparison, 'test_map@r')}" for view, comparison in views.items()) + ".")
+    lines += findings
+    return "\n".join(lines)
+
+
+def write_readme(study: dict, readme: Path = REPO_ROOT / "README.md") -> None:
+    """Replace the README's study block (between its markers) with :func:`readme_block`."""
+    text = readme.read_text()
+    start, end = text.index(README_BEGIN), text.index(README_END)
+    start = text.index("\n", start) + 1
+    readme.write_text(text[:start] + readme_block(study) + "\n" + text[end:])
 
 
 def _budget_figure(study: dict, path: Path) -> None:

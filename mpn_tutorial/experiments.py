@@ -211,14 +211,16 @@ def study_cell(runs: list[dict], key: str) -> str:
         return "—"
     scale, digits = (1, 3) if ("share" in key or "weight" in key or "spread" in key) else (100, 1)
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * spread:.{digits}f}"
+    # non-breaking spaces: a narrow column never splits "64.1 ±" from its "1.0"
+    return f"{scale * statistics.fmean(values):.{digits}f}\u00a0±\u00a0{scale * spread:.{digits}f}"
 
 
 def study_delta(comparison: dict) -> str:
     """A comparison of the study: ``Δ ± std (t, Holm p)``, with * when Holm p < 0.05 and beyond the noise band."""
     mark = " *" if comparison["p_holm"] < 0.05 and comparison["beyond_noise"] else ""
-    return (f"{100 * comparison['mean']:+.1f} ± {100 * comparison['std']:.1f} (t {comparison['t']:+.1f}, "
-            f"p {comparison['p_holm']:.3f}){mark}")
+    space = "\u00a0"  # non-breaking: the cell wraps between its parts, never inside one
+    return (f"{100 * comparison['mean']:+.1f}{space}±{space}{100 * comparison['std']:.1f} "
+            f"(t{space}{comparison['t']:+.1f}, p{space}{comparison['p_holm']:.3f}){mark}")
 
 
 def study_table(section: dict, names: Sequence[str] | None = None,

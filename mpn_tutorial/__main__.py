@@ -12,6 +12,8 @@ missing or foreign file, a folder holding another run, a diverging run) and argp
 user's to fix: one line that says what was wrong and what would work, exit status 2. A full disk or
 an out-of-memory error (CPU or GPU) is the machine's: one line that says what happened and what was
 kept, exit status 1; so is another operating-system error (a permission, a read-only folder).
+``fetch`` has its own: 0 when the data is ready, 2 when it must be downloaded by hand (the message
+says what and where), 1 when a download failed.
 Anything else is a bug, whatever its type: its traceback and a line asking to report it, exit
 status 1. ``MPN_TUTORIAL_DEBUG=1`` shows the traceback of every error.
 """
@@ -118,7 +120,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
                 options["choices"], options["metavar"] = choices, "{" + ",".join(map(str, choices)) + "}"
             if many:
                 options["nargs"] = "*" if field.default == () else "+"
-        parser.add_argument(f"--{flag_of(field)}", **options)
+        parser.add_argument(f"--{flag_of(field)}", *(f"--{alias}" for alias in field.metadata["aliases"]), **options)
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -178,10 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "mpn_without_messages, mean (average query expansion), similarity_weighted (alpha-QE)")
     evaluate.set_defaults(handler=run.evaluate)
 
-    make_data = subcommands.add_parser("make-data", help="generate the offline glyph dataset (cached under --root)")
+    make_data = subcommands.add_parser("make-data", help="generate the offline glyph dataset (cached in --data-root)")
     make_data.add_argument("name", choices=["glyphs"], help="dataset to generate")
-    make_data.add_argument("--root", type=folder, default="data", help="data folder (default: data)")
-    add_setting_flags(make_data, only=("data_seed", "image_size"))  # default: the glyph preset's
+    add_setting_flags(make_data, only=("data_root", "data_seed", "image_size"))  # default: the glyph preset's
     make_data.add_argument("--images-per-class", type=whole_number(2), default=48, help="at least 2 (default 48)")
     make_data.set_defaults(handler=run.make_data)
 
@@ -195,8 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = subcommands.add_parser("fetch", help="download CUB-200-2011 / Cars196 / SOP / In-Shop, or say how")
     fetch.add_argument("name", choices=list(DATASETS), help="benchmark to fetch: " + ", ".join(DATASETS))
-    fetch.add_argument("--root", type=folder, default="data",
-                       help="folder that receives the archives and extracted data (default: data)")
+    add_setting_flags(fetch, only=("data_root",))  # receives the archives and the extracted data (default: data)
     fetch.set_defaults(handler=run.fetch)
     return parser
 
@@ -230,13 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         return _error_line(error, USAGE_ERROR)
     except (MachineError, DiskFullError) as error:  # the machine's: what happened, and what was kept
         return _error_line(error.strerror if isinstance(error, DiskFullError) else error, MACHINE_ERROR, error)
-    except MemoryError as error:  # outside a run's training loop (which says what it kept: commands.py)
-        return _error_line(f"the machine ran out of memory ({error or 'MemoryError'}); nothing was saved by this "
-                           "command", MACHINE_ERROR, error)
+    except MemoryError as error:  # outside a run's training (which says what it kept: commands.py)
+        return _error_line("the machine ran out of memory; what this command had finished before (run folders, "
+                           "written files) is kept", MACHINE_ERROR, error)
     except OSError as error:  # permission denied, a read-only folder, ...
         return _error_line(error, MACHINE_ERROR)
-    except Exception:  # a bug, whatever its type (a ValueError included)
-        traceback.print_exc()
+    except Exception as error:
+        if type(error).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError outside a run's training
+            return _error_line("the GPU ran out of memory; what this command had finished before is kept. Lower the "
+                               "memory with a smaller --eval-batch-size or --classes-per-batch", MACHINE_ERROR, error)
+        traceback.print_exc()  # a bug, whatever its type (a ValueError included)
         print("error: this is a bug in mpn_tutorial, not a problem with your input: please report it with the "
               "traceback above and the command you ran", file=sys.stderr)
         return MACHINE_ERROR

@@ -34,14 +34,15 @@ def make_data(args: argparse.Namespace) -> int:
     from mpn_tutorial.data.splits import split_classes
     from mpn_tutorial.presets import GLYPHS
 
+    root = GLYPHS.data_root if args.data_root is None else args.data_root
     seed = GLYPHS.data_seed if args.data_seed is None else args.data_seed
     image_size = GLYPHS.image_size if args.image_size is None else args.image_size
     if image_size > 64:
         raise UsageError(f"--image-size must be at most 64 for the glyphs (rendered at 64 px), got {image_size}")
-    path = cache_path(args.root, seed, image_size, args.images_per_class)
+    path = cache_path(root, seed, image_size, args.images_per_class)
     existed = path.exists()
     start = time.perf_counter()
-    arrays = load_glyphs(args.root, seed, image_size, args.images_per_class)
+    arrays = load_glyphs(root, seed, image_size, args.images_per_class)
     seconds = time.perf_counter() - start
     split = split_classes(len(arrays["codepoints"]), seed)
     verb = "found" if existed else f"generated in {seconds:.1f} s:"
@@ -135,8 +136,9 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def kept(folder: Path) -> str:
-    """What a run folder holds now, in words: the checkpoint a ``--resume`` would continue from, or nothing."""
+def kept(folder: Path, resume: str = "run the same command with --resume to continue from it") -> str:
+    """What a run folder holds now, in words: the checkpoint the run can continue from (how: ``resume``), or
+    that nothing of it is saved."""
     from mpn_tutorial.checkpoints import CheckpointError, load_checkpoint
 
     last = folder / "last.pt"
@@ -146,11 +148,11 @@ def kept(folder: Path) -> str:
         epoch = load_checkpoint(last)["epoch"]
     except CheckpointError:
         return f"{last} is not readable; train the run again"
-    return f"{last} holds epoch {epoch} and is intact: run the same command with --resume to continue from it"
+    return f"{last} holds epoch {epoch} and is intact: {resume}"
 
 
 @contextlib.contextmanager
-def _machine_errors(folder: Path):
+def _machine_errors(folder: Path, resume: str = "run the same command with --resume to continue from it"):
     """Turn the machine's errors during a run into one line that says what happened and what was kept."""
     import torch
 
@@ -160,11 +162,11 @@ def _machine_errors(folder: Path):
     try:
         yield
     except DiskFullError as error:
-        raise MachineError(f"{error.strerror}. {kept(folder)}.") from error
+        raise MachineError(f"{error.strerror}. {kept(folder, resume)}.") from error
     except (MemoryError, torch.cuda.OutOfMemoryError) as error:
         where = "the GPU" if isinstance(error, torch.cuda.OutOfMemoryError) else "the machine (CPU memory)"
         raise MachineError(
-            f"{where} ran out of memory. {kept(folder)}. Lower the memory a step needs with a smaller batch "
+            f"{where} ran out of memory. {kept(folder, resume)}. Lower the memory a step needs with a smaller batch "
             "(--classes-per-batch), activation checkpointing (--checkpointing) or a smaller --image-size."
         ) from error
 
@@ -185,8 +187,7 @@ def _loggers(folder: Path) -> list:
 # --------------------------------------------------------------------------------------------
 
 # named flag sets; NAME=FLAGS on the command line defines others
-VARIANTS = {"messages": "", "no-messages": "--attention none --message-warmup-epochs 0",
-            "oracle": "--attention oracle"}
+VARIANTS = {"messages": "", "no-messages": "--attention none", "oracle": "--attention oracle"}
 
 
 def variant(text: str) -> tuple[str, str]:
@@ -212,6 +213,9 @@ def compare(args: argparse.Namespace) -> int:
     from mpn_tutorial.training import train
 
     names = [name for name, _ in args.variants]
+    if args.seed is not None or any("--seed " in flags for _, flags in args.variants):
+        raise UsageError("compare trains every variant with each of --seeds; --seed (one run's seed) does not "
+                         "apply here: use --seeds")
     if len(set(names)) != len(names):
         raise UsageError(f"variant names must differ, got {names}")
     configs, flags = {}, {}
@@ -233,10 +237,10 @@ def compare(args: argparse.Namespace) -> int:
     def run(name, config):
         folder = output / f"{name}-seed{config.seed}"
         print(f"== {name}, seed {config.seed} -> {folder}", flush=True)
-        with _machine_errors(folder):
+        with _machine_errors(folder, resume="run the same compare command again: it continues every run"):
             result = train(config, callbacks=_loggers(folder), checkpoint_dir=folder, resume=True,
                            progress=not args.no_progress, compute_nmi=False)
-        return {**measure(result), "folder": str(folder)}
+            return {**measure(result), "folder": str(folder)}
 
     def report(name, measured):
         share = f"  share {measured['test_share']:.3f}" if "test_share" in measured else ""
@@ -337,7 +341,7 @@ def fetch(args: argparse.Namespace) -> int:
 
     try:
         source = dataset_source(args.name)
-        ready = fetch_dataset(args.name, args.root, progress=_ProgressPrinter())
+        ready = fetch_dataset(args.name, args.data_root or "data", progress=_ProgressPrinter())
     except ManualDownloadRequired as exc:
         print(exc)
         return 2

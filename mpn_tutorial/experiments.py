@@ -135,13 +135,8 @@ HEADINGS = {"test_recall@1": "R@1 (%)", "test_map@r": "MAP@R (%)", "test_share":
 
 
 def cell(runs: list[dict], key: str) -> str:
-    """``mean ± std`` over seeds: metrics in percent, shares, weights and spreads as fractions."""
-    summary = mean_std(runs, key)
-    if summary is None:
-        return "—"
-    if "share" in key or "weight" in key or "spread" in key:
-        return f"{summary[0]:.3f} ± {summary[1]:.3f}"
-    return f"{100 * summary[0]:.1f} ± {100 * summary[1]:.1f}"
+    """``mean ± std`` over seeds: metrics in percent, shares, weights and spreads as fractions (:func:`study_cell`)."""
+    return study_cell(runs, key)
 
 
 def paired_table(results: dict[str, list[dict]], controls: dict[str, str],

@@ -176,8 +176,9 @@ class MessagePassingObjective(nn.Module):
     where ``z_b`` are the backbone classifier's logits (on the embedding), ``z_m`` the MPN's (on
     the embeddings after message passing over the batch), ``T`` the temperature, ``eps`` the label
     smoothing (0.1 published) and ``w_b = w_m = 1`` as published. The parameters have the names of
-    the run's settings (``TrainConfig``); temperature and smoothing have no default, because each
-    preset sets its own. The model returns raw logits: the temperature lives here only.
+    the run's settings (``TrainConfig``); temperature and smoothing have no default: a run's settings
+    give them (the temperature differs from preset to preset). The model returns raw logits: the
+    temperature lives here only.
 
     ``forward(...)`` returns L; ``terms(...)`` the two unweighted terms and ``combine(terms)`` their
     weighted sum, for a caller that also logs the terms.

@@ -33,7 +33,9 @@ branch to the forward passes above:
   labels, which the training loop hands it with :meth:`MetricLearningModel.provide_labels`); one
   fixed pattern, not a bound on what learned attention could do;
 - :class:`NoMessages`: every message is zero, nothing flows between samples (the messages-off
-  control, and the message warm-up of ``glyphs-attention``: :meth:`MessagePassingNetwork.set_pass_messages`).
+  control, and the message warm-up of ``glyphs-attention``: :meth:`MessagePassingNetwork.set_pass_messages`);
+- :class:`SimilarityAttention`: a_ij = softmax_j of a given similarity (the backbone's own), through a trained
+  layer's W_v and W_o: the non-learned twin of the learned attention, at test time.
 
 Every variant owns the same four maps W_q, W_k, W_v, W_o (a control leaves some unused), so a control
 is initialised from exactly the random draws of the model it controls, and a seed-paired difference
@@ -162,7 +164,8 @@ class OracleAttention(FixedAttention):
             raise UsageError("oracle attention needs the batch's labels: call model.provide_labels(labels) before "
                                 "the forward pass (the training loop does); it is a control for training, not for "
                                 "test time")
-        same_class = (self.labels[:, None] == self.labels[None, :]).to(x.dtype)
+        labels, self.labels = self.labels, None  # used once: a later forward pass must hand its own batch's labels
+        same_class = (labels[:, None] == labels[None, :]).to(x.dtype)
         if not self.include_self:
             same_class.fill_diagonal_(0)
         return same_class / same_class.sum(dim=1, keepdim=True).clamp_min(1)

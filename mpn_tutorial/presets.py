@@ -118,7 +118,7 @@ def get_preset(name: str, **changes) -> TrainConfig:
 def with_budget(config: TrainConfig, budget: str | float) -> TrainConfig:
     """``config`` trained for a multiple of its epochs: a name of :data:`BUDGETS`, or a number (2: twice
     as long). The learning-rate decay and the message warm-up move with it, in proportion (rounded
-    down, at least epoch 1); a decay that would fall on epoch 0 or after the last epoch is dropped."""
+    down, at least epoch 1 and at most the last epoch but one); a decay at epoch 0 is dropped."""
     if isinstance(budget, str):
         if budget not in BUDGETS:
             raise UsageError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}, or a number")

@@ -106,7 +106,7 @@ def recording_key(callback: Callback) -> str:
         return f"attention-{_fingerprint(callback.images.numpy(), callback.labels.numpy())}"
     if isinstance(callback, EpochEvaluation):
         return f"evaluation-k{'-'.join(map(str, callback.ks))}-{_fingerprint(np.asarray(callback.dataset.labels))}"
-    raise UsageError(f"the run store keeps the recordings of EmbeddingSnapshots and AttentionCapture, "
+    raise UsageError(f"the run store keeps the recordings of EmbeddingSnapshots, AttentionCapture and EpochEvaluation, "
                     f"not of {type(callback).__name__}")
 
 

@@ -29,14 +29,16 @@ from mpn_tutorial.errors import UsageError
 def setting(default, help: str, *, flag: str | None = None, low: float | None = None, high: float | None = None,
             above: float | None = None, below: float | None = None,
             choices: Sequence | Callable[[], Sequence] | None = None, pattern: str | None = None, hint: str = "",
-            machinery: bool = False, path: str | None = None) -> Any:
+            machinery: bool = False, path: str | None = None, aliases: tuple[str, ...] = ()) -> Any:
     """A settings field: ``default``, what it means (``help``), its flag (``--flag``; default: the field's
     name with dashes), its range (``low``/``high`` inclusive, ``above``/``below`` exclusive, or ``choices``,
     which may be a function that returns them, or a regular expression ``pattern`` the text must match), a
     ``hint`` shown when a value is refused, and whether it is
-    machinery or a ``path`` ("file" or "folder"). A tuple field's range applies to each element."""
+    machinery or a ``path`` ("file" or "folder"); ``aliases``: other flags for it. A tuple field's range applies
+    to each element."""
     metadata = {"help": help, "flag": flag, "low": low, "high": high, "above": above, "below": below,
-                "choices": choices, "pattern": pattern, "hint": hint, "machinery": machinery, "path": path}
+                "choices": choices, "pattern": pattern, "hint": hint, "machinery": machinery, "path": path,
+                "aliases": tuple(aliases)}
     if isinstance(default, (list, dict, set)):
         raise TypeError("a setting's default must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata=metadata)

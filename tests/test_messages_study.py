@@ -87,3 +87,11 @@ def test_the_device_smoke_script_runs_compare_on_a_synthetic_cub_tree():
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "device_smoke: messages_images_per_second:" in completed.stdout
     assert "device_smoke: no-messages_images_per_second:" in completed.stdout
+
+
+def test_the_readmes_study_block_is_what_the_shipped_json_gives():
+    study = json.loads((REPOSITORY / "mpn_tutorial" / "results" / "messages_study.json").read_text())
+    readme = (REPOSITORY / "README.md").read_text()
+    start = readme.index("\n", readme.index(messages_study.README_BEGIN)) + 1
+    block = readme[start:readme.index(messages_study.README_END)]
+    assert block.strip() == messages_study.readme_block(study).strip()  # numbers typed by hand would drift

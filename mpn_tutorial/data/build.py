@@ -30,7 +30,7 @@ class DataConfig:
     dataset: str = setting("glyphs", "the dataset: the offline glyphs, or a benchmark (see data/README.md)",
                            choices=DATASET_NAMES)
     data_root: str = setting("data", "dataset folder (see data/README.md); the same data in another folder is the "
-                             "same run", machinery=True, path="folder")
+                             "same run", machinery=True, path="folder", aliases=("root",))
     image_size: int = setting(32, "crop size in pixels (glyphs: 8-64, rendered at 64; a ResNet: at least 32, 227 "
                               "published)", low=8)
     val_fraction: float = setting(0.2, "share of the training classes held out for validation", above=0, below=1,

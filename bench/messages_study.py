@@ -723,6 +723,15 @@ def readme_block(study: dict) -> str:
         findings.append("* **Heads × layers** (published settings, 3 seeds, each against messages off with the same "
                         "layers): " + "; ".join(f"{name} {describe(comparison)}" for name, comparison in
                                                ablation["comparisons"].items()) + ".")
+        # a mean over 3 seeds hides a seed that failed: name the runs that fell far below their control
+        floor = min(run["test_recall@1"] for name, runs in ablation["runs"].items()
+                    if name not in ablation["comparisons"] for run in runs)
+        failed = [f"{name} seed {run['seed']} ({100 * run['test_recall@1']:.1f})"
+                  for name, runs in ablation["runs"].items() if name in ablation["comparisons"]
+                  for run in runs if run["test_recall@1"] < floor - 0.05]
+        if failed:
+            findings.append(f"  Runs more than 5 points below the lowest messages-off run ({100 * floor:.1f}): "
+                            + ", ".join(failed) + ".")
     episodes = study.get("episodes_tuned", {}).get("glyphs-attention")
     if episodes:
         views = episodes["episodes"]["comparisons"]

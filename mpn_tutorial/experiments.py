@@ -242,7 +242,13 @@ def describe(comparison: dict, key: str = "test_recall@1", unit: str = "points")
     """One comparison in words, with its numbers: ``-0.3 ± 0.4 points (5 seeds; Holm p 0.62, within the noise
     band)``."""
     found = comparison[key]
-    verdict = ("beyond the noise band" if found["beyond_noise"] else "within the noise band")
+    # both must hold for a difference to count: significant after Holm, and larger than the noise band allows
+    if not found["beyond_noise"]:
+        verdict = "within the noise band"
+    elif found["p_holm"] < 0.05:
+        verdict = "significant and beyond the noise band"
+    else:
+        verdict = "beyond the noise band but not significant"
     return (f"{100 * found['mean']:+.1f} ± {100 * found['std']:.1f} {unit} ({found['n']} seeds; Holm p "
             f"{found['p_holm']:.2g}, {verdict})")
 

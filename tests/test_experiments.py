@@ -13,7 +13,7 @@ from mpn_tutorial.__main__ import main
 from mpn_tutorial.checkpoints import load_checkpoint, load_model
 from mpn_tutorial.data.build import build_datasets
 from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches, evaluate_on_test
-from mpn_tutorial.experiments import noise_band, paired_difference, paired_table
+from mpn_tutorial.experiments import describe, noise_band, paired_difference, paired_table
 
 TINY = ["--epochs", "2", "--batches-per-epoch", "3", "--embedding-dim", "16", "--no-progress", "--device", "cpu"]
 SMALLEST = ["--epochs", "1", "--batches-per-epoch", "1", "--embedding-dim", "8", "--glyph-channels", "4", "8",
@@ -43,6 +43,16 @@ def test_the_noise_band_is_the_spread_of_differences_between_runs_of_one_functio
     a = [{"seed": s, "x": v} for s, v in enumerate([0.50, 0.60, 0.55])]
     b = [{"seed": s, "x": v} for s, v in enumerate([0.52, 0.57, 0.55])]
     assert noise_band([[a, b]], "x") == pytest.approx(math.sqrt((0.02**2 + 0.03**2 + 0) / 3))
+
+
+@pytest.mark.parametrize("p_holm, beyond_noise, verdict", [
+    (0.01, True, "significant and beyond the noise band"),
+    (0.30, True, "beyond the noise band but not significant"),
+    (0.01, False, "within the noise band"),
+])
+def test_a_described_difference_counts_only_when_significant_and_beyond_the_noise_band(p_holm, beyond_noise, verdict):
+    comparison = {"test_recall@1": {"mean": -0.048, "std": 0.085, "n": 3, "p_holm": p_holm, "beyond_noise": beyond_noise}}
+    assert describe(comparison) == f"-4.8 ± 8.5 points (3 seeds; Holm p {p_holm:.2g}, {verdict})"
 
 
 def test_train_attention_none_is_the_messages_off_control_and_its_checkpoint_says_so(tmp_path, data_root):

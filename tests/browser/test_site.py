@@ -18,7 +18,8 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted(path.stem for path in (REPOSITORY / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 PAGES = ["docs/index", "README", "docs/api", *(f"notebooks/{name}" for name in NOTEBOOKS)]
 # what visible text must never show: unrendered Markdown, LaTeX or HTML
-RAW = ["$$", r"\(", r"\[", r"\frac", r"\mathrm", r"\sum", "```", "](http", "**", "<div", "<img", "{eval-rst}", "{toctree}", "children=("]
+RAW = ["$$", r"\(", r"\[", r"\frac", r"\mathrm", r"\sum", "```", "](http", "**", "<div", "<img", "{eval-rst}",
+       "{toctree}", "children=("]
 # the page's prose: its text without code or signatures (code may hold ** or $$ and mean them)
 PROSE = """(() => { const article = document.querySelector('article').cloneNode(true);
   article.querySelectorAll('pre, code, .sig, mjx-container, script, style').forEach(node => node.remove());

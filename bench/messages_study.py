@@ -717,11 +717,18 @@ def readme_block(study: dict) -> str:
                  "published, uniform mean over the batch", "zero W_o, messages from step 1"):
         if name in comparisons:
             control = comparisons[name]["test_recall@1"]["control"]
-            findings.append(f"* {name} against {control}: {describe(comparisons[name])}.")
+            findings.append(f"* {name} against {control}, at B\\*: {describe(comparisons[name])}.")
+    normalised = study.get("normalised_softmax")
+    if normalised:
+        findings.append(f"* **The normalised softmax** ({normalised['chosen']}, the temperature chosen on validation "
+                        "classes), at B\\*: " + "; ".join(
+                            f"{name} against {found['test_recall@1']['control']}: R@1 {describe(found)}, MAP@R "
+                            f"{describe(found, 'test_map@r')}"
+                            for name, found in normalised["comparisons"].items()) + ".")
     ablation = study.get("ablation_heads_layers")
     if ablation:
-        findings.append("* **Heads × layers** (published settings, 3 seeds, each against messages off with the same "
-                        "layers): " + "; ".join(f"{name} {describe(comparison)}" for name, comparison in
+        findings.append("* **Heads × layers** at B\\* (published settings, 3 seeds, each against messages off with the "
+                        "same layers): " + "; ".join(f"{name} {describe(comparison)}" for name, comparison in
                                                ablation["comparisons"].items()) + ".")
         # a mean over 3 seeds hides a seed that failed: name the runs that fell far below their control
         floor = min(run["test_recall@1"] for name, runs in ablation["runs"].items()
@@ -735,8 +742,8 @@ def readme_block(study: dict) -> str:
     episodes = study.get("episodes_tuned", {}).get("glyphs-attention")
     if episodes:
         views = episodes["episodes"]["comparisons"]
-        findings.append("* **Test time, glyphs-attention, within held-out episodes** (8 test classes × 6; against the "
-                        "backbone, every free parameter chosen on validation classes): MAP@R " + "; ".join(
+        findings.append("* **Test time, glyphs-attention at B\\*, within held-out episodes** (8 test classes × 6; "
+                        "against the backbone, every free parameter chosen on validation classes): MAP@R " + "; ".join(
                             f"{view} {describe(comparison, 'test_map@r')}" for view, comparison in views.items()) + ".")
     lines += findings
     return "\n".join(lines)

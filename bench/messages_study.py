@@ -318,13 +318,15 @@ def holm(comparisons: dict[str, dict]) -> None:
 def family(study: Study, budget: float, controls: dict[str, str], band: dict[str, float], seeds=SEEDS) -> dict:
     """A family of comparisons ``{variant: control}`` at a budget: paired Δ of test R@1 and MAP@R, Holm-
     corrected over the family (per metric), and whether each Δ is beyond the noise band."""
+    from mpn_tutorial.experiments import beyond_noise
+
     found = {}
     for key in ("test_recall@1", "test_map@r"):
         comparisons = {variant: paired(study.runs(variant, budget, seeds), study.runs(control, budget, seeds), key)
                        for variant, control in controls.items()}
         holm(comparisons)
         for variant, comparison in comparisons.items():
-            comparison["beyond_noise"] = abs(comparison["mean"]) > 2 * band[key] / math.sqrt(comparison["n"])
+            comparison["beyond_noise"] = beyond_noise(comparison["mean"], comparison["n"], band[key])
             comparison["control"] = controls[variant]
             found.setdefault(variant, {})[key] = comparison
     return found
@@ -544,6 +546,8 @@ def at_converged_budget(study: Study, b_star: float, sections: dict) -> dict:
 def test_time_section(study: Study, b_star: float, band: dict[str, float]) -> dict:
     """Per model: the test-time views, each against the backbone (the primary control), Holm over the
     family; a difference counts next to the training noise band of its metric (the same rule)."""
+    from mpn_tutorial.experiments import beyond_noise
+
     found = {}
     for model in TEST_TIME_MODELS:
         runs = [run for run in study.runs(model, b_star) if "test_time" in run]
@@ -557,7 +561,7 @@ def test_time_section(study: Study, b_star: float, band: dict[str, float]) -> di
                 family_ = {view: paired(views[view], views["backbone"], key) for view in views if view != "backbone"}
                 holm(family_)
                 for view, comparison in family_.items():
-                    comparison["beyond_noise"] = abs(comparison["mean"]) > 2 * band[key] / math.sqrt(comparison["n"])
+                    comparison["beyond_noise"] = beyond_noise(comparison["mean"], comparison["n"], band[key])
                     comparisons.setdefault(view, {})[key] = comparison
             found.setdefault(model, {})[part] = {"runs": views, "comparisons": comparisons}
         found[model]["chosen_on_validation"] = [run["test_time"]["chosen_on_validation"] | {
@@ -650,7 +654,7 @@ README_END = "<!-- study:end -->"
 
 def readme_block(study: dict) -> str:
     """The README's "What the glyphs show", every number computed from the study's JSON."""
-    from mpn_tutorial.experiments import describe, study_cell, study_table
+    from mpn_tutorial.experiments import collapsed_runs, describe, study_cell, study_table
 
     header, converged, curve = study["header"], study["converged_budget"], study["budget_curve"]
     b_star, first = converged["steps"], str(header["steps_per_budget_1"])
@@ -731,14 +735,10 @@ def readme_block(study: dict) -> str:
                         "same layers): " + "; ".join(f"{name} {describe(comparison)}" for name, comparison in
                                                ablation["comparisons"].items()) + ".")
         # a mean over 3 seeds hides a seed that failed: name the runs that fell far below their control
-        floor = min(run["test_recall@1"] for name, runs in ablation["runs"].items()
-                    if name not in ablation["comparisons"] for run in runs)
-        failed = [f"{name} seed {run['seed']} ({100 * run['test_recall@1']:.1f})"
-                  for name, runs in ablation["runs"].items() if name in ablation["comparisons"]
-                  for run in runs if run["test_recall@1"] < floor - 0.05]
+        failed = collapsed_runs(ablation)
         if failed:
-            findings.append(f"  Runs more than 5 points below the lowest messages-off run ({100 * floor:.1f}): "
-                            + ", ".join(failed) + ".")
+            findings.append("  Runs more than 5 points below the lowest messages-off run: " + ", ".join(
+                f"{name} seed {seed} ({100 * value:.1f})" for name, seed, value in failed) + ".")
     episodes = study.get("episodes_tuned", {}).get("glyphs-attention")
     if episodes:
         views = episodes["episodes"]["comparisons"]

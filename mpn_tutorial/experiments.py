@@ -157,9 +157,9 @@ def paired_table(results: dict[str, list[dict]], controls: dict[str, str],
                 differences.append("")
                 continue
             paired = paired_difference(runs, results[control], key)
-            beyond_noise = band is None or abs(paired.mean) > 2 * band[key] / math.sqrt(paired.n)
+            stands_out = band is None or beyond_noise(paired.mean, paired.n, band[key])
             differences.append(f"{100 * paired.mean:+.1f} ± {100 * paired.std:.1f} ({paired.t:+.1f})"
-                               + (" *" if paired.significant and beyond_noise else ""))
+                               + (" *" if paired.significant and stands_out else ""))
         lines.append("| " + " | ".join([name, str(len(runs)), *(cell(runs, k) for k in keys), control or "—",
                                         *differences]) + " |")
     return "\n".join(lines)
@@ -210,9 +210,25 @@ def study_cell(runs: list[dict], key: str) -> str:
     return f"{scale * statistics.fmean(values):.{digits}f}\u00a0±\u00a0{scale * spread:.{digits}f}"
 
 
+def beyond_noise(mean: float, n: int, band: float) -> bool:
+    """The rule for a difference standing out of the noise band: a mean of ``n`` paired differences
+    beyond ``2 · band / √n`` (``band``: the per-seed spread of runs that compute the same function)."""
+    return abs(mean) > 2 * band / math.sqrt(n)
+
+
+def counts(comparison: dict, key: str = "test_recall@1") -> bool:
+    """Whether a study comparison counts in ``key``: significant after Holm *and* beyond the noise band (the
+    tables' *)."""
+    return _stands_out(comparison[key])
+
+
+def _stands_out(found: dict) -> bool:
+    return found["p_holm"] < 0.05 and found["beyond_noise"]
+
+
 def study_delta(comparison: dict) -> str:
     """A comparison of the study: ``Δ ± std (t, Holm p)``, with * when Holm p < 0.05 and beyond the noise band."""
-    mark = " *" if comparison["p_holm"] < 0.05 and comparison["beyond_noise"] else ""
+    mark = " *" if _stands_out(comparison) else ""
     space = "\u00a0"  # non-breaking: the cell wraps between its parts, never inside one
     return (f"{100 * comparison['mean']:+.1f}{space}±{space}{100 * comparison['std']:.1f} "
             f"(t{space}{comparison['t']:+.1f}, p{space}{comparison['p_holm']:.3f}){mark}")
@@ -238,14 +254,22 @@ def study_table(section: dict, names: Sequence[str] | None = None,
     return "\n".join(lines)
 
 
+def collapsed_runs(section: dict, margin: float = 0.05, key: str = "test_recall@1") -> list[tuple[str, int, float]]:
+    """``(variant, seed, value)`` of the compared runs more than ``margin`` below the lowest run of any
+    control in a study section: a mean over few seeds hides a seed that failed."""
+    floor = min(run[key] for name, runs in section["runs"].items() if name not in section["comparisons"]
+                for run in runs)
+    return [(name, run["seed"], run[key]) for name in section["comparisons"] for run in section["runs"][name]
+            if run[key] < floor - margin]
+
+
 def describe(comparison: dict, key: str = "test_recall@1", unit: str = "points") -> str:
     """One comparison in words, with its numbers: ``-0.3 ± 0.4 points (5 seeds; Holm p 0.62, within the noise
     band)``."""
     found = comparison[key]
-    # both must hold for a difference to count: significant after Holm, and larger than the noise band allows
     if not found["beyond_noise"]:
         verdict = "within the noise band"
-    elif found["p_holm"] < 0.05:
+    elif counts(comparison, key):
         verdict = "significant and beyond the noise band"
     else:
         verdict = "beyond the noise band but not significant"
@@ -253,6 +277,7 @@ def describe(comparison: dict, key: str = "test_recall@1", unit: str = "points")
             f"{found['p_holm']:.2g}, {verdict})")
 
 
-__all__ = ["STUDY_HEADINGS", "Paired", "cell", "comparison_table", "describe", "mean_std", "measure", "noise_band",
+__all__ = ["STUDY_HEADINGS", "Paired", "beyond_noise", "cell", "collapsed_runs", "comparison_table", "counts",
+           "describe", "mean_std", "measure", "noise_band",
            "paired_difference", "paired_table", "run_comparison", "study_cell", "study_delta", "study_table",
            "write_comparison"]

@@ -218,7 +218,7 @@ def beyond_noise(mean: float, n: int, band: float) -> bool:
 
 def counts(comparison: dict, key: str = "test_recall@1") -> bool:
     """Whether a study comparison counts in ``key``: significant after Holm *and* beyond the noise band (the
-    tables' *)."""
+    tables mark it ``*``)."""
     return _stands_out(comparison[key])
 
 

@@ -55,7 +55,10 @@ HEADLINE = ("published", "published, messages off", "glyphs-attention", "glyphs-
 NOISE_GROUPS = (("published, messages off", "published, messages off, identity W_v W_o (unused)"),
                 ("glyphs-attention, messages off", "glyphs-attention, messages off, random W_v W_o (unused)"))
 EPISODES, EPISODE_SEED, VALIDATION_SEED = 50, 5000, 7000
-QE_K, QE_ALPHA, TWIN_SHARPNESS = (5, 10, 20), (0.0, 1.0, 3.0, 5.0, 10.0), (1.0, 3.0, 10.0, 30.0)
+# the test-time grids, searched on the validation classes; each reaches past the value it picks (a class
+# has 48 images, so k = 80 neighbourhoods reach beyond the class), so that no pick sits at a grid's edge
+QE_K, QE_ALPHA, TWIN_SHARPNESS = (5, 10, 20, 40, 80), (0.0, 1.0, 3.0, 5.0, 10.0, 20.0), (1.0, 3.0, 10.0, 30.0)
+NEIGHBOURHOOD_ALPHA = (0.5, 1.0, 3.0, 5.0)  # alpha-QE over neighbourhoods (alpha = 0 is the average QE row)
 NORMALISED_TEMPERATURES = (0.05, 0.1, 0.2)
 TEST_TIME_MODELS = ("published", "published, messages off", "glyphs-attention", "glyphs-attention, messages off")
 
@@ -127,19 +130,21 @@ def _datasets(config):
     return _WORKER["datasets"]
 
 
-def measuring_code() -> str:
-    """A hash of the code that measures a run: this script's measuring functions and constants, the
-    experiment runner's ``measure``, evaluation and metrics (not the report, so editing it keeps the cache)."""
+def measuring_code(test_time: bool) -> str:
+    """A hash of the code that measures a run: this script's ``obtain``, the experiment runner's ``measure``,
+    evaluation and metrics, and (``test_time``) the test-time measurements with their grids; not the
+    report, so editing it keeps the cache, and editing the test-time part re-measures only those runs."""
     import inspect
 
     import mpn_tutorial.evaluation
     import mpn_tutorial.experiments
     import mpn_tutorial.metrics
 
-    parts = [inspect.getsource(obtain), inspect.getsource(test_time_measurements),
-             inspect.getsource(mpn_tutorial.experiments.measure), inspect.getsource(mpn_tutorial.evaluation),
-             inspect.getsource(mpn_tutorial.metrics), repr((EPISODES, EPISODE_SEED, VALIDATION_SEED, QE_K, QE_ALPHA,
-                                                            TWIN_SHARPNESS))]
+    parts = [inspect.getsource(obtain), inspect.getsource(mpn_tutorial.experiments.measure),
+             inspect.getsource(mpn_tutorial.evaluation), inspect.getsource(mpn_tutorial.metrics)]
+    if test_time:
+        parts += [inspect.getsource(test_time_measurements),
+                  repr((EPISODES, EPISODE_SEED, VALIDATION_SEED, QE_K, QE_ALPHA, TWIN_SHARPNESS, NEIGHBOURHOOD_ALPHA))]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
@@ -151,7 +156,7 @@ def obtain(job: tuple[str, dict, str, bool]) -> dict:
     from mpn_tutorial.run_store import cache_key, train_cached
 
     config = TrainConfig.from_dict(settings)
-    path = Path(store) / f"{cache_key(config)}.measured-{measuring_code()}{'-tt' if test_time else ''}.json"
+    path = Path(store) / f"{cache_key(config)}.measured-{measuring_code(test_time)}{'-tt' if test_time else ''}.json"
     if path.exists():
         return json.loads(path.read_text())
     datasets = _datasets(config)
@@ -244,7 +249,7 @@ def test_time_measurements(model, config, datasets, quick: bool) -> dict:
                                            refined(test_embeddings, test_labels, None, 0, 0)))}
     chosen_k = {}
     for name, method in methods.items():
-        options = [(k, a) for k in QE_K for a in ((1.0, 3.0, 5.0) if method == "similarity_weighted" else (0.0,))]
+        options = [(k, a) for k in QE_K for a in (NEIGHBOURHOOD_ALPHA if method == "similarity_weighted" else (0.0,))]
         best = max(options, key=lambda option: refined(val_embeddings, val_labels, method, *option)[1])
         chosen_k[name] = {"k": best[0], "alpha": best[1]}
         neighbourhoods[name] = dict(zip(("test_recall@1", "test_map@r"),
@@ -438,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         "phases": args.stop_after, "episodes": 3 if args.quick else EPISODES,
         "rule_beyond_noise": "|mean paired Δ| > 2 · noise band / sqrt(n)",
         "rule_converged": converged["rule"],
+        "script_commit": _commit(REPO_ROOT), "test_time_grids": test_time_grids(),
     }
     output_json.parent.mkdir(parents=True, exist_ok=True)
     ordered = {"header": sections.pop("header"), **sections}
@@ -570,6 +576,30 @@ def test_time_section(study: Study, b_star: float, band: dict[str, float]) -> di
     return found
 
 
+def test_time_grids() -> dict[str, list[float]]:
+    """The values each test-time parameter was chosen from (on the validation classes)."""
+    return {"alpha": list(QE_ALPHA), "mpn_alpha": list(QE_ALPHA), "sharpness": list(TWIN_SHARPNESS),
+            "k": list(QE_K), "neighbourhood alpha": list(NEIGHBOURHOOD_ALPHA)}
+
+
+def picks_at_an_edge(chosen: list[dict], grids: dict[str, list[float]]) -> list[str]:
+    """The test-time picks (one dict per seed, as in ``chosen_on_validation``) that sit at the top of their
+    grid, or at its bottom where the bottom is not the natural end (alpha = 0, no weighting): the
+    optimum may lie outside the grid."""
+    def at_edge(value, grid):
+        return value == max(grid) or (value == min(grid) and min(grid) != 0)
+
+    found = []
+    for pick in chosen:
+        found += [f"{name} = {pick[name]:g} (seed {pick['seed']})" for name in ("alpha", "mpn_alpha", "sharpness")
+                  if name in pick and at_edge(pick[name], grids[name])]
+        for view, values in pick.get("neighbourhoods", {}).items():
+            found += [f"{view} k = {values['k']} (seed {pick['seed']})"] if at_edge(values["k"], grids["k"]) else []
+            if view == "alpha-QE" and at_edge(values["alpha"], grids["neighbourhood alpha"]):
+                found.append(f"{view} alpha = {values['alpha']:g} (seed {pick['seed']})")
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------
@@ -641,11 +671,20 @@ def write_report(path: Path, study: dict) -> str:
                           view: {key: {**value, "control": "backbone"} for key, value in comparison.items()}
                           for view, comparison in parts[part]["comparisons"].items()}},
                           keys=("test_recall@1", "test_map@r")), ""]
+        grids = study["header"].get("test_time_grids")
+        if grids:
+            edges = picks_at_an_edge(parts["chosen_on_validation"], grids)
+            lines += [f"Grids searched on the validation classes: {_grids_text(grids)}. Picks at a grid's edge: "
+                      f"{'; '.join(edges) if edges else 'none'}.", ""]
     text = "\n".join(lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     _budget_figure(study, path.with_name(path.stem + "_budget.png"))
     return text
+
+
+def _grids_text(grids: dict[str, list[float]]) -> str:
+    return "; ".join(f"{name} {'/'.join(f'{value:g}' for value in values)}" for name, values in grids.items())
 
 
 README_BEGIN = "<!-- study:begin"
@@ -767,12 +806,13 @@ def _budget_figure(study: dict, path: Path) -> None:
     plot_budget_curve(study).savefig(path, dpi=90, bbox_inches="tight")
 
 
-def _commit() -> str:
+def _commit(where: Path | None = None) -> str:
+    """The commit of the library this process imports (or of the folder ``where``)."""
     import mpn_tutorial
 
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(mpn_tutorial.__file__).parent).stdout.strip()
+                              cwd=where or Path(mpn_tutorial.__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -52,6 +52,18 @@ def test_holm_multiplies_the_sorted_p_values_by_the_comparisons_left_and_keeps_t
 
 
 @pytest.mark.slow
+def test_a_test_time_pick_at_the_top_of_its_grid_is_reported_and_one_inside_it_or_at_alpha_zero_is_not():
+    grids = {"alpha": [0, 1, 3], "mpn_alpha": [0, 1, 3], "sharpness": [1, 3, 10], "k": [5, 10, 20],
+             "neighbourhood alpha": [0.5, 1, 3]}
+    inside = {"seed": 0, "alpha": 0, "mpn_alpha": 1, "sharpness": 3,
+              "neighbourhoods": {"average QE": {"k": 10, "alpha": 0}, "alpha-QE": {"k": 10, "alpha": 1}}}
+    at_top = {"seed": 1, "alpha": 3, "mpn_alpha": 1, "sharpness": 3,
+              "neighbourhoods": {"average QE": {"k": 20, "alpha": 0}, "alpha-QE": {"k": 10, "alpha": 0.5}}}
+    assert messages_study.picks_at_an_edge([inside], grids) == []
+    assert messages_study.picks_at_an_edge([inside, at_top], grids) == [
+        "alpha = 3 (seed 1)", "average QE k = 20 (seed 1)", "alpha-QE alpha = 0.5 (seed 1)"]
+
+
 def test_the_quick_study_writes_every_section_with_paired_seeds_steps_and_best_epochs(tmp_path):
     output = tmp_path / "study"
     completed = subprocess.run([sys.executable, str(REPOSITORY / "bench" / "messages_study.py"), "--quick",

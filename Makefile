@@ -49,6 +49,7 @@ PYTEST := $(BIN)/python -m pytest
 NBVAL := --nbval --nbval-current-env --nbval-cell-timeout=900 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 test: setup browser-deps
+	$(BIN)/ruff check mpn_tutorial tests bench notebooks
 	$(PYTEST) notebooks tests $(NBVAL) --durations=15
 
 unit: setup

@@ -582,20 +582,23 @@ def test_time_grids() -> dict[str, list[float]]:
             "k": list(QE_K), "neighbourhood alpha": list(NEIGHBOURHOOD_ALPHA)}
 
 
-def picks_at_an_edge(chosen: list[dict], grids: dict[str, list[float]]) -> list[str]:
-    """The test-time picks (one dict per seed, as in ``chosen_on_validation``) that sit at the top of their
-    grid, or at its bottom where the bottom is not the natural end (alpha = 0, no weighting): the
-    optimum may lie outside the grid."""
-    def at_edge(value, grid):
-        return value == max(grid) or (value == min(grid) and min(grid) != 0)
+def picks_at_an_edge(chosen: list[dict], grids: dict[str, list[float]], messages: bool = True) -> list[str]:
+    """The test-time picks (one dict per seed, as in ``chosen_on_validation``) that sit at an edge of their
+    grid, where the optimum may lie outside it: the top of every grid, and the bottom where it is not
+    closed by a measured value. Closed bottoms: alpha = 0 (no weighting), and the neighbourhoods' alpha-QE,
+    whose alpha = 0 is the average-QE row. Without messages (``messages=False``) the MPN's refinement does
+    not look at the neighbourhood, so its k is no choice."""
+    def at_edge(value, grid, bottom_closed=False):
+        return value == max(grid) or (value == min(grid) and min(grid) != 0 and not bottom_closed)
 
     found = []
     for pick in chosen:
         found += [f"{name} = {pick[name]:g} (seed {pick['seed']})" for name in ("alpha", "mpn_alpha", "sharpness")
                   if name in pick and at_edge(pick[name], grids[name])]
         for view, values in pick.get("neighbourhoods", {}).items():
-            found += [f"{view} k = {values['k']} (seed {pick['seed']})"] if at_edge(values["k"], grids["k"]) else []
-            if view == "alpha-QE" and at_edge(values["alpha"], grids["neighbourhood alpha"]):
+            if at_edge(values["k"], grids["k"]) and (messages or view != "MPN refinement"):
+                found.append(f"{view} k = {values['k']} (seed {pick['seed']})")
+            if view == "alpha-QE" and at_edge(values["alpha"], grids["neighbourhood alpha"], bottom_closed=True):
                 found.append(f"{view} alpha = {values['alpha']:g} (seed {pick['seed']})")
     return found
 
@@ -673,9 +676,9 @@ def write_report(path: Path, study: dict) -> str:
                           keys=("test_recall@1", "test_map@r")), ""]
         grids = study["header"].get("test_time_grids")
         if grids:
-            edges = picks_at_an_edge(parts["chosen_on_validation"], grids)
-            lines += [f"Grids searched on the validation classes: {_grids_text(grids)}. Picks at a grid's edge: "
-                      f"{'; '.join(edges) if edges else 'none'}.", ""]
+            edges = picks_at_an_edge(parts["chosen_on_validation"], grids, "messages off" not in model)
+            lines += [f"Grids searched on the validation classes: {_grids_text(grids)} (alpha-QE's alpha = 0 is the "
+                      f"average-QE row). Picks at an open edge of a grid: {'; '.join(edges) if edges else 'none'}.", ""]
     text = "\n".join(lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

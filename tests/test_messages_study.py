@@ -52,16 +52,21 @@ def test_holm_multiplies_the_sorted_p_values_by_the_comparisons_left_and_keeps_t
 
 
 @pytest.mark.slow
-def test_a_test_time_pick_at_the_top_of_its_grid_is_reported_and_one_inside_it_or_at_alpha_zero_is_not():
+def test_a_test_time_pick_at_an_open_edge_of_its_grid_is_reported_and_one_inside_it_or_at_a_closed_edge_is_not():
     grids = {"alpha": [0, 1, 3], "mpn_alpha": [0, 1, 3], "sharpness": [1, 3, 10], "k": [5, 10, 20],
              "neighbourhood alpha": [0.5, 1, 3]}
-    inside = {"seed": 0, "alpha": 0, "mpn_alpha": 1, "sharpness": 3,
-              "neighbourhoods": {"average QE": {"k": 10, "alpha": 0}, "alpha-QE": {"k": 10, "alpha": 1}}}
-    at_top = {"seed": 1, "alpha": 3, "mpn_alpha": 1, "sharpness": 3,
-              "neighbourhoods": {"average QE": {"k": 20, "alpha": 0}, "alpha-QE": {"k": 10, "alpha": 0.5}}}
+    inside = {"seed": 0, "alpha": 0, "mpn_alpha": 1, "sharpness": 3,  # alpha 0: no weighting, a closed end
+              "neighbourhoods": {"average QE": {"k": 10, "alpha": 0}, "alpha-QE": {"k": 10, "alpha": 0.5},
+                                 "MPN refinement": {"k": 10, "alpha": 0}}}
+    at_edges = {"seed": 1, "alpha": 3, "mpn_alpha": 1, "sharpness": 1,
+                "neighbourhoods": {"average QE": {"k": 20, "alpha": 0}, "alpha-QE": {"k": 10, "alpha": 3},
+                                   "MPN refinement": {"k": 5, "alpha": 0}}}
     assert messages_study.picks_at_an_edge([inside], grids) == []
-    assert messages_study.picks_at_an_edge([inside, at_top], grids) == [
-        "alpha = 3 (seed 1)", "average QE k = 20 (seed 1)", "alpha-QE alpha = 0.5 (seed 1)"]
+    assert messages_study.picks_at_an_edge([inside, at_edges], grids) == [
+        "alpha = 3 (seed 1)", "sharpness = 1 (seed 1)", "average QE k = 20 (seed 1)", "alpha-QE alpha = 3 (seed 1)",
+        "MPN refinement k = 5 (seed 1)"]
+    # without messages the MPN's refinement ignores the neighbourhood: its k is no choice
+    assert "MPN refinement k = 5 (seed 1)" not in messages_study.picks_at_an_edge([at_edges], grids, messages=False)
 
 
 def test_the_quick_study_writes_every_section_with_paired_seeds_steps_and_best_epochs(tmp_path):

@@ -620,10 +620,17 @@ def _cell(runs, key):
     return study_cell(runs, key)
 
 
+def _provenance(header: dict) -> str:
+    """Which commit trained the runs (the library's) and, where it differs, which script measured them."""
+    trained = f"library at commit {header['commit'][:10]}"
+    script = header.get("script_commit", header["commit"])
+    return trained if script == header["commit"] else f"{trained} (training), measured by the script at {script[:10]}"
+
+
 def write_report(path: Path, study: dict) -> str:
     header, converged = study["header"], study["converged_budget"]
     lines = ["# The messages study (glyphs), at the converged budget", "",
-             f"Written by `bench/messages_study.py` on {header['date']} at commit {header['commit'][:10]}: "
+             f"Written by `bench/messages_study.py` on {header['date']}, {_provenance(header)}: "
              f"{header['machine']}; {header['minutes_this_invocation']} min in this invocation (runs already in the "
              "store are loaded). Best epoch by validation R@1; test classes measured only. Mean ± standard deviation "
              "over seeds. Δ: seed-paired difference to the control (mean ± std of the per-seed differences), its t, "
@@ -704,7 +711,7 @@ def readme_block(study: dict) -> str:
     names = [name for name in curve[first] if "unused" not in name]
     lines = [
         f"From the messages study (`bench/messages_study.py`, tables in `bench/messages_study.md`; notebook 06 "
-        f"reads the same JSON), {header['date']}, commit {header['commit'][:10]}, {header['machine']}. Every run "
+        f"reads the same JSON), {header['date']}, {_provenance(header)}, {header['machine']}. Every run "
         "chooses its epoch on the validation classes; test classes are only measured.", "",
         f"**Training to convergence.** Validation R@1 (test R@1), mean ± std over seeds "
         f"{', '.join(map(str, header['seeds_curve']))}, at multiples of the presets' {first} steps (schedule and "

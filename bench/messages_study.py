@@ -20,7 +20,8 @@ Each family of comparisons is corrected for its size (Holm); the p values printe
 3. **Test time** (``episodes_tuned``): within held-out P×K episodes and over k-reciprocal
    neighbourhoods, the MPN against the backbone, against query expansion and the backbone-similarity
    twin of the MPN (the backbone's own similarity as attention through the trained W_v, W_o), with every
-   free parameter (k, alpha, the twin's sharpness) chosen on validation-class episodes.
+   free parameter (k, alpha, the twin's sharpness) chosen on validation-class episodes and
+   neighbourhoods, from grids that reach past the picks (the report names any pick at an open edge).
 
 Runs train in a run store (``--store``, keyed by the training code), two at a time with one thread
 each when ``--parallel 2`` (``bench/side_by_side.py`` measured that 1.4× faster on 2 cores); each run's

@@ -321,20 +321,28 @@ def holm(comparisons: dict[str, dict]) -> None:
         comparisons[name]["p_holm"] = running
 
 
-def family(study: Study, budget: float, controls: dict[str, str], band: dict[str, float], seeds=SEEDS) -> dict:
-    """A family of comparisons ``{variant: control}`` at a budget: paired Δ of test R@1 and MAP@R, Holm-
-    corrected over the family (per metric), and whether each Δ is beyond the noise band."""
+def compare(runs: dict[str, list[dict]], controls: dict[str, str], band: dict[str, float]) -> dict:
+    """A family of comparisons ``{variant: control}`` over per-seed ``runs`` by name: the paired Δ of test
+    R@1 and MAP@R, Holm-corrected over the family (per metric), and whether each Δ is beyond the noise band."""
     from mpn_tutorial.experiments import beyond_noise
 
     found = {}
     for key in ("test_recall@1", "test_map@r"):
-        comparisons = {variant: paired(study.runs(variant, budget, seeds), study.runs(control, budget, seeds), key)
-                       for variant, control in controls.items()}
+        comparisons = {variant: paired(runs[variant], runs[control], key) for variant, control in controls.items()}
         holm(comparisons)
         for variant, comparison in comparisons.items():
             comparison["beyond_noise"] = beyond_noise(comparison["mean"], comparison["n"], band[key])
-            comparison["control"] = controls[variant]
             found.setdefault(variant, {})[key] = comparison
+    return found
+
+
+def family(study: Study, budget: float, controls: dict[str, str], band: dict[str, float], seeds=SEEDS) -> dict:
+    """:func:`compare` on the study's runs at a budget, each comparison naming its control."""
+    names = set(controls) | set(controls.values())
+    found = compare({name: study.runs(name, budget, seeds) for name in names}, controls, band)
+    for variant, comparisons in found.items():
+        for comparison in comparisons.values():
+            comparison["control"] = controls[variant]
     return found
 
 
@@ -553,8 +561,6 @@ def at_converged_budget(study: Study, b_star: float, sections: dict) -> dict:
 def test_time_section(study: Study, b_star: float, band: dict[str, float]) -> dict:
     """Per model: the test-time views, each against the backbone (the primary control), Holm over the
     family; a difference counts next to the training noise band of its metric (the same rule)."""
-    from mpn_tutorial.experiments import beyond_noise
-
     found = {}
     for model in TEST_TIME_MODELS:
         runs = [run for run in study.runs(model, b_star) if "test_time" in run]
@@ -563,13 +569,7 @@ def test_time_section(study: Study, b_star: float, band: dict[str, float]) -> di
         for part in ("episodes", "neighbourhoods"):
             views = {view: [{"seed": run["seed"], **run["test_time"][part][view]} for run in runs]
                      for view in runs[0]["test_time"][part]}
-            comparisons = {}
-            for key in ("test_recall@1", "test_map@r"):
-                family_ = {view: paired(views[view], views["backbone"], key) for view in views if view != "backbone"}
-                holm(family_)
-                for view, comparison in family_.items():
-                    comparison["beyond_noise"] = beyond_noise(comparison["mean"], comparison["n"], band[key])
-                    comparisons.setdefault(view, {})[key] = comparison
+            comparisons = compare(views, {view: "backbone" for view in views if view != "backbone"}, band)
             found.setdefault(model, {})[part] = {"runs": views, "comparisons": comparisons}
         found[model]["chosen_on_validation"] = [run["test_time"]["chosen_on_validation"] | {
             "neighbourhoods": run["test_time"]["neighbourhoods_chosen_on_validation"], "seed": run["seed"]}
@@ -682,7 +682,7 @@ def write_report(path: Path, study: dict) -> str:
                           view: {key: {**value, "control": "backbone"} for key, value in comparison.items()}
                           for view, comparison in parts[part]["comparisons"].items()}},
                           keys=("test_recall@1", "test_map@r")), ""]
-        grids = study["header"].get("test_time_grids")
+        grids = header.get("test_time_grids")
         if grids:
             edges = picks_at_an_edge(parts["chosen_on_validation"], grids, "messages off" not in model)
             lines += [f"Grids searched on the validation classes: {_grids_text(grids)} (alpha-QE's alpha = 0 is the "

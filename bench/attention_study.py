@@ -35,8 +35,8 @@ from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import build_datasets
 from mpn_tutorial.evaluation import attention_share, evaluate
 from mpn_tutorial.presets import GLYPHS, GLYPHS_ATTENTION, get_preset
-from mpn_tutorial.run_store import cache_key, train_cached
-from mpn_tutorial.runtime import thread_count
+from mpn_tutorial.tools.run_store import cache_key, train_cached
+from mpn_tutorial.tools.runtime import thread_count
 
 CHANCE = (GLYPHS.samples_per_class - 1) / (GLYPHS.classes_per_batch * GLYPHS.samples_per_class - 1)
 SHARE_TARGET, RECALL_MARGIN = 0.35, 0.02  # the acceptance criteria of the attention preset

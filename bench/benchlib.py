@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mpn_tutorial.runtime import pin_threads
+from mpn_tutorial.tools.runtime import pin_threads
 
 pin_threads()  # a bench script is an entry point (mpn_tutorial/runtime.py): MPN_TUTORIAL_THREADS, default 2
 

@@ -27,7 +27,7 @@ import numpy as np
 from benchlib import print_header, print_ratio
 from PIL import Image
 
-from mpn_tutorial.__main__ import main as command_line
+from mpn_tutorial.tools.cli import main as command_line
 
 STEPS = 30
 

@@ -111,7 +111,7 @@ _WORKER: dict = {}
 
 def _start_worker(threads: int, data_root: str, quick: bool) -> None:
     os.environ["MPN_TUTORIAL_THREADS"] = str(threads)  # before the package pins threads and keys runs
-    from mpn_tutorial.runtime import pin_threads
+    from mpn_tutorial.tools.runtime import pin_threads
 
     pin_threads(threads)
     _WORKER.update(data_root=data_root, quick=quick)
@@ -138,10 +138,10 @@ def measuring_code(test_time: bool) -> str:
     import inspect
 
     import mpn_tutorial.evaluation
-    import mpn_tutorial.experiments
     import mpn_tutorial.metrics
+    import mpn_tutorial.tools.stats
 
-    parts = [inspect.getsource(obtain), inspect.getsource(mpn_tutorial.experiments.measure),
+    parts = [inspect.getsource(obtain), inspect.getsource(mpn_tutorial.tools.stats.measure),
              inspect.getsource(mpn_tutorial.evaluation), inspect.getsource(mpn_tutorial.metrics)]
     if test_time:
         parts += [inspect.getsource(test_time_measurements),
@@ -153,8 +153,8 @@ def obtain(job: tuple[str, dict, str, bool]) -> dict:
     """Train (or load from the store) one run and measure it; runs in a worker process."""
     name, settings, store, test_time = job
     from mpn_tutorial.config import TrainConfig
-    from mpn_tutorial.experiments import measure
-    from mpn_tutorial.run_store import cache_key, train_cached
+    from mpn_tutorial.tools.run_store import cache_key, train_cached
+    from mpn_tutorial.tools.stats import measure
 
     config = TrainConfig.from_dict(settings)
     path = Path(store) / f"{cache_key(config)}.measured-{measuring_code(test_time)}{'-tt' if test_time else ''}.json"
@@ -263,7 +263,7 @@ class Study:
     """Obtains every (name, budget, seed) the sections ask for, in parallel worker processes."""
 
     def __init__(self, configs: dict, store: Path, parallel: int, data_root: str, quick: bool) -> None:
-        from mpn_tutorial.runtime import thread_count
+        from mpn_tutorial.tools.runtime import thread_count
 
         self.configs, self.store, self.quick = configs, store, quick
         threads = 1 if parallel > 1 else thread_count()
@@ -300,7 +300,7 @@ def paired(runs: list[dict], control: list[dict], key: str) -> dict:
     """Seed-paired difference with its two-sided p (paired t, n - 1 degrees of freedom)."""
     from scipy import stats
 
-    from mpn_tutorial.experiments import paired_difference
+    from mpn_tutorial.tools.stats import paired_difference
 
     difference = paired_difference(runs, control, key)
     if difference.n < 2:
@@ -324,7 +324,7 @@ def holm(comparisons: dict[str, dict]) -> None:
 def compare(runs: dict[str, list[dict]], controls: dict[str, str], band: dict[str, float]) -> dict:
     """A family of comparisons ``{variant: control}`` over per-seed ``runs`` by name: the paired Δ of test
     R@1 and MAP@R, Holm-corrected over the family (per metric), and whether each Δ is beyond the noise band."""
-    from mpn_tutorial.experiments import beyond_noise
+    from mpn_tutorial.tools.stats import beyond_noise
 
     found = {}
     for key in ("test_recall@1", "test_map@r"):
@@ -347,7 +347,7 @@ def family(study: Study, budget: float, controls: dict[str, str], band: dict[str
 
 
 def band_at(study: Study, budget: float, key: str, seeds) -> float:
-    from mpn_tutorial.experiments import noise_band
+    from mpn_tutorial.tools.stats import noise_band
 
     return noise_band([[study.runs(a, budget, seeds), study.runs(b, budget, seeds)] for a, b in NOISE_GROUPS], key)
 
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             write_readme(study)
         return 0
     os.environ.setdefault("MPN_TUTORIAL_THREADS", "2")
-    from mpn_tutorial.runtime import pin_threads
+    from mpn_tutorial.tools.runtime import pin_threads
 
     pin_threads()
     import torch
@@ -610,13 +610,13 @@ def picks_at_an_edge(chosen: list[dict], grids: dict[str, list[float]], messages
 
 
 def table(section: dict, names=None, keys=("val_recall@1", "test_recall@1", "test_map@r"), control=None) -> str:
-    from mpn_tutorial.experiments import study_table
+    from mpn_tutorial.tools.stats import study_table
 
     return study_table(section, names, keys, control)
 
 
 def _cell(runs, key):
-    from mpn_tutorial.experiments import study_cell
+    from mpn_tutorial.tools.stats import study_cell
 
     return study_cell(runs, key)
 
@@ -704,7 +704,7 @@ README_END = "<!-- study:end -->"
 
 def readme_block(study: dict) -> str:
     """The README's "What the glyphs show", every number computed from the study's JSON."""
-    from mpn_tutorial.experiments import collapsed_runs, describe, study_cell, study_table
+    from mpn_tutorial.tools.stats import collapsed_runs, describe, study_cell, study_table
 
     header, converged, curve = study["header"], study["converged_budget"], study["budget_curve"]
     b_star, first = converged["steps"], str(header["steps_per_budget_1"])

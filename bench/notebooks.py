@@ -29,7 +29,7 @@ from pathlib import Path
 
 from benchlib import REPO_ROOT, print_header, print_ratio
 
-from mpn_tutorial.atomic import write_atomically
+from mpn_tutorial.tools.atomic import write_atomically
 
 TARGET_PRESET_RUNS = 14
 

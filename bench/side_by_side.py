@@ -22,7 +22,7 @@ import time
 
 from benchlib import REPO_ROOT, print_header
 
-from mpn_tutorial.runtime import thread_count
+from mpn_tutorial.tools.runtime import thread_count
 
 
 def _command(folder: str, seed: int, steps: int, data_root: str) -> list[str]:

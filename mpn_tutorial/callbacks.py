@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpn_tutorial.atomic import write_atomically
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import Datasets
 from mpn_tutorial.evaluation import batch_attention, embed_dataset, evaluate
 from mpn_tutorial.models import MetricLearningModel
+from mpn_tutorial.tools.atomic import write_atomically
 
 
 @dataclass

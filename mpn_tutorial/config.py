@@ -3,7 +3,7 @@
 One description, declared once: :class:`TrainConfig` extends the data part
 (:class:`~mpn_tutorial.data.build.DataConfig`, what ``build_datasets`` reads) and the model part
 (:class:`~mpn_tutorial.models.ModelConfig`, what ``MetricLearningModel`` reads) with the loss and
-the optimisation. Every field is declared with :func:`~mpn_tutorial.settings.setting`: its default,
+the optimisation. Every field is declared with :func:`~mpn_tutorial.tools.settings.setting`: its default,
 its help, its range and its command-line flag, and everything else derives from that one line:
 :meth:`TrainConfig.validate` checks every range, the command line has one flag per field
 (``__main__``), and the fields marked as machinery (where or how fast a run computes) are left out
@@ -28,7 +28,7 @@ from mpn_tutorial.data.build import DataConfig
 from mpn_tutorial.errors import UsageError
 from mpn_tutorial.losses import MINING_STRATEGIES
 from mpn_tutorial.models import MetricLearningModel, ModelConfig
-from mpn_tutorial.settings import check_setting, is_machinery, setting
+from mpn_tutorial.tools.settings import check_setting, is_machinery, setting
 
 LOSSES = ("contrastive", "triplet", "ce", "mpn")
 LR_SCHEDULES = ("step", "cosine")

@@ -59,7 +59,7 @@ from torch import nn
 
 from mpn_tutorial.backbones import IMAGENET_WEIGHT_FILES, GlyphEncoder, ResNetBackbone, load_imagenet_weights
 from mpn_tutorial.errors import UsageError
-from mpn_tutorial.settings import setting
+from mpn_tutorial.tools.settings import setting
 
 ATTENTION_KINDS = ("learned", "uniform", "oracle", "oracle_without_self", "none")
 MPN_CLASSIFIERS = ("bnneck", "linear")

@@ -27,8 +27,8 @@ from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import DATA_FIELDS, Datasets, build_datasets
 from mpn_tutorial.errors import MissingFileError, UsageError
 from mpn_tutorial.presets import get_preset, with_budget
-from mpn_tutorial.run_store import train_cached
-from mpn_tutorial.runtime import pin_threads, thread_count
+from mpn_tutorial.tools.run_store import train_cached
+from mpn_tutorial.tools.runtime import pin_threads, thread_count
 from mpn_tutorial.training import TrainResult
 
 DATA_VARIABLE = "MPN_TUTORIAL_DATA"

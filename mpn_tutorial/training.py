@@ -33,7 +33,14 @@ import torch
 from tqdm import tqdm
 
 from mpn_tutorial.callbacks import Callback, TrainState
-from mpn_tutorial.checkpoints import (
+from mpn_tutorial.config import OPTIMIZERS, TrainConfig, create_model
+from mpn_tutorial.data.build import Datasets, build_datasets, iterate_batches
+from mpn_tutorial.data.sampler import PKSampler
+from mpn_tutorial.errors import TrainingDiverged
+from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches, evaluate, evaluate_on_test
+from mpn_tutorial.losses import ContrastiveLoss, MessagePassingObjective, SmoothedCrossEntropy, TripletLoss
+from mpn_tutorial.models import MetricLearningModel, ModelOutput
+from mpn_tutorial.tools.checkpoints import (
     CheckpointError,
     config_of,
     load_checkpoint,
@@ -42,15 +49,8 @@ from mpn_tutorial.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from mpn_tutorial.config import OPTIMIZERS, TrainConfig, create_model
-from mpn_tutorial.data.build import Datasets, build_datasets, iterate_batches
-from mpn_tutorial.data.sampler import PKSampler
-from mpn_tutorial.distributed import SingleProcess
-from mpn_tutorial.errors import TrainingDiverged
-from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches, evaluate, evaluate_on_test
-from mpn_tutorial.losses import ContrastiveLoss, MessagePassingObjective, SmoothedCrossEntropy, TripletLoss
-from mpn_tutorial.models import MetricLearningModel, ModelOutput
-from mpn_tutorial.runtime import resolve_device, seed_everything
+from mpn_tutorial.tools.distributed import SingleProcess
+from mpn_tutorial.tools.runtime import resolve_device, seed_everything
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
 LOG_INTERVAL = 25  # steps between the waits for the device (progress bar, divergence check)
@@ -177,7 +177,7 @@ def train(
         datasets: reuse already-built datasets (default: ``build_datasets(config)``).
         evaluate_test: evaluate the best model on the test classes at the end.
         compute_nmi: also compute NMI on the test classes (k-means; slower).
-        distributed: a :class:`~mpn_tutorial.distributed.DistributedContext` (None: one process).
+        distributed: a :class:`~mpn_tutorial.tools.distributed.DistributedContext` (None: one process).
         overwrite: allow replacing another run's files in ``checkpoint_dir``.
     """
     config.validate()

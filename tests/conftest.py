@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mpn_tutorial.runtime import pin_threads
+from mpn_tutorial.tools.runtime import pin_threads
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

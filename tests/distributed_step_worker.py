@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mpn_tutorial.distributed import from_environment
+from mpn_tutorial.tools.distributed import from_environment
 from mpn_tutorial.training import create_model, loss_function
 
 sys.path.insert(0, str(Path(__file__).parent))

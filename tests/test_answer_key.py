@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from mpn_tutorial.answer_key import committed_source, fill_in, write_answer_key
 from mpn_tutorial.exercises import EXERCISES, check
+from mpn_tutorial.tools.answer_key import committed_source, fill_in, write_answer_key
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPOSITORY / "notebooks").glob("[0-9][0-9]_*.ipynb"))

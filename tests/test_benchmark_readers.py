@@ -20,7 +20,7 @@ from mpn_tutorial.data.benchmarks import (
     InShop,
     StanfordOnlineProducts,
 )
-from mpn_tutorial.data.registry import DATASETS
+from mpn_tutorial.tools.registry import DATASETS
 
 # ------------------------------------------------------------------------------------------------
 # Fake archive trees

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpn_tutorial.__main__ import build_parser, main
+from mpn_tutorial.tools.cli import build_parser, main
 
 # a glyph run small enough for seconds: narrow network, 1 epoch of 3 batches, no NMI
 TINY = ["--preset", "glyphs", "--epochs", "1", "--batches-per-epoch", "3", "--embedding-dim", "16", "--no-nmi",
@@ -101,7 +101,7 @@ A_FILE = str(Path(__file__).resolve().parents[1] / "pyproject.toml")  # a file w
 
 def _out_of_range(field) -> tuple[str, str]:
     """A value outside a setting's declared range, and what the refusal must say."""
-    from mpn_tutorial.settings import choices_of
+    from mpn_tutorial.tools.settings import choices_of
 
     meta = field.metadata
     if choices_of(field) is not None:
@@ -122,7 +122,7 @@ def _setting_cases() -> list[tuple[list[str], str]]:
     import dataclasses
 
     from mpn_tutorial.config import TrainConfig
-    from mpn_tutorial.settings import flag_of, kind_of
+    from mpn_tutorial.tools.settings import flag_of, kind_of
 
     return [([f"--{flag_of(field)}", _out_of_range(field)[0]], _out_of_range(field)[1])
             for field in dataclasses.fields(TrainConfig) if kind_of(field)[0] is not bool]
@@ -235,7 +235,7 @@ def test_every_setting_has_exactly_one_flag_of_train_and_compare_with_its_declar
     import dataclasses
 
     from mpn_tutorial.config import TrainConfig
-    from mpn_tutorial.settings import describe_range, has_range
+    from mpn_tutorial.tools.settings import describe_range, has_range
 
     commands = build_parser()._subparsers._group_actions[0].choices
     for command in ("train", "compare"):
@@ -246,8 +246,8 @@ def test_every_setting_has_exactly_one_flag_of_train_and_compare_with_its_declar
 
 
 def test_the_default_folder_name_leaves_out_where_and_how_a_run_computes():
-    from mpn_tutorial.__main__ import run_name
     from mpn_tutorial.presets import get_preset
+    from mpn_tutorial.tools.cli import run_name
 
     config = get_preset("cub", lr=1e-4, seed=2)
     name = run_name(config, {"lr": 1e-4, "weights_path": "/w/r50.pth", "device": "cuda:1", "num_workers": 8,
@@ -314,8 +314,8 @@ def _tiny_run(folder, data_root, epochs):
 
 def test_a_disk_that_fills_up_names_the_file_exits_1_and_keeps_the_earlier_checkpoints(tmp_path, data_root,
                                                                                        monkeypatch, capsys):
-    from mpn_tutorial import atomic
-    from mpn_tutorial.checkpoints import load_checkpoint, load_model
+    from mpn_tutorial.tools import atomic
+    from mpn_tutorial.tools.checkpoints import load_checkpoint, load_model
 
     folder = tmp_path / "run"
     real_fsync, writes = os.fsync, []
@@ -366,7 +366,7 @@ def test_a_valueerror_from_a_bug_inside_the_library_shows_its_traceback_says_bug
     code = ("import sys, mpn_tutorial.training as t\n"
             "def broken(*args, **kwargs):\n    first, second = (1, 2, 3)\n"
             "t.evaluate = broken\n"
-            "from mpn_tutorial.__main__ import main\n"
+            "from mpn_tutorial.tools.cli import main\n"
             f"sys.exit(main({_tiny_run(tmp_path / 'run', data_root, 1)!r}))\n")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 1
@@ -393,7 +393,7 @@ def test_out_of_memory_says_what_ran_out_and_that_nothing_was_saved_and_exits_1(
 
 
 def test_a_disk_full_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, data_root, monkeypatch, capsys):
-    from mpn_tutorial import atomic
+    from mpn_tutorial.tools import atomic
 
     def full(descriptor):
         raise OSError(28, "No space left on device")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mpn_tutorial.data import PKSampler
-from mpn_tutorial.distributed import ShardedBatchSampler
 from mpn_tutorial.presets import get_preset
+from mpn_tutorial.tools.distributed import ShardedBatchSampler
 from mpn_tutorial.training import create_model, loss_function
 
 CONFIG = get_preset("glyphs", glyph_channels=(8, 16), embedding_dim=16, mpn_ff_dim=32, mpn_heads=2, device="cpu")

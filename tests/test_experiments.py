@@ -9,11 +9,11 @@ import math
 import pytest
 from test_benchmark_readers import make_cub
 
-from mpn_tutorial.__main__ import main
-from mpn_tutorial.checkpoints import load_checkpoint, load_model
 from mpn_tutorial.data.build import build_datasets
 from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches, evaluate_on_test
-from mpn_tutorial.experiments import describe, noise_band, paired_difference, paired_table
+from mpn_tutorial.tools.checkpoints import load_checkpoint, load_model
+from mpn_tutorial.tools.cli import main
+from mpn_tutorial.tools.stats import describe, noise_band, paired_difference, paired_table
 
 TINY = ["--epochs", "2", "--batches-per-epoch", "3", "--embedding-dim", "16", "--no-progress", "--device", "cpu"]
 SMALLEST = ["--epochs", "1", "--batches-per-epoch", "1", "--embedding-dim", "8", "--glyph-channels", "4", "8",

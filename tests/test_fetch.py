@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mpn_tutorial.__main__ import main
-from mpn_tutorial.data import fetch, registry
 from mpn_tutorial.data.benchmarks import CUB200, InShop
-from mpn_tutorial.data.fetch import (
+from mpn_tutorial.tools import fetch, registry
+from mpn_tutorial.tools.cli import main
+from mpn_tutorial.tools.fetch import (
     ChecksumMismatchError,
     DownloadError,
     DownloadInterrupted,

@@ -2,7 +2,7 @@
 
 from test_benchmark_readers import make_cub
 
-from mpn_tutorial.__main__ import main
+from mpn_tutorial.tools.cli import main
 
 TRAIN_CLASSES = tuple(range(1, 13))  # 12 of CUB's training classes 1..100; 2 become validation classes
 TEST_CLASSES = (101, 102, 103, 104)

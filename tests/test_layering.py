@@ -10,24 +10,35 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mpn_tutorial"
 # 0: plumbing; 1: the ground floor (independent of each other); 2: what stands on it;
 # 3: the loop; 4: what the notebooks and the command line use on top.
 LEVELS = {
-    "runtime": 0, "atomic": 0, "errors": 0, "settings": 0,
-    "data": 1, "backbones": 1, "models": 1, "losses": 1, "metrics": 1, "distributed": 1,
-    "config": 2, "presets": 2, "evaluation": 2, "callbacks": 2, "checkpoints": 2,
+    "tools.runtime": 0, "tools.atomic": 0, "errors": 0, "tools.settings": 0, "tools.registry": 0, "tools": 0,
+    "data": 1, "backbones": 1, "models": 1, "losses": 1, "metrics": 1, "tools.distributed": 1, "tools.fetch": 1,
+    "config": 2, "presets": 2, "evaluation": 2, "callbacks": 2, "tools.checkpoints": 2,
     "training": 3,
-    "run_store": 4, "experiments": 4, "viz": 4, "exercises": 4, "solutions": 4, "notebook": 4,
-    "commands": 5, "answer_key": 5, "__main__": 5, "__init__": 0,
+    "tools.run_store": 4, "tools.stats": 4, "viz": 4, "exercises": 4, "solutions": 4, "notebook": 4,
+    "tools.commands": 5, "tools.answer_key": 5, "tools.cli": 5, "__main__": 5, "__init__": 0,
 }
 GROUND_FLOOR_EXCEPTIONS = {("models", "backbones")}  # the full model is built on the backbones
 
 
 def _top(name: str) -> str:
-    return name.split(".")[1] if name.startswith("mpn_tutorial.") else "__init__"
+    """The module's level name: ``data`` for anything in data/, ``tools.x`` for a module of tools/."""
+    parts = name.split(".")[1:] if name.startswith("mpn_tutorial.") else []
+    if not parts:
+        return "__init__"
+    return ".".join(parts[:2]) if parts[0] == "tools" and len(parts) > 1 else parts[0]
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1] or ("__init__",)
+    return _top("mpn_tutorial." + ".".join(parts)) if parts != ("__init__",) else "__init__"
 
 
 def _imports() -> list[tuple[str, str, int]]:
     found = []
     for path in PACKAGE.rglob("*.py"):
-        module = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        module = _module_of(path)
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mpn_tutorial"):
                 names = ([node.module] if node.module != "mpn_tutorial"
@@ -37,7 +48,7 @@ def _imports() -> list[tuple[str, str, int]]:
 
 
 def test_every_module_has_a_level():
-    modules = {path.relative_to(PACKAGE).parts[0].removesuffix(".py") for path in PACKAGE.rglob("*.py")}
+    modules = {_module_of(path) for path in PACKAGE.rglob("*.py")}
     assert modules <= set(LEVELS), sorted(modules - set(LEVELS))
 
 

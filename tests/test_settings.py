@@ -24,7 +24,7 @@ def test_importing_the_package_changes_no_thread_count_and_no_environment_variab
         "torch.set_num_threads(3)\n"
         "before = dict(os.environ)\n"
         "import mpn_tutorial, mpn_tutorial.metrics, mpn_tutorial.models, mpn_tutorial.training, mpn_tutorial.notebook\n"
-        "import mpn_tutorial.run_store, mpn_tutorial.viz, mpn_tutorial.experiments, mpn_tutorial.__main__\n"
+        "import mpn_tutorial.tools.run_store, mpn_tutorial.viz, mpn_tutorial.tools.stats, mpn_tutorial.tools.cli\n"
         "assert torch.get_num_threads() == 3, torch.get_num_threads()\n"
         "changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}\n"
         "assert not changed, changed\n"
@@ -45,7 +45,7 @@ def test_no_setting_is_declared_in_two_settings_dataclasses():
 
 def _outside(field):
     """A value outside a setting's declared range (see test_command_line for the flags' version)."""
-    from mpn_tutorial.settings import choices_of, kind_of
+    from mpn_tutorial.tools.settings import choices_of, kind_of
 
     element, many, _ = kind_of(field)
     meta = field.metadata
@@ -71,7 +71,7 @@ def test_validate_refuses_a_value_outside_each_settings_declared_range_and_names
 
 
 def test_every_setting_declares_its_help_and_its_range():
-    from mpn_tutorial.settings import has_range
+    from mpn_tutorial.tools.settings import has_range
 
     for field in dataclasses.fields(TrainConfig):
         assert field.metadata.get("help") and has_range(field), field.name
@@ -104,7 +104,7 @@ def test_a_model_is_built_from_its_seed_alone():
 def test_editing_the_training_code_changes_the_run_store_key_and_editing_the_figures_does_not(tmp_path):
     copy = tmp_path / "mpn_tutorial"
     shutil.copytree(REPOSITORY / "mpn_tutorial", copy, ignore=shutil.ignore_patterns("__pycache__"))
-    code = ("from mpn_tutorial.run_store import cache_key; from mpn_tutorial.presets import GLYPHS\n"
+    code = ("from mpn_tutorial.tools.run_store import cache_key; from mpn_tutorial.presets import GLYPHS\n"
             "print(cache_key(GLYPHS))")
 
     def key() -> str:
@@ -114,7 +114,7 @@ def test_editing_the_training_code_changes_the_run_store_key_and_editing_the_fig
         return completed.stdout.strip()
 
     original = key()
-    for edited, retrains in (("models.py", True), ("data/sampler.py", True), ("settings.py", True),
+    for edited, retrains in (("models.py", True), ("data/sampler.py", True), ("tools/settings.py", True),
                              ("viz/figures.py", False), ("exercises.py", False)):
         path = copy / edited
         text = path.read_text()

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from mpn_tutorial.callbacks import AttentionCapture, Callback, EmbeddingSnapshots
-from mpn_tutorial.checkpoints import load_checkpoint, load_model
 from mpn_tutorial.config import create_model
 from mpn_tutorial.data.build import build_datasets
 from mpn_tutorial.evaluation import embed_dataset, evaluate, refine_embeddings
 from mpn_tutorial.metrics import recall_at_k
 from mpn_tutorial.presets import get_preset
-from mpn_tutorial.run_store import train_cached
+from mpn_tutorial.tools.checkpoints import load_checkpoint, load_model
+from mpn_tutorial.tools.run_store import train_cached
 from mpn_tutorial.training import train
 
 

@@ -38,8 +38,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from mpn_tutorial.data.registry import DATASETS
 from mpn_tutorial.errors import UsageError
+from mpn_tutorial.tools.registry import DATASETS
 
 __all__ = [
     "BenchmarkDataset",
@@ -76,7 +76,7 @@ class BenchmarkDataset(torch.utils.data.Dataset):
     """
 
     title: ClassVar[str]  # human name, for messages
-    fetch_name: ClassVar[str]  # its key in mpn_tutorial.data.registry.DATASETS
+    fetch_name: ClassVar[str]  # its key in mpn_tutorial.tools.registry.DATASETS
     layout: ClassVar[str]  # what a correct root holds, for messages
     index_files: ClassVar[tuple[str, ...]]  # relative to root; all must exist
     splits: ClassVar[tuple[str, ...]] = ("train", "test")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mpn_tutorial.errors import UsageError
-from mpn_tutorial.settings import setting
+from mpn_tutorial.tools.settings import setting
 
 BENCHMARKS = ("cub", "cars", "sop", "inshop")
 DATASET_NAMES = ("glyphs",) + BENCHMARKS
@@ -98,7 +98,7 @@ def build_datasets(settings: DataConfig) -> Datasets:
 def dataset_root(dataset: str, data_root: str) -> Path:
     """The folder a benchmark reader takes: ``data_root`` itself, or the dataset's folder inside it
     where ``fetch`` puts it (``data/CUB_200_2011`` when ``data_root`` is ``data``)."""
-    from mpn_tutorial.data.registry import DATASETS
+    from mpn_tutorial.tools.registry import DATASETS
 
     root = Path(data_root)
     nested = root / DATASETS[dataset].folder

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mpn_tutorial.atomic import write_atomically
 from mpn_tutorial.data.splits import split_classes
 from mpn_tutorial.errors import MissingFileError, UsageError
+from mpn_tutorial.tools.atomic import write_atomically
 
 SPLITS = ("train", "val", "test")
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpn_tutorial.atomic import write_atomically
 from mpn_tutorial.config import TrainConfig, create_model
 from mpn_tutorial.errors import MissingFileError, UsageError
 from mpn_tutorial.models import MetricLearningModel
+from mpn_tutorial.tools.atomic import write_atomically
 
 # 2: the layers' attention and feed-forward parameters moved into their own modules; nested metrics.
 # 3: messages off is an attention kind (mpn_attention "none"); the learning rate is scheduled per step.

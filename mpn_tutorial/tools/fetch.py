@@ -33,8 +33,8 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path, PureWindowsPath
 
-from mpn_tutorial.data.registry import DatasetSource, RemoteFile, dataset_source
 from mpn_tutorial.errors import MPNTutorialError
+from mpn_tutorial.tools.registry import DatasetSource, RemoteFile, dataset_source
 
 USER_AGENT = "mpn_tutorial-fetch/0.1 (python urllib)"
 ProgressCallback = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)

@@ -82,7 +82,7 @@ def run_name(config, changes: dict) -> str:
     """
     from mpn_tutorial.config import TrainConfig, names_run
     from mpn_tutorial.presets import get_preset
-    from mpn_tutorial.settings import flag_of
+    from mpn_tutorial.tools.settings import flag_of
 
     preset = get_preset(config.preset)
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -108,7 +108,7 @@ def _print_history(history: list[dict]) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from mpn_tutorial import distributed as dist_module
+    from mpn_tutorial.tools import distributed as dist_module
     from mpn_tutorial.training import train
 
     config, changes = _config(args)
@@ -139,7 +139,7 @@ def train_command(args: argparse.Namespace) -> int:
 def kept(folder: Path, resume: str = "run the same command with --resume to continue from it") -> str:
     """What a run folder holds now, in words: the checkpoint the run can continue from (how: ``resume``), or
     that nothing of it is saved."""
-    from mpn_tutorial.checkpoints import CheckpointError, load_checkpoint
+    from mpn_tutorial.tools.checkpoints import CheckpointError, load_checkpoint
 
     last = folder / "last.pt"
     if not last.exists():
@@ -156,8 +156,8 @@ def _machine_errors(folder: Path, resume: str = "run the same command with --res
     """Turn the machine's errors during a run into one line that says what happened and what was kept."""
     import torch
 
-    from mpn_tutorial.atomic import DiskFullError
     from mpn_tutorial.errors import MachineError
+    from mpn_tutorial.tools.atomic import DiskFullError
 
     try:
         yield
@@ -208,8 +208,8 @@ def compare(args: argparse.Namespace) -> int:
     import copy
     import shlex
 
-    from mpn_tutorial import distributed as dist_module
-    from mpn_tutorial.experiments import measure, run_comparison, write_comparison
+    from mpn_tutorial.tools import distributed as dist_module
+    from mpn_tutorial.tools.stats import measure, run_comparison, write_comparison
     from mpn_tutorial.training import train
 
     names = [name for name, _ in args.variants]
@@ -273,11 +273,11 @@ def _machine() -> str:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from mpn_tutorial.checkpoints import CheckpointError, load_model
     from mpn_tutorial.data.build import build_datasets
     from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches, evaluate_on_test
-    from mpn_tutorial.experiments import SHARE_BATCHES
-    from mpn_tutorial.runtime import resolve_device
+    from mpn_tutorial.tools.checkpoints import CheckpointError, load_model
+    from mpn_tutorial.tools.runtime import resolve_device
+    from mpn_tutorial.tools.stats import SHARE_BATCHES
 
     model, config = load_model(args.checkpoint)
     if args.preset is not None and args.preset != config.preset:
@@ -336,8 +336,8 @@ class _ProgressPrinter:
 
 def fetch(args: argparse.Namespace) -> int:
     """0 when the data is ready, 2 when a manual download is needed, 1 when fetching failed."""
-    from mpn_tutorial.data.fetch import FetchError, ManualDownloadRequired, fetch_dataset
-    from mpn_tutorial.data.registry import dataset_source
+    from mpn_tutorial.tools.fetch import FetchError, ManualDownloadRequired, fetch_dataset
+    from mpn_tutorial.tools.registry import dataset_source
 
     try:
         source = dataset_source(args.name)
@@ -359,7 +359,7 @@ def fetch(args: argparse.Namespace) -> int:
 
 
 def answer_key(args: argparse.Namespace) -> int:
-    from mpn_tutorial.answer_key import write_answer_key
+    from mpn_tutorial.tools.answer_key import write_answer_key
 
     feedback = write_answer_key(args.notebooks, args.output)
     wrong = [name for name, text in feedback.items() if "correct" not in text]

@@ -24,15 +24,15 @@ import numpy as np
 import torch
 
 from mpn_tutorial.callbacks import AttentionCapture, Callback, EmbeddingSnapshots, EpochEvaluation
-from mpn_tutorial.checkpoints import CheckpointError, load_checkpoint, model_from, save_checkpoint
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import Datasets, sample_batch
 from mpn_tutorial.data.splits import ClassSubset
 from mpn_tutorial.errors import UsageError
-from mpn_tutorial.runtime import thread_count
+from mpn_tutorial.tools.checkpoints import CheckpointError, load_checkpoint, model_from, save_checkpoint
+from mpn_tutorial.tools.runtime import thread_count
 from mpn_tutorial.training import TrainResult, train
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # the mpn_tutorial folder
 
 
 def training_modules() -> list[Path]:
@@ -41,7 +41,7 @@ def training_modules() -> list[Path]:
     found by reading their import statements. Not the notebooks' helpers, the exercises, the figures
     or the command line: editing those keeps the stored runs."""
     seen: dict[str, Path] = {}
-    pending = ["mpn_tutorial.run_store"]
+    pending = ["mpn_tutorial.tools.run_store"]
     while pending:
         name = pending.pop()
         if name in seen:

@@ -65,7 +65,8 @@ def test_command_line_help_lists_the_commands():
 
 
 def test_an_entry_point_pins_the_threads_the_environment_asks_for():
-    code = "import torch; from mpn_tutorial.tools.runtime import pin_threads; pin_threads(); print(torch.get_num_threads())"
+    code = ("import torch; from mpn_tutorial.tools.runtime import pin_threads; pin_threads(); "
+            "print(torch.get_num_threads())")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                env={"MPN_TUTORIAL_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert completed.stdout.strip() == "1"

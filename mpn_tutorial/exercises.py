@@ -14,6 +14,10 @@ Each exercise lists its **common mistakes** (:attr:`Exercise.mistakes`): the tes
 to the check and require "not correct" with the hint given here, and the teachers' answer key
 prints them with the feedback the check really gives. The reference solutions are in
 :mod:`mpn_tutorial.solutions` (look there after trying).
+
+Feedback is plain text, printed as is under a check cell: it names code as it is written
+(``keepdim=True``, ``pair_masks``) and never uses Markdown marks (backticks, asterisks), which a
+learner would see as such.
 """
 
 from __future__ import annotations
@@ -176,6 +180,11 @@ def _compare_batch_hard(answer, embeddings, labels) -> int:
         raise AssertionError("return three index tensors: (anchors, hardest positives, hardest negatives)")
     distances = pairwise_distances(embeddings)
     positive, negative = pair_masks(labels)
+    without_positive = set(torch.nonzero(~positive.any(1)).flatten().tolist())
+    kept = sorted(without_positive & set(torch.as_tensor(yours[0]).flatten().tolist()))
+    if kept:
+        raise AssertionError(f"sample {kept[0]} is the only one of its class, so it has no positive, yet your anchors "
+                             "include it. Keep only the anchors that have a positive and a negative")
     closest_positive = distances.masked_fill(~positive, float("inf")).argmin(1)[expected[0]]
     farthest_negative = distances.masked_fill(~negative, -1.0).argmax(1)[expected[0]]
     for name, mine, reference, easy in zip(("anchors", "hardest positives", "hardest negatives"), yours, expected,
@@ -194,9 +203,12 @@ def _compare_batch_hard(answer, embeddings, labels) -> int:
 
 def _batch_hard(answer, embeddings, labels) -> str:
     count = _compare_batch_hard(answer, embeddings, labels)
-    fresh = torch.randn(12, 6, generator=_generator())
-    _on_fresh_inputs(lambda: _compare_batch_hard(answer, fresh, torch.arange(4).repeat_interleave(3)),
-                     "a batch of 4 classes × 3")
+    # a P×K batch always has positives; this one also holds a sample alone in its class (label 4), which is
+    # no anchor: it has a negative but no positive
+    fresh, fresh_labels = torch.randn(13, 6, generator=_generator()), torch.tensor([0, 0, 0, 1, 1, 1, 4, 2, 2, 2,
+                                                                                  3, 3, 3])
+    _on_fresh_inputs(lambda: _compare_batch_hard(answer, fresh, fresh_labels),
+                     "a batch of 4 classes × 3 and one sample alone in its class")
     return f"your batch-hard mining picks the library's {count} triplets (and on a batch of the check's own)"
 
 
@@ -215,6 +227,10 @@ def _compare_zero_logit(answer, scores, expected) -> np.ndarray:
     if np.allclose(yours, (exponentials / (1 + exponentials.sum(dim=0, keepdim=True))).numpy(), atol=1e-6):
         raise AssertionError("you summed each column (dim=0): the weights sample i gives are normalised over the "
                              "samples j it attends to, so sum each row (dim=-1, keepdim=True)")
+    if np.allclose(yours, (exponentials / (1 + exponentials.sum(dim=-1))).numpy(), atol=1e-6):
+        raise AssertionError("the row sums lost their dimension: without keepdim=True, sum(dim=-1) has shape (N,) and "
+                             "broadcasts like a row (1, N), so weight (i, j) is divided by row j's sum instead of "
+                             "row i's. Sum with keepdim=True, shape (N, 1)")
     if not np.allclose(yours, expected, atol=1e-6):
         raise AssertionError("your weights differ from MessagePassingLayer(zero_logit=True)'s")
     return yours
@@ -243,7 +259,7 @@ def _compare_share(answer, weights, labels) -> float:
     expected = float(same_class_attention_share(np.asarray(weights)[None], labels)[0])
     with_self = float(np.mean((np.asarray(weights) * (np.asarray(labels)[:, None] == np.asarray(labels))).sum(1)))
     if abs(yours - with_self) < 1e-6 and abs(with_self - expected) > 1e-6:
-        raise AssertionError("that counts the query's attention to itself; use only the attention to *other* samples")
+        raise AssertionError("that counts the query's attention to itself; use only the attention to the other samples")
     if abs(yours - expected) > 1e-6:
         raise AssertionError(f"you get {yours:.4f}, the library {expected:.4f}: per query, divide the attention to "
                              "other samples of its class by the attention to all other samples, then average")
@@ -423,6 +439,14 @@ def _closest_positives(embeddings, labels):
     return anchors, pairwise_distances(embeddings).masked_fill(~positive, float("inf")).argmin(1)[anchors], negatives
 
 
+def _every_sample_an_anchor(embeddings, labels):
+    """Batch-hard mining that keeps every sample as an anchor, the lone sample of a class included."""
+    distances = pairwise_distances(embeddings)
+    positive, negative = pair_masks(labels)
+    return (torch.arange(len(labels)), distances.masked_fill(~positive, -1).argmax(1),
+            distances.masked_fill(~negative, float("inf")).argmin(1))
+
+
 def _solved(name):
     """The reference solution's answer on the example inputs (what a copy of the notebook's result would be)."""
     def build(inputs):
@@ -436,7 +460,7 @@ def _solved(name):
 
 EXERCISES: dict[str, Exercise] = {
     "first_positive_rank": Exercise(
-        "01", "sort each row of `similarity` (descending), look up the labels of the ranked samples, and find the "
+        "01", "sort each row of similarity (descending), look up the labels of the ranked samples, and find the "
         "first position holding the query's label", _first_positive_rank, _example_ranks, (
             Mistake("0-based ranks", lambda inputs: lambda s, y: _solved("first_positive_rank")((s, y)) - 1,
                     "1-based"),
@@ -446,10 +470,13 @@ EXERCISES: dict[str, Exercise] = {
                     lambda inputs: _constant(_solved("first_positive_rank")(inputs)), "returns the notebook's answer"),
         )),
     "batch_hard": Exercise(
-        "02", "`pairwise_distances` gives all distances; mask with `pair_masks` (use masked_fill) before argmax / "
-        "argmin", _batch_hard, _example_batch, (
+        "02", "pairwise_distances gives all distances; mask with pair_masks (use masked_fill) before argmax / "
+        "argmin, and keep as anchors only the samples that have a positive and a negative", _batch_hard,
+        _example_batch, (
             Mistake("the closest positive instead of the farthest", lambda inputs: _closest_positives,
                     "closest positive"),
+            Mistake("every sample kept as an anchor, even one without a positive",
+                    lambda inputs: _every_sample_an_anchor, "has no positive"),
             Mistake("the notebook's triplets (the library's, already computed), returned for any batch",
                     lambda inputs: _constant(_solved("batch_hard")(inputs)), "returns the notebook's answer"),
         )),
@@ -458,6 +485,8 @@ EXERCISES: dict[str, Exercise] = {
             Mistake("the standard softmax", lambda inputs: lambda s: torch.softmax(s, dim=-1), "standard softmax"),
             Mistake("normalising each column (dim=0)",
                     lambda inputs: lambda s: s.exp() / (1 + s.exp().sum(dim=0, keepdim=True)), "each row"),
+            Mistake("summing each row without keepdim=True",
+                    lambda inputs: lambda s: s.exp() / (1 + s.exp().sum(dim=-1)), "keepdim=True"),
             Mistake("returning the check's own reference (the layer's weights in the notebook)",
                     lambda inputs: _constant(inputs[1]), "returns the notebook's answer"),
         )),
@@ -470,7 +499,7 @@ EXERCISES: dict[str, Exercise] = {
                     lambda inputs: _constant(_solved("same_class_share")(inputs)), "returns the notebook's answer"),
         )),
     "recall_per_epoch": Exercise(
-        "05", "loop over `snapshots` (epoch, embeddings) and call recall_at_k", _recall_per_epoch, _example_snapshots,
+        "05", "loop over snapshots (epoch, embeddings) and call recall_at_k", _recall_per_epoch, _example_snapshots,
         (
             Mistake("one value for every epoch", lambda inputs: lambda s, y: {epoch: 0.5 for epoch, _ in s},
                     "instead of"),

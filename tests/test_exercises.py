@@ -2,6 +2,8 @@
 mistake's hint (the shortcuts that copy the notebook's result included), and says "not tried" for the
 placeholder."""
 
+import re
+
 import pytest
 
 from mpn_tutorial import solutions
@@ -61,3 +63,21 @@ def test_feedback_lines_wrap_at_word_boundaries():
     assert len(lines) > 1 and all(len(line) <= 96 for line in lines)
     words = repr(feedback).split()
     assert " ".join(words) == " ".join(f"✘ welch_t: wrong. {feedback.message}".split())  # no word was cut
+
+
+# Markdown marks a learner would see as such in plain-text feedback: code spans, emphasis, links
+MARKDOWN_MARKS = re.compile(r"`|\*|(?<!\w)_\w|\w_(?!\w)|\]\(")
+
+
+def _every_feedback(name):
+    inputs = EXERCISES[name].example()
+    yield check(name, _solution(name), *inputs)
+    yield check(name, None, *inputs)
+    for _, feedback in common_mistakes(name):
+        yield feedback
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_feedback_is_plain_text_without_markdown_marks(name):
+    for feedback in _every_feedback(name):
+        assert not MARKDOWN_MARKS.search(feedback.message), feedback

@@ -4,7 +4,9 @@ why it is right and the common mistakes after the check, executed (one notebook 
 
 from __future__ import annotations
 
+import ast
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import nbformat
@@ -27,9 +29,44 @@ def test_the_keys_exercise_cell_holds_the_solution_code_which_the_check_calls_co
     assert "### BEGIN SOLUTION" in cell.source and "return None  # your code" not in cell.source
     assert cell.metadata["nbgrader"]["solution"] is True
     namespace = {"torch": torch, "np": np}
+    exec(_imports_before(notebook, cell), namespace)
     exec(cell.source, namespace)  # the code a teacher sees is the code that is checked
     feedback = check(name, namespace[name], *EXERCISES[name].example())
     assert feedback.status == "correct", feedback
+
+
+def _parsed(source: str) -> ast.Module:
+    """A code cell's Python, its IPython lines (%magic, !command) left out."""
+    return ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
+
+
+def _imports_before(notebook, cell) -> str:
+    """The import statements of the code cells before ``cell`` (what the kernel has imported when it runs)."""
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    trees = [_parsed(c.source) for c in code[:code.index(cell)]]
+    return "\n".join(ast.unparse(node) for tree in trees for node in tree.body
+                     if isinstance(node, (ast.Import, ast.ImportFrom)))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_each_import_appears_once_in_the_key(path):
+    # the solution's imports join the cell only where the notebook has not imported the name already
+    notebook = nbformat.read(path, as_version=4)
+    fill_in(notebook)
+    bound = Counter(alias.asname or alias.name for cell in notebook.cells if cell.cell_type == "code"
+                    for node in _parsed(cell.source).body
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names)
+    assert not [name for name, count in bound.items() if count > 1]
+
+
+def test_the_solutions_imports_that_the_notebook_lacks_are_added_to_its_exercise_cell():
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import torch"),
+        nbformat.v4.new_code_cell("def batch_hard(embeddings, labels):\n    return None  # your code"),
+        nbformat.v4.new_code_cell('check("batch_hard", batch_hard, embeddings, labels)')])
+    fill_in(notebook)
+    assert notebook.cells[1].source.startswith("from mpn_tutorial.losses import pair_masks, pairwise_distances")
+    assert "import torch" not in notebook.cells[1].source
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
@@ -65,3 +102,25 @@ def test_an_executed_key_notebook_says_correct_and_the_learners_notebook_is_unto
     assert "correct" in feedback[NOTEBOOKS[-1].name] and "not tried" not in feedback[NOTEBOOKS[-1].name]
     assert nbformat.read(tmp_path / NOTEBOOKS[-1].name, as_version=4).cells  # written
     assert NOTEBOOKS[-1].read_bytes() == before
+
+
+def _one_exercise_notebook(folder: Path) -> None:
+    """A notebook with 07's exercise whose first cell writes a line to the kernel's stderr."""
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import os\nos.write(2, b'a line the kernel writes to stderr\\n')"),
+        nbformat.v4.new_code_cell("def training_steps(epochs, training_images, batch_size):\n"
+                                  "    return None  # your code"),
+        nbformat.v4.new_code_cell('from mpn_tutorial.exercises import check\n\n'
+                                  'check("training_steps", training_steps, 70, 54)')])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    folder.mkdir()
+    nbformat.write(notebook, folder / "07_one_exercise.ipynb")
+
+
+def test_the_keys_kernels_do_not_warn_about_unencrypted_tcp_and_other_output_still_shows(tmp_path, capfd):
+    _one_exercise_notebook(tmp_path / "notebooks")
+    feedback = write_answer_key(tmp_path / "notebooks", tmp_path / "key", data=tmp_path / "data")
+    assert "correct" in feedback["07_one_exercise.ipynb"]
+    shown = "".join(capfd.readouterr())
+    assert "without encryption" not in shown
+    assert "a line the kernel writes to stderr" in shown  # the kernel's stderr is not silenced

@@ -6,12 +6,15 @@ so a learner's edits in ``notebooks/`` never reach the key), and in each:
 
 - writes the reference solution (:mod:`mpn_tutorial.solutions`) into the exercise cell, between
   nbgrader's ``### BEGIN SOLUTION`` / ``### END SOLUTION`` markers (the cell is marked as an nbgrader
-  solution cell, so a teacher who uses nbgrader can release the student version from it);
+  solution cell, so a teacher who uses nbgrader can release the student version from it), with the
+  imports it needs that the notebook has not made already (each import appears once);
 - adds a cell after the check: why the solution is right (the solution's docstring), and the
   exercise's common mistakes with the feedback the check gives each (``exercises.common_mistakes``,
   generated from the checks themselves, never copied by hand);
 - executes the notebook top to bottom in a fresh kernel, so its check cell shows the feedback on the
-  reference answer, which must be "correct".
+  reference answer, which must be "correct". The kernel talks to this process over local sockets
+  (IPC transport, not TCP) where the system has them, so it neither opens ports nor warns that TCP
+  is unencrypted.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import inspect
 import os
 import re
 import subprocess
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -42,8 +46,30 @@ def committed_source(path: Path) -> str:
         return path.read_text()
 
 
-def solution_body(name: str) -> str:
-    """The statements of ``solutions.<name>`` (no signature, no docstring), and the imports they need."""
+def _binding(node: ast.Import | ast.ImportFrom, alias: ast.alias) -> tuple[str, str]:
+    """The name one alias of an import statement binds, and what it binds it to."""
+    if isinstance(node, ast.Import):
+        return (alias.asname, alias.name) if alias.asname else (alias.name.split(".")[0],) * 2
+    return alias.asname or alias.name, f"{'.' * node.level}{node.module or ''}.{alias.name}"
+
+
+def imported_names(source: str) -> dict[str, str]:
+    """The names the import statements of ``source`` bind, each with what it is bound to:
+    ``import numpy as np`` gives ``{"np": "numpy"}``, ``from a.b import c`` gives ``{"c": "a.b.c"}``.
+    Lines of IPython syntax (``%magic``, ``!command``) are skipped; code that does not parse binds nothing."""
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return {}
+    # top-level statements only: an import inside a function binds a name of that function alone
+    return dict(_binding(node, alias) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names if alias.name != "*")
+
+
+def solution_body(name: str, imported: dict[str, str] | None = None) -> tuple[str, str]:
+    """The statements of ``solutions.<name>`` (no signature, no docstring), and the imports they need that
+    ``imported`` (what the notebook has imported already, see :func:`imported_names`) does not bind."""
     from mpn_tutorial import solutions
 
     function = ast.parse(textwrap.dedent(inspect.getsource(getattr(solutions, name)))).body[0]
@@ -51,11 +77,13 @@ def solution_body(name: str) -> str:
     lines = inspect.getsource(getattr(solutions, name)).splitlines()
     body = textwrap.dedent("\n".join(lines[statements[0].lineno - 1:statements[-1].end_lineno]))
     used = {node.id for statement in statements for node in ast.walk(statement) if isinstance(node, ast.Name)}
+    already = set((imported or {}).items())
     imports = []
     for node in ast.parse(inspect.getsource(solutions)).body:
         if isinstance(node, (ast.Import, ast.ImportFrom)) and not (isinstance(node, ast.ImportFrom) and
                                                                     node.module == "__future__"):
-            names = [alias for alias in node.names if (alias.asname or alias.name).split(".")[0] in used]
+            names = [alias for alias in node.names
+                     if _binding(node, alias)[0] in used and _binding(node, alias) not in already]
             if names:
                 imports.append(ast.unparse(type(node)(**{**node.__dict__, "names": names})))
     return "\n".join(imports), body
@@ -88,7 +116,11 @@ def fill_in(notebook) -> str:
         if PLACEHOLDER not in exercise.source or f"def {name}(" not in exercise.source:
             raise UsageError(f"the exercise cell before check({name!r}) should define {name}() with the placeholder "
                              f"`{PLACEHOLDER}`")
-        imports, body = solution_body(name)
+        # what the notebook imports before the solution runs: earlier cells and the exercise cell itself
+        imported = {}
+        for _, earlier in code[:position]:
+            imported.update(imported_names(earlier.source))
+        imports, body = solution_body(name, imported)
         indent = re.search(rf"^( *){re.escape(PLACEHOLDER)}", exercise.source, re.MULTILINE).group(1)
         solution = textwrap.indent(f"### BEGIN SOLUTION\n{body}\n### END SOLUTION", indent)
         exercise.source = exercise.source.replace(f"{indent}{PLACEHOLDER}", solution)
@@ -125,8 +157,9 @@ def write_answer_key(notebooks: str | os.PathLike, output: str | os.PathLike, da
         for path in paths:
             notebook = nbformat.reads(committed_source(path), as_version=4)
             exercise = fill_in(notebook)
-            NotebookClient(notebook, kernel_name="python3", timeout=timeout,
-                           resources={"metadata": {"path": str(output)}}).execute()
+            with tempfile.TemporaryDirectory(prefix="mpn-key-") as sockets:
+                NotebookClient(notebook, kernel_name="python3", timeout=timeout, config=kernel_transport(sockets),
+                               resources={"metadata": {"path": str(output)}}).execute()
             nbformat.write(notebook, output / path.name)
             feedback[path.name] = _check_output(notebook, exercise)
             print(f"{path.name}: {feedback[path.name]}", flush=True)
@@ -136,6 +169,20 @@ def write_answer_key(notebooks: str | os.PathLike, output: str | os.PathLike, da
         else:
             os.environ[DATA_VARIABLE] = previous
     return feedback
+
+
+def kernel_transport(folder: str | os.PathLike):
+    """The kernel managers' settings for the key's kernels: Unix sockets in ``folder`` (IPC transport) instead of
+    TCP ports on localhost, so nothing listens on a port and the kernel has no reason to warn that TCP is
+    unencrypted. A short private folder keeps the sockets' paths under the system's length limit for them.
+    Windows has no IPC transport: its kernels keep TCP."""
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name != "nt":
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = str(Path(folder) / "kernel")
+    return config
 
 
 def _check_output(notebook, exercise: str) -> str:

@@ -29,6 +29,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 # without internet those refused connections slow it down.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 1000}
 # User settings for the temporary server: autosave off so that running the committed notebooks never writes
 # their outputs back to disk; every cell kept in the DOM (no windowing) so all prompts can be read;
 # no news or update checks, whose pop-ups could cover the widgets.
@@ -130,7 +131,7 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"report_{report.when}", report)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def chromium() -> Path:
     """Debian's Chromium; the browser tests skip, saying why, where it is not installed."""
     if not CHROMIUM.exists():
@@ -146,21 +147,26 @@ def _browser_page(request, tmp_path, chromium, server_log: Path | None):
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             tmp_path / "chromium-profile", executable_path=chromium, args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1400, "height": 1000})
+            viewport=VIEWPORT)
         page = context.pages[0] if context.pages else context.new_page()
         page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
         try:
             yield page
         finally:
-            report = getattr(request.node, "report_call", None)
-            if report is None or report.failed:
-                ARTIFACTS.mkdir(exist_ok=True)
-                name = request.node.name
-                page.screenshot(path=ARTIFACTS / f"{name}.png")
-                (ARTIFACTS / f"{name}-console.log").write_text("\n".join(console))
-                if server_log is not None:
-                    shutil.copy(server_log, ARTIFACTS / f"{name}-jupyter-server.log")
+            _keep_artifacts_of_a_failure(request, page, console, server_log)
             context.close()
+
+
+def _keep_artifacts_of_a_failure(request, page, console: list[str], server_log: Path | None) -> None:
+    """When the test failed (or never got to run): the page's screenshot, its console and the server log."""
+    report = getattr(request.node, "report_call", None)
+    if report is None or report.failed:
+        ARTIFACTS.mkdir(exist_ok=True)
+        name = request.node.name
+        page.screenshot(path=ARTIFACTS / f"{name}.png")
+        (ARTIFACTS / f"{name}-console.log").write_text("\n".join(console))
+        if server_log is not None:
+            shutil.copy(server_log, ARTIFACTS / f"{name}-jupyter-server.log")
 
 
 @pytest.fixture
@@ -169,7 +175,26 @@ def page(request, tmp_path, chromium, jupyter_lab):
     yield from _browser_page(request, tmp_path, chromium, jupyter_lab.log)
 
 
+@pytest.fixture(scope="module")
+def static_browser(chromium):
+    """One headless Chromium for a module's tests of static files: starting it once keeps many pages quick."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture
-def static_page(request, tmp_path, chromium):
-    """A Chromium page for a test of static files (no server)."""
-    yield from _browser_page(request, tmp_path, chromium, None)
+def static_page(request, static_browser):
+    """A fresh Chromium page for a test of static files (no server); on failure, artifacts as for :func:`page`."""
+    console: list[str] = []
+    context = static_browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    try:
+        yield page
+    finally:
+        _keep_artifacts_of_a_failure(request, page, console, None)
+        context.close()

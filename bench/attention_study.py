@@ -37,6 +37,7 @@ from mpn_tutorial.evaluation import attention_share, evaluate
 from mpn_tutorial.presets import GLYPHS, GLYPHS_ATTENTION, get_preset
 from mpn_tutorial.tools.run_store import cache_key, train_cached
 from mpn_tutorial.tools.runtime import thread_count
+from mpn_tutorial.tools.stats import summary
 
 CHANCE = (GLYPHS.samples_per_class - 1) / (GLYPHS.classes_per_batch * GLYPHS.samples_per_class - 1)
 SHARE_TARGET, RECALL_MARGIN = 0.35, 0.02  # the acceptance criteria of the attention preset
@@ -125,17 +126,12 @@ class Study:
         return [self.measure(config.replace(seed=seed), refine) for seed in seeds]
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def cell(runs: list[dict], key: str, percent: bool = True) -> str:
-    values = [run[key] for run in runs if key in run]
-    if not values:
+    found = summary(runs, key)
+    if found is None:
         return "—"
-    mean, std = mean_std(values)
-    scale = 100 if percent else 1
-    return f"{scale * mean:.1f} ± {scale * std:.1f}" if percent else f"{mean:.3f} ± {std:.3f}"
+    mean, std, _ = found
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if percent else f"{mean:.3f} ± {std:.3f}"
 
 
 def select_attention_settings(study: Study, seeds, scale_multiples, warmups) -> tuple[dict, list[str], dict]:
@@ -235,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def paired_difference(on: list[dict], off: list[dict], key: str) -> str:
-    differences = [a[key] - b[key] for a, b in zip(on, off)]
-    mean, std = mean_std(differences)
-    return f"{100 * mean:+.1f} ± {100 * std:.1f}"
+    from mpn_tutorial.tools.stats import paired_difference as seed_paired
+
+    found = seed_paired(on, off, key)
+    return f"{100 * found.mean:+.1f} ± {100 * found.std:.1f}"
 
 
 def write_report(output: Path, base, seeds, selected, selection_lines, preset_matches, results, cross_entropy,

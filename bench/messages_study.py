@@ -180,13 +180,8 @@ def test_time_measurements(model, config, datasets, quick: bool) -> dict:
     import torch
 
     from mpn_tutorial import metrics
-    from mpn_tutorial.evaluation import (
-        diagnostic_batches,
-        embed_dataset,
-        refine_embeddings,
-        run_mpn,
-        similarity_twin,
-    )
+    from mpn_tutorial.controls import similarity_twin
+    from mpn_tutorial.evaluation import diagnostic_batches, embed_dataset, refine_embeddings, run_mpn
 
     count = 3 if quick else EPISODES
     P, K = config.classes_per_batch, config.samples_per_class
@@ -296,54 +291,12 @@ class Study:
 # --------------------------------------------------------------------------------------------
 
 
-def paired(runs: list[dict], control: list[dict], key: str) -> dict:
-    """Seed-paired difference with its two-sided p (paired t, n - 1 degrees of freedom)."""
-    from scipy import stats
-
-    from mpn_tutorial.tools.stats import paired_difference
-
-    difference = paired_difference(runs, control, key)
-    if difference.n < 2:
-        p = 1.0
-    elif math.isinf(difference.t):  # identical non-zero differences: no spread
-        p = 0.0
-    else:
-        p = float(2 * stats.t.sf(abs(difference.t), difference.n - 1))
-    return {"mean": difference.mean, "std": difference.std, "t": difference.t, "n": difference.n, "p": p}
-
-
-def holm(comparisons: dict[str, dict]) -> None:
-    """Add Holm-corrected p values (``p_holm``) to a family of comparisons, in place."""
-    order = sorted(comparisons, key=lambda name: comparisons[name]["p"])
-    running, size = 0.0, len(order)
-    for rank, name in enumerate(order):
-        running = max(running, min(1.0, (size - rank) * comparisons[name]["p"]))
-        comparisons[name]["p_holm"] = running
-
-
-def compare(runs: dict[str, list[dict]], controls: dict[str, str], band: dict[str, float]) -> dict:
-    """A family of comparisons ``{variant: control}`` over per-seed ``runs`` by name: the paired Δ of test
-    R@1 and MAP@R, Holm-corrected over the family (per metric), and whether each Δ is beyond the noise band."""
-    from mpn_tutorial.tools.stats import beyond_noise
-
-    found = {}
-    for key in ("test_recall@1", "test_map@r"):
-        comparisons = {variant: paired(runs[variant], runs[control], key) for variant, control in controls.items()}
-        holm(comparisons)
-        for variant, comparison in comparisons.items():
-            comparison["beyond_noise"] = beyond_noise(comparison["mean"], comparison["n"], band[key])
-            found.setdefault(variant, {})[key] = comparison
-    return found
-
-
 def family(study: Study, budget: float, controls: dict[str, str], band: dict[str, float], seeds=SEEDS) -> dict:
-    """:func:`compare` on the study's runs at a budget, each comparison naming its control."""
+    """``stats.compare`` on the study's runs at a budget: a family of comparisons, Holm-corrected."""
+    from mpn_tutorial.tools.stats import compare
+
     names = set(controls) | set(controls.values())
-    found = compare({name: study.runs(name, budget, seeds) for name in names}, controls, band)
-    for variant, comparisons in found.items():
-        for comparison in comparisons.values():
-            comparison["control"] = controls[variant]
-    return found
+    return compare({name: study.runs(name, budget, seeds) for name in names}, controls, band)
 
 
 def band_at(study: Study, budget: float, key: str, seeds) -> float:
@@ -468,14 +421,17 @@ SEEDS_ABLATION = (0, 1, 2)
 def converged_budget(study: Study, budgets: list[float]) -> dict:
     """B*: the smallest budget where doubling it moves the validation R@1 of every headline variant by
     less than the validation noise band at that budget (seed-paired means over the curve's seeds)."""
+    from mpn_tutorial.tools.stats import paired_difference
+
     steps = {budget: study.runs(HEADLINE[0], budget, SEEDS_CURVE)[0]["steps"] for budget in budgets}
     checks = []
     for budget in budgets:
         if 2 * budget not in budgets:
             continue
         band = band_at(study, budget, "val_recall@1", SEEDS_CURVE)
-        moves = {name: paired(study.runs(name, 2 * budget, SEEDS_CURVE), study.runs(name, budget, SEEDS_CURVE),
-                              "val_recall@1")["mean"] for name in HEADLINE}
+        moves = {name: paired_difference(study.runs(name, 2 * budget, SEEDS_CURVE),
+                                         study.runs(name, budget, SEEDS_CURVE), "val_recall@1").mean
+                 for name in HEADLINE}
         checks.append({"factor": budget, "steps": steps[budget], "val_noise_band": band, "doubling_moves": moves,
                        "converged": all(abs(move) < band for move in moves.values())})
     first = next((check for check in checks if check["converged"]), None)
@@ -561,6 +517,8 @@ def at_converged_budget(study: Study, b_star: float, sections: dict) -> dict:
 def test_time_section(study: Study, b_star: float, band: dict[str, float]) -> dict:
     """Per model: the test-time views, each against the backbone (the primary control), Holm over the
     family; a difference counts next to the training noise band of its metric (the same rule)."""
+    from mpn_tutorial.tools.stats import compare
+
     found = {}
     for model in TEST_TIME_MODELS:
         runs = [run for run in study.runs(model, b_star) if "test_time" in run]
@@ -569,7 +527,7 @@ def test_time_section(study: Study, b_star: float, band: dict[str, float]) -> di
         for part in ("episodes", "neighbourhoods"):
             views = {view: [{"seed": run["seed"], **run["test_time"][part][view]} for run in runs]
                      for view in runs[0]["test_time"][part]}
-            comparisons = compare(views, {view: "backbone" for view in views if view != "backbone"}, band)
+            comparisons = compare(views, {view: "backbone" for view in views if view != "backbone"}, band)  # stats
             found.setdefault(model, {})[part] = {"runs": views, "comparisons": comparisons}
         found[model]["chosen_on_validation"] = [run["test_time"]["chosen_on_validation"] | {
             "neighbourhoods": run["test_time"]["neighbourhoods_chosen_on_validation"], "seed": run["seed"]}
@@ -610,15 +568,16 @@ def picks_at_an_edge(chosen: list[dict], grids: dict[str, list[float]], messages
 
 
 def table(section: dict, names=None, keys=("val_recall@1", "test_recall@1", "test_map@r"), control=None) -> str:
-    from mpn_tutorial.tools.stats import study_table
+    """A section of the study (``{"runs": ..., "comparisons": ...}``) as ``stats.table``."""
+    from mpn_tutorial.tools.stats import table as seed_table
 
-    return study_table(section, names, keys, control)
+    return seed_table(section["runs"], section.get("comparisons"), keys, names, control)
 
 
 def _cell(runs, key):
-    from mpn_tutorial.tools.stats import study_cell
+    from mpn_tutorial.tools.stats import cell
 
-    return study_cell(runs, key)
+    return cell(runs, key)
 
 
 def _provenance(header: dict) -> str:
@@ -704,7 +663,7 @@ README_END = "<!-- study:end -->"
 
 def readme_block(study: dict) -> str:
     """The README's "What the glyphs show", every number computed from the study's JSON."""
-    from mpn_tutorial.tools.stats import collapsed_runs, describe, study_cell, study_table
+    from mpn_tutorial.tools.stats import collapsed_runs, describe
 
     header, converged, curve = study["header"], study["converged_budget"], study["budget_curve"]
     b_star, first = converged["steps"], str(header["steps_per_budget_1"])
@@ -720,7 +679,7 @@ def readme_block(study: dict) -> str:
         "| steps | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
     for steps, runs in curve.items():
         lines.append(f"| {steps} | " + " | ".join(
-            f"{study_cell(runs[name], 'val_recall@1')} ({study_cell(runs[name], 'test_recall@1')})"
+            f"{_cell(runs[name], 'val_recall@1')} ({_cell(runs[name], 'test_recall@1')})"
             if name in runs else "—" for name in names) + " |")
     lines += ["", "![The budget curve: validation R@1 per budget, and messages on − off per budget]"
               "(bench/messages_study_budget.png)", ""]
@@ -742,8 +701,8 @@ def readme_block(study: dict) -> str:
               f"family (Holm); * marks Holm p < 0.05 with |Δ| beyond the noise band ({header['rule_beyond_noise']}; "
               f"the band, from messages-off pairs that compute the same function: ±{100 * band['test_recall@1']:.2f} "
               f"points of test R@1 per seed).", "",
-              study_table({"runs": runs, "comparisons": comparisons}, rows,
-                          keys=("test_recall@1", "test_map@r", "test_share")), ""]
+              table({"runs": runs, "comparisons": comparisons}, rows,
+                    keys=("test_recall@1", "test_map@r", "test_share")), ""]
 
     def gap(at: str, on: str, off: str) -> str:
         by_seed = {run["seed"]: run["test_recall@1"] for run in curve[at][off]}

@@ -20,6 +20,7 @@ from benchlib import REPO_ROOT, print_header, print_ratio, time_interleaved
 from mpn_tutorial.config import TrainConfig, create_model
 from mpn_tutorial.data import PKSampler
 from mpn_tutorial.data.build import build_datasets
+from mpn_tutorial.models import ModelOutput
 from mpn_tutorial.presets import get_preset
 from mpn_tutorial.training import loss_function, make_optimizer
 
@@ -54,7 +55,10 @@ class Step:
     def on_embeddings_only(self) -> None:
         """Forward + backward of what sits on the embedding (classifier, MPN) and the loss: no backbone."""
         self.model.zero_grad(set_to_none=True)
-        loss, _ = self.objective(self.model.classify(self.fixed_embeddings), self.fixed_labels)
+        embeddings = self.fixed_embeddings
+        refined = self.model.mpn(self.model.mpn_input(embeddings))
+        output = ModelOutput(embeddings, self.model.classifier(embeddings), refined, self.model.mpn_classifier(refined))
+        loss, _ = self.objective(output, self.fixed_labels)
         loss.backward()
 
     def optimizer_only(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mpn_tutorial.errors import MPNTutorialError, UsageError
+from mpn_tutorial.errors import MissingFileError, UsageError, WeightsUnavailableError
 
 
 class GlyphEncoder(nn.Module):
@@ -39,10 +39,6 @@ class GlyphEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.features(images.contiguous(memory_format=torch.channels_last))
         return torch.amax(features, dim=(2, 3))  # global max pooling
-
-
-class WeightsUnavailableError(MPNTutorialError, FileNotFoundError):
-    """The ImageNet weights of a pretrained backbone are neither in a given file nor obtainable."""
 
 
 IMAGENET_WEIGHT_FILES = {
@@ -96,7 +92,9 @@ def load_imagenet_weights(name: str, weights_path: str | os.PathLike | None = No
     if weights_path is not None:
         path = Path(weights_path)
         if not path.is_file():
-            raise WeightsUnavailableError(f"ImageNet weights file {path} does not exist")
+            raise MissingFileError(f"ImageNet weights file {path} does not exist; pass the path of a downloaded "
+                                   f"{IMAGENET_WEIGHT_FILES.get(name, 'weights')} file, or build the model with "
+                                   "pretrained=False")
         return torch.load(path, map_location="cpu", weights_only=True)
     import torchvision
 
@@ -106,7 +104,8 @@ def load_imagenet_weights(name: str, weights_path: str | os.PathLike | None = No
     except Exception as error:  # URLError, OSError, ...: offline or blocked
         cache = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_WEIGHT_FILES[name]
         raise WeightsUnavailableError(
-            f"could not load ImageNet weights for {name} ({error.__class__.__name__}: {error}). "
-            f"On a machine with internet access, download {weights[name].IMAGENET1K_V1.url} and copy it to "
-            f"{cache} (or pass weights_path=...), or build the model with pretrained=False."
+            f"downloading the ImageNet weights for {name} failed ({error.__class__.__name__}: {error}). Run the "
+            f"command again once the network is back; or, on a machine with internet access, download "
+            f"{weights[name].IMAGENET1K_V1.url} and copy it to {cache} (or pass weights_path=...), or build the "
+            "model with pretrained=False."
         ) from error

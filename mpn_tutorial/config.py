@@ -24,16 +24,20 @@ from dataclasses import dataclass
 
 import torch
 
+from mpn_tutorial.controls import StudyConfig, StudyModel, check_study, is_study
 from mpn_tutorial.data.build import DataConfig
+from mpn_tutorial.data.glyphs import MIN_IMAGES_PER_CLASS, check_glyph_settings
 from mpn_tutorial.errors import UsageError
-from mpn_tutorial.losses import MINING_STRATEGIES
-from mpn_tutorial.models import MetricLearningModel, ModelConfig
+from mpn_tutorial.losses import BACKBONE_LOSS_WEIGHT, MPN_LOSS_WEIGHT, check_loss_weights
+from mpn_tutorial.miners import MINING_STRATEGIES
+from mpn_tutorial.models import MetricLearningModel, ModelConfig, check_heads, check_layers
 from mpn_tutorial.tools.settings import check_setting, is_machinery, setting
 
 LOSSES = ("contrastive", "triplet", "ce", "mpn")
 LR_SCHEDULES = ("step", "cosine")
 # One fused kernel (or one op per group) instead of a Python loop over ~40 parameter tensors: the
-# MPN adds many small tensors, and per-tensor overhead dominated its cost on CPU.
+# MPN adds many small tensors, and per-tensor overhead dominated its cost on CPU (fused Adam on the
+# CPU needs torch 2.4, the lower bound in pyproject.toml).
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": lambda parameters, **options: torch.optim.Adam(parameters, fused=True, **options),
     "radam": lambda parameters, **options: torch.optim.RAdam(parameters, foreach=True, **options),
@@ -49,22 +53,22 @@ def _preset_names() -> tuple[str, ...]:
 
 
 @dataclass
-class TrainConfig(DataConfig, ModelConfig):
-    """Every setting of a training run: the data (``DataConfig``), the model (``ModelConfig``), and
-    the fields below. Presets (``presets.py``) fill it for each dataset."""
+class TrainConfig(DataConfig, ModelConfig, StudyConfig):
+    """Every setting of a training run: the data (``DataConfig``), the model (``ModelConfig``), the
+    studies' options (``StudyConfig``), and the fields below. Presets (``presets.py``) fill it for each
+    dataset."""
 
     preset: str = setting("glyphs", "the named configuration the run starts from (presets.py); the flags change "
                           "it", choices=_preset_names)
     loss: str = setting("mpn", "contrastive, triplet, ce (cross-entropy alone) or mpn (cross-entropy + message "
                         "passing)", choices=LOSSES)
-    message_warmup_epochs: int = setting(0, "epochs trained with messages off (the MPN head alone) before they start "
-                                         "(moot, and 0, with --attention none)", low=0)
     # losses
     temperature: float = setting(0.1, "of the cross-entropy on both classifiers' logits (published: 0.1-0.6)",
                                  above=0)
     label_smoothing: float = setting(0.1, "of the cross-entropy", low=0, below=1)
-    backbone_loss_weight: float = setting(1.0, "weight of the backbone classifier's cross-entropy", low=0)
-    mpn_loss_weight: float = setting(1.0, "weight of the MPN classifier's cross-entropy", low=0)
+    backbone_loss_weight: float = setting(BACKBONE_LOSS_WEIGHT, "weight of the backbone classifier's cross-entropy",
+                                          low=0)
+    mpn_loss_weight: float = setting(MPN_LOSS_WEIGHT, "weight of the MPN classifier's cross-entropy", low=0)
     triplet_margin: float = setting(0.2, "margin of the triplet loss", above=0)
     triplet_mining: str = setting("hard", "which triplets the triplet loss uses", choices=MINING_STRATEGIES)
     contrastive_margin: float = setting(0.5, "margin of the contrastive loss", above=0)
@@ -92,10 +96,6 @@ class TrainConfig(DataConfig, ModelConfig):
     eval_batch_size: int = setting(512, "images per batch when embedding a dataset", low=1, machinery=True)
     channels_last: bool = setting(False, "memory layout of the convolutions (CUDA only)", machinery=True)
 
-    def __post_init__(self) -> None:
-        if self.mpn_attention == "none":  # a warm-up of the messages is moot without them: one config per control
-            self.message_warmup_epochs = 0
-
     def replace(self, **changes) -> TrainConfig:
         """A copy with some fields changed (unknown names raise)."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
@@ -105,8 +105,9 @@ class TrainConfig(DataConfig, ModelConfig):
 
     def without_messages(self) -> TrainConfig:
         """The messages-off control of this run: the same MPN head, initialisation and batches, but no
-        sample receives anything from the others (a message warm-up is then moot)."""
-        return self.replace(mpn_attention="none")
+        sample receives anything from the others (a message warm-up is then moot, so it is set to 0:
+        one configuration per control)."""
+        return self.replace(mpn_attention="none", message_warmup_epochs=0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,20 +144,16 @@ class TrainConfig(DataConfig, ModelConfig):
         if self.dataset == "glyphs" and self.backbone != "glyph_cnn":
             raise UsageError(f"backbone {self.backbone!r} takes RGB benchmark images; the glyphs are one-channel 32 px "
                              "images: use backbone 'glyph_cnn' (or a benchmark preset for a ResNet)")
-        if self.dataset == "glyphs" and self.image_size > 64:
-            raise UsageError(f"image_size must be at most 64 for the glyphs (rendered at 64 px), got {self.image_size}")
+        if self.dataset == "glyphs":
+            check_glyph_settings(self.image_size, MIN_IMAGES_PER_CLASS)
         if self.backbone != "glyph_cnn" and self.image_size < 32:
             raise UsageError(f"image_size must be at least 32 for a ResNet (227 published), got {self.image_size}")
-        if self.concat_layers and self.mpn_layers < 1:
-            raise UsageError("concat_layers needs at least 1 message-passing layer (mpn_layers)")
-        if self.loss == "mpn" and self.mpn_layers > 0 and self.embedding_dim % self.mpn_heads:
-            divisors = [h for h in range(1, min(self.embedding_dim, 16) + 1) if self.embedding_dim % h == 0]
-            raise UsageError(
-                f"embedding_dim={self.embedding_dim} must be divisible by mpn_heads={self.mpn_heads} (each head "
-                f"works in embedding_dim / mpn_heads dimensions); heads that fit: {divisors}"
-            )
-        if self.loss == "mpn" and self.backbone_loss_weight + self.mpn_loss_weight == 0:
-            raise UsageError("backbone_loss_weight and mpn_loss_weight are both 0: nothing would be trained")
+        if self.loss == "mpn":
+            check_layers(self.mpn_layers, self.concat_layers)
+            if self.mpn_layers > 0:
+                check_heads(self.embedding_dim, self.mpn_heads)
+            check_loss_weights(self.backbone_loss_weight, self.mpn_loss_weight)
+        check_study(self)
         if self.loss == "mpn" and self.message_warmup_epochs > self.epochs - 1:
             raise UsageError(f"message_warmup_epochs must be at most epochs - 1 = {self.epochs - 1}, got "
                              f"{self.message_warmup_epochs}: messages must be on for at least the last epoch")
@@ -174,11 +171,13 @@ def create_model(config: TrainConfig, num_classes: int) -> MetricLearningModel:
 
     Initialised from ``config.seed`` alone, on a forked random number generator: the global one is
     left as it was, so building a model never changes what a notebook or test draws next.
+    The published model (``models.py``), or the one a study's options describe (``controls.StudyModel``).
     """
+    model = StudyModel if is_study(config) else MetricLearningModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return MetricLearningModel(config, num_classes if config.loss in ("ce", "mpn") else 0,
-                                   in_channels=1 if config.dataset == "glyphs" else 3, mpn_head=config.loss == "mpn")
+        return model(config, num_classes if config.loss in ("ce", "mpn") else 0,
+                     in_channels=1 if config.dataset == "glyphs" else 3, mpn_head=config.loss == "mpn")
 
 
 def _comparable(value):

@@ -1,14 +1,22 @@
-"""The package's own errors: one family, like ``requests.RequestException`` or ``sklearn.exceptions``.
+"""The package's errors: one family, like ``requests.RequestException`` or ``sklearn.exceptions``.
 
-Every error the package raises on purpose derives from :class:`MPNTutorialError`, and each says
-what was wrong and what would work. These (and argparse's) are the user's to fix: the command line
-ends them with that one line and exit status 2. Anything else that reaches the command line is not
-the user's fault: a full disk (``atomic.DiskFullError``) or an out-of-memory error is the machine's
-(one line that says what was kept, exit 1), and every other exception is a bug (its traceback and
-a line asking to report it, exit 1), whatever its type, a ``ValueError`` included.
+Every error the package raises on purpose derives from :class:`MPNTutorialError`, is declared here,
+and says what happened and what would work. Three branches say whose it is, and the command line
+ends each with one line:
+
+- :class:`UsageError`: the user's to fix (a setting out of range, a missing or foreign file, a
+  dataset to download by hand, a run that diverged): exit status 2 (``fetch`` says "download it by
+  hand" with 2 as well);
+- :class:`MachineError`: the machine's (out of memory, a full disk): says what was kept, exit 1;
+- :class:`FetchError`: a download failed (the network, a server, a damaged archive): says what
+  failed and what to retry, exit 1.
+
+Anything else that reaches the command line is a bug, whatever its type (a ``ValueError``
+included): its traceback and a line asking to report it, exit 1.
 
 Each class also derives from the built-in exception a caller would expect (``ValueError`` for a bad
-setting, ``FileNotFoundError`` for a missing file), so ``except ValueError`` keeps working.
+setting, ``FileNotFoundError`` for a missing file, ``OSError`` for a full disk), so ``except
+ValueError`` keeps working.
 """
 
 from __future__ import annotations
@@ -18,22 +26,79 @@ class MPNTutorialError(Exception):
     """Base of the package's own errors: the message names the problem and the fix."""
 
 
+# -- the user's to fix (exit 2) ------------------------------------------------------------------
+
+
 class UsageError(MPNTutorialError, ValueError):
     """A setting, argument or input the package cannot use (a size of zero, heads that do not divide
     the embedding, a tensor of the wrong shape...)."""
 
 
-class MissingFileError(MPNTutorialError, FileNotFoundError):
-    """A file or folder the package needs (a checkpoint, a dataset, a study's results) is not there."""
+class MissingFileError(UsageError, FileNotFoundError):
+    """A file or folder the package needs (a checkpoint, a study's results) is not there."""
 
 
-class TrainingDiverged(MPNTutorialError, FloatingPointError):
+class CheckpointError(UsageError):
+    """A file is not a readable checkpoint of this package, or not one this run can use."""
+
+
+class DatasetError(UsageError):
+    """A benchmark's files are malformed or unreadable; the message names the file and the fix."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """A benchmark's root folder, index file or image is missing; the message says how to get it."""
+
+
+class ManualDownloadRequired(UsageError):
+    """A dataset cannot be downloaded automatically; the message says what to download by hand, and where."""
+
+
+class TrainingDiverged(UsageError, FloatingPointError):
     """The loss or the embeddings became NaN or infinite; the message says where and what to lower."""
 
 
-class MachineError(Exception):
-    """Not the user's fault and not a bug: the machine could not do what was asked (out of memory).
-    Outside the family on purpose; the message says what happened and what was kept."""
+# -- the machine's (exit 1) ----------------------------------------------------------------------
 
 
-__all__ = ["MPNTutorialError", "MachineError", "MissingFileError", "TrainingDiverged", "UsageError"]
+class MachineError(MPNTutorialError):
+    """Not the user's fault and not a bug: the machine could not do what was asked (out of memory, a
+    full disk); the message says what happened and what was kept."""
+
+
+class DiskFullError(MachineError, OSError):
+    """The disk filled up while writing a file; the previous version of the file is intact."""
+
+
+# -- a download that failed (exit 1) -------------------------------------------------------------
+
+
+class FetchError(MPNTutorialError, RuntimeError):
+    """Obtaining a dataset failed; the message says what failed and what to retry."""
+
+
+class DownloadError(FetchError):
+    """An HTTP download failed (unreachable server, HTTP error status, unexpected answer)."""
+
+
+class DownloadInterrupted(DownloadError):
+    """The connection broke mid-file; the bytes so far stay in ``.partial`` for the next call."""
+
+
+class ChecksumMismatchError(FetchError):
+    """A file's SHA-256 differs from the registry's."""
+
+
+class UnsafeArchiveError(FetchError):
+    """An archive member would be written (or link) outside the extraction folder."""
+
+
+class WeightsUnavailableError(FetchError, FileNotFoundError):
+    """The ImageNet weights of a pretrained backbone could not be downloaded (and are not in torch's
+    cache); the message says what failed, where to put the file by hand, and how to retry."""
+
+
+__all__ = ["CheckpointError", "ChecksumMismatchError", "DatasetError", "DatasetNotFoundError", "DiskFullError",
+           "DownloadError", "DownloadInterrupted", "FetchError", "MPNTutorialError", "MachineError",
+           "ManualDownloadRequired", "MissingFileError", "TrainingDiverged", "UnsafeArchiveError", "UsageError",
+           "WeightsUnavailableError"]

@@ -1,5 +1,7 @@
 """Evaluating a model: embed a dataset, measure retrieval, and what the attention looks at.
 
+- :func:`evaluation_mode`: the one way to evaluate a model: eval mode (no dropout, BatchNorm's
+  running statistics), no autograd, and the model left as it was;
 - :func:`embed_dataset`: L2-normalised backbone embeddings of a whole dataset (what retrieval uses);
 - :func:`evaluate`: Recall@K, MAP@R, R-precision (and NMI) on a dataset, leave-one-out or query
   vs. gallery; :func:`evaluate_on_test` with each benchmark's usual K;
@@ -12,22 +14,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from mpn_tutorial import metrics
+from mpn_tutorial.controls import pass_messages, passes_messages, provide_labels, without_messages
 from mpn_tutorial.data.build import Datasets, iterate_batches, sample_batch
 from mpn_tutorial.errors import UsageError
-from mpn_tutorial.models import MetricLearningModel, SimilarityAttention
+from mpn_tutorial.models import MetricLearningModel
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
+@contextlib.contextmanager
+def evaluation_mode(model: torch.nn.Module, messages: bool | None = None) -> Iterator[torch.nn.Module]:
+    """Evaluate ``model`` inside the block: eval mode (no dropout, BatchNorm's running statistics) and
+    no autograd; ``messages=True`` also switches on the messages a warm-up holds back (``controls``).
+    On leaving, the model is as it was (training mode, messages), whatever happened inside."""
+    was_training, passing = model.training, passes_messages(model)
+    model.eval()
+    if messages is not None and messages != passing:
+        pass_messages(model, messages)
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        if messages is not None and messages != passing:
+            pass_messages(model, passing)
+        model.train(was_training)
+
+
 def embed_dataset(
     model: MetricLearningModel,
     dataset,
@@ -37,15 +58,13 @@ def embed_dataset(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised backbone embeddings of a whole dataset: ((N, D) float32, (N,) int64), on the CPU."""
     device = _device_of(model) if device is None else torch.device(device)
-    was_training = model.training
-    model.eval()
     order = list(range(len(dataset)))
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     embeddings, labels = [], []
-    for images, batch_labels in iterate_batches(dataset, chunks, num_workers, device.type == "cuda"):
-        embeddings.append(model.retrieval_embeddings(images.to(device)).float().cpu())
-        labels.append(batch_labels)
-    model.train(was_training)
+    with evaluation_mode(model):
+        for images, batch_labels in iterate_batches(dataset, chunks, num_workers, device.type == "cuda"):
+            embeddings.append(model.retrieval_embeddings(images.to(device)).float().cpu())
+            labels.append(batch_labels)
     return torch.cat(embeddings), torch.cat(labels)
 
 
@@ -109,40 +128,12 @@ def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tenso
     return torch.nn.functional.normalize(torch.stack(refined), dim=1)
 
 
-@torch.no_grad()
 def run_mpn(model: MetricLearningModel, embeddings: torch.Tensor, messages: bool = True) -> torch.Tensor:
-    """The model's MPN in eval mode on normalised embeddings (N, D) or (B, N, D), with messages on or
-    off (``MessagePassingNetwork.set_pass_messages``; the model is left as it was)."""
-    was_training, passing = model.mpn.training, model.mpn.passes_messages
-    model.mpn.eval()
-    model.mpn.set_pass_messages(messages)
-    try:
-        return model.mpn(embeddings)
-    finally:
-        model.mpn.set_pass_messages(passing)
-        model.mpn.train(was_training)
-
-
-@torch.no_grad()
-def similarity_twin(model: MetricLearningModel, embeddings: torch.Tensor, sharpness: float) -> torch.Tensor:
-    """The trained MPN on one batch of normalised embeddings (N, D), with every layer's learned attention
-    replaced by the backbone's own similarity, a_ij = softmax_j(sharpness · cos(e_i, e_j)), through the
-    layer's trained W_v and W_o: (N, out_dim). The non-learned twin of the learned attention (test time)."""
-    normalised = torch.nn.functional.normalize(embeddings.float(), dim=-1)
-    was_training, trained = model.mpn.training, [layer.attention for layer in model.mpn.layers]
-    model.mpn.eval()
-    try:
-        for layer, attention in zip(model.mpn.layers, trained):
-            with torch.random.fork_rng(devices=[]):  # building the twin draws maps it then replaces
-                twin = SimilarityAttention(layer.dim, layer.num_heads, 0.0, sharpness=sharpness)
-            twin.v_proj, twin.out_proj = attention.v_proj, attention.out_proj
-            twin.similarity = normalised @ normalised.T
-            layer.attention = twin.eval()
-        return model.mpn(normalised)
-    finally:
-        for layer, attention in zip(model.mpn.layers, trained):
-            layer.attention = attention
-        model.mpn.train(was_training)
+    """The model's trained MPN (eval mode) on backbone embeddings (N, D) or (B, N, D) -> its output, with
+    the messages on, or every message 0 (``controls.without_messages``: each sample alone)."""
+    with evaluation_mode(model, messages=True if messages else None):
+        inputs = model.mpn_input(embeddings)
+        return model.mpn(inputs) if messages else without_messages(model, inputs)
 
 
 def evaluate(
@@ -194,7 +185,6 @@ def evaluate_on_test(
     return evaluate(model, datasets.evaluation, default_ks(dataset_name), gallery=datasets.gallery, **options)
 
 
-@torch.no_grad()
 def batch_attention(model: MetricLearningModel, images: torch.Tensor, labels) -> np.ndarray:
     """The MPN's attention on one batch of images and their labels (N,), in eval mode (no dropout):
     (num_layers, num_heads, N, N), where ``[l, h, i, j]`` is the weight sample i gives to sample j in
@@ -202,16 +192,10 @@ def batch_attention(model: MetricLearningModel, images: torch.Tensor, labels) ->
     weights the layers compute once the messages are on."""
     if not model.has_attention:
         raise UsageError("this model passes no messages (attention 'none'): it has no attention to show")
-    was_training, passing = model.training, model.mpn.passes_messages
-    model.eval()
-    model.mpn.set_pass_messages(True)
-    try:
-        embeddings = model.embed(images.to(_device_of(model)))
-        model.provide_labels(torch.as_tensor(labels).to(embeddings.device))
-        attention = model.classify(embeddings, return_attention=True).attention
-    finally:
-        model.mpn.set_pass_messages(passing)
-        model.train(was_training)
+    device = _device_of(model)
+    with evaluation_mode(model, messages=True):
+        provide_labels(model, torch.as_tensor(labels).to(device))
+        attention = model(images.to(device), return_attention=True).attention
     return torch.stack(attention).float().cpu().numpy()
 
 
@@ -223,7 +207,6 @@ def diagnostic_batches(dataset, count: int, classes_per_batch: int = 8, samples_
     return [sample_batch(dataset, classes_per_batch, samples_per_class, seed=seed + index) for index in range(count)]
 
 
-@torch.no_grad()
 def attention_diagnostics(model: MetricLearningModel, batches) -> dict[str, float]:
     """What the MPN's attention does on some P×K batches (eval mode, no dropout), averaged over them:
 
@@ -243,8 +226,6 @@ def attention_diagnostics(model: MetricLearningModel, batches) -> dict[str, floa
     """
     learned = model.config.mpn_attention == "learned"
     shares, self_weights, spreads, references = [], [], [], []
-    was_training = model.training
-    model.eval()
     for images, labels in batches:
         attention = batch_attention(model, images, labels)  # (L, H, N, N)
         labels = np.asarray(labels)
@@ -252,9 +233,9 @@ def attention_diagnostics(model: MetricLearningModel, batches) -> dict[str, floa
         self_weights.append(np.diagonal(attention, axis1=-2, axis2=-1).mean())
         if learned:
             spreads.append(np.log(np.maximum(attention, 1e-38)).std(axis=-1).mean())
-            embeddings = model.retrieval_embeddings(images.to(_device_of(model))).float().cpu().numpy()
+            with evaluation_mode(model):
+                embeddings = model.retrieval_embeddings(images.to(_device_of(model))).float().cpu().numpy()
             references.append(similarity_attention_share(embeddings, labels, _row_entropy(attention).mean()))
-    model.train(was_training)
     per_head = np.mean(shares, axis=0)  # (L, H)
     result = {"share": float(per_head.mean()), "self_weight": float(np.mean(self_weights))}
     if learned:

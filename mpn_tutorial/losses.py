@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpn_tutorial.errors import UsageError
+from mpn_tutorial.miners import Triplets, make_miner, pair_masks, pairwise_distances
 
-MINING_STRATEGIES = ("all", "hard", "semihard")
+# The published weights of the objective's two terms (TrainConfig's defaults name these).
+BACKBONE_LOSS_WEIGHT = MPN_LOSS_WEIGHT = 1.0
 
 
 def _check_inputs(embeddings: torch.Tensor, labels: torch.Tensor, what: str) -> None:
@@ -27,26 +29,6 @@ def _check_inputs(embeddings: torch.Tensor, labels: torch.Tensor, what: str) -> 
             f"{what}: labels must have shape ({embeddings.shape[0]},) to match the embeddings, "
             f"got {tuple(labels.shape)}"
         )
-
-
-def pairwise_distances(embeddings: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances between L2-normalised rows: (N, D) -> (N, N).
-
-    Computed from cosine similarities; clamped before the square root, and the diagonal is set to
-    exactly zero, so the gradient is finite everywhere except at coinciding points (where the
-    masks below never look).
-    """
-    normalized = F.normalize(embeddings, dim=1)
-    squared = (2 - 2 * normalized @ normalized.T).clamp_min(1e-12)
-    distances = squared.sqrt()
-    return distances * (1 - torch.eye(len(distances), dtype=distances.dtype, device=distances.device))
-
-
-def pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean (N, N) masks of positive pairs (same label, i != j) and negative pairs."""
-    same = labels[:, None] == labels[None, :]
-    not_self = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    return same & not_self, ~same
 
 
 def _zero(embeddings: torch.Tensor) -> torch.Tensor:
@@ -81,15 +63,10 @@ class ContrastiveLoss(nn.Module):
 
 
 class TripletLoss(nn.Module):
-    """Triplet loss ``max(0, d(a, p) - d(a, n) + margin)`` with a mining strategy:
-
-    - ``"all"``: every valid triplet (a, p, n) of the batch; the loss averages over the triplets
-      with a positive loss ("batch all", Hermans et al. 2017), so easy triplets do not dilute it.
-    - ``"hard"``: for each anchor, its farthest positive and closest negative ("batch hard");
-      averaged over anchors that have both.
-    - ``"semihard"``: for each (anchor, positive) pair, the closest negative that is still farther
-      than the positive (``d(a,p) < d(a,n) < d(a,p) + margin``, FaceNet); pairs without a
-      semi-hard negative are skipped; averaged over pairs that have one.
+    """Triplet loss ``max(0, d(a, p) - d(a, n) + margin)``, averaged over the triplets a miner picks
+    (``miners.py``): ``mining="hard"`` (batch hard: per anchor its farthest positive and closest
+    negative), ``"semihard"`` (per positive pair the closest negative farther than the positive, within
+    the margin) or ``"all"`` (every triplet that still violates the margin).
 
     ``mine(embeddings, labels)`` returns the chosen triplets as index tensors (anchor, positive,
     negative) so a notebook can draw what each strategy picks.
@@ -97,43 +74,19 @@ class TripletLoss(nn.Module):
 
     def __init__(self, margin: float = 0.2, mining: str = "hard") -> None:
         super().__init__()
-        if mining not in MINING_STRATEGIES:
-            raise UsageError(f"mining must be one of {MINING_STRATEGIES}, got {mining!r}")
-        self.margin = margin
-        self.mining = mining
+        self.margin, self.mining = margin, mining
+        self.miner = make_miner(mining, margin)
 
     @torch.no_grad()
-    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
         """Indices (anchor, positive, negative), each (T,), of the triplets the strategy uses."""
         _check_inputs(embeddings, labels, "TripletLoss")
-        return self._mine(pairwise_distances(embeddings), labels)
-
-    def _mine(self, distances: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        distances = distances.detach()  # mining chooses indices; the loss differentiates the distances
-        positive, negative = pair_masks(labels)
-        if self.mining == "hard":
-            has_both = positive.any(1) & negative.any(1)
-            anchors = torch.nonzero(has_both).flatten()
-            far_positive = distances.masked_fill(~positive, -1.0).argmax(1)
-            near_negative = distances.masked_fill(~negative, float("inf")).argmin(1)
-            return anchors, far_positive[anchors], near_negative[anchors]
-        anchor, pos = torch.nonzero(positive, as_tuple=True)
-        d_ap = distances[anchor, pos][:, None]  # (P, 1)
-        d_an = distances[anchor]  # (P, N)
-        valid = negative[anchor]  # (P, N)
-        if self.mining == "all":
-            violating = valid & (d_ap - d_an + self.margin > 0)
-            pair_index, neg = torch.nonzero(violating, as_tuple=True)
-            return anchor[pair_index], pos[pair_index], neg
-        semihard = valid & (d_an > d_ap) & (d_an < d_ap + self.margin)
-        has_one = semihard.any(1)
-        closest = d_an.masked_fill(~semihard, float("inf")).argmin(1)
-        return anchor[has_one], pos[has_one], closest[has_one]
+        return self.miner(pairwise_distances(embeddings), labels)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         _check_inputs(embeddings, labels, "TripletLoss")
         distances = pairwise_distances(embeddings)  # once: for mining and for the loss
-        anchor, pos, neg = self._mine(distances, labels)
+        anchor, pos, neg = self.miner(distances.detach(), labels)
         if len(anchor) == 0:
             return _zero(embeddings)
         losses = F.relu(distances[anchor, pos] - distances[anchor, neg] + self.margin)
@@ -168,6 +121,13 @@ class SmoothedCrossEntropy(nn.Module):
         return F.cross_entropy(logits / self.temperature, labels, label_smoothing=self.eps)
 
 
+def check_loss_weights(backbone_loss_weight: float, mpn_loss_weight: float) -> None:
+    """The one rule for the objective's weights: non-negative, and not both zero (nothing would train)."""
+    if backbone_loss_weight < 0 or mpn_loss_weight < 0 or backbone_loss_weight + mpn_loss_weight == 0:
+        raise UsageError("the loss weights must be non-negative and not both zero (nothing would be trained), got "
+                         f"backbone_loss_weight={backbone_loss_weight}, mpn_loss_weight={mpn_loss_weight}")
+
+
 class MessagePassingObjective(nn.Module):
     """The training objective of the paper: smoothed cross-entropy on both classifiers' logits,
 
@@ -184,14 +144,10 @@ class MessagePassingObjective(nn.Module):
     weighted sum, for a caller that also logs the terms.
     """
 
-    def __init__(self, temperature: float, label_smoothing: float, backbone_loss_weight: float = 1.0,
-                 mpn_loss_weight: float = 1.0) -> None:
+    def __init__(self, temperature: float, label_smoothing: float, backbone_loss_weight: float = BACKBONE_LOSS_WEIGHT,
+                 mpn_loss_weight: float = MPN_LOSS_WEIGHT) -> None:
         super().__init__()
-        if backbone_loss_weight < 0 or mpn_loss_weight < 0 or backbone_loss_weight + mpn_loss_weight == 0:
-            raise UsageError(
-                "loss weights must be non-negative and not both zero, got "
-                f"backbone_loss_weight={backbone_loss_weight}, mpn_loss_weight={mpn_loss_weight}"
-            )
+        check_loss_weights(backbone_loss_weight, mpn_loss_weight)
         self.cross_entropy = SmoothedCrossEntropy(eps=label_smoothing, temperature=temperature)
         self.backbone_loss_weight = backbone_loss_weight
         self.mpn_loss_weight = mpn_loss_weight

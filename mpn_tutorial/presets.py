@@ -72,6 +72,7 @@ GLYPHS_ATTENTION = GLYPHS.replace(
     message_warmup_epochs=5,
 )
 
+# The layers' sizes (feed-forward 2048, dropout 0.1) are ModelConfig's defaults, the published ones.
 _PUBLISHED = dict(
     zero_logit=True,  # the release's softmax: one extra logit of 0 in every row (models.py)
     image_size=227,
@@ -80,8 +81,6 @@ _PUBLISHED = dict(
     backbone="resnet50",
     embedding_dim=512,
     pretrained=True,
-    mpn_ff_dim=2048,
-    mpn_dropout=0.1,
     optimizer="radam",
     epochs=70,
     batches_per_epoch=None,

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from mpn_tutorial.callbacks import Callback, TrainState
 from mpn_tutorial.config import OPTIMIZERS, TrainConfig, create_model
+from mpn_tutorial.controls import pass_messages, provide_labels
 from mpn_tutorial.data.build import Datasets, build_datasets, iterate_batches
 from mpn_tutorial.data.sampler import PKSampler
 from mpn_tutorial.errors import TrainingDiverged
@@ -198,6 +199,7 @@ def train(
                                               num_batches=config.batches_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, len(sampler)))  # stepped per step
     compute_loss = loss_function(config)
+    reads_labels = config.mpn_attention.startswith("oracle")
     # a control leaves some of the attention's maps unused (module docstring of models.py), and so does a warm-up
     some_unused = config.mpn_attention != "learned" or config.message_warmup_epochs > 0
     trained = context.wrap(model, find_unused_parameters=model.mpn is not None and some_unused)
@@ -213,8 +215,8 @@ def train(
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
         model.train()
-        if model.mpn is not None:  # a warm-up delays the messages
-            model.mpn.set_pass_messages(epoch > config.message_warmup_epochs)
+        if model.mpn is not None and config.message_warmup_epochs:  # the warm-up's schedule: messages from then on
+            pass_messages(model, epoch > config.message_warmup_epochs)
         sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
@@ -227,7 +229,8 @@ def train(
             if config.channels_last and device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = context.gather_labels(labels)  # the classifiers and the MPN see the global batch
-            model.provide_labels(labels)  # only the oracle control reads them
+            if reads_labels:
+                provide_labels(model, labels)  # the oracle control's attention is the labels'
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 output = trained(images, gather=context.gather)
                 loss, terms = compute_loss(output, labels)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional  # a setting's annotation may name it (test of the typing machinery below)
 
 import pytest
 import torch
@@ -18,13 +19,16 @@ from mpn_tutorial.presets import get_preset
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-def test_importing_the_package_changes_no_thread_count_and_no_environment_variable():
+def test_importing_any_module_of_the_package_changes_no_thread_count_and_no_environment_variable():
     code = (
-        "import os, torch\n"
+        "import importlib, os, pkgutil, torch\n"
         "torch.set_num_threads(3)\n"
         "before = dict(os.environ)\n"
-        "import mpn_tutorial, mpn_tutorial.metrics, mpn_tutorial.models, mpn_tutorial.training, mpn_tutorial.notebook\n"
-        "import mpn_tutorial.tools.run_store, mpn_tutorial.viz, mpn_tutorial.tools.stats, mpn_tutorial.tools.cli\n"
+        "import mpn_tutorial\n"
+        "modules = [found.name for found in pkgutil.walk_packages(mpn_tutorial.__path__, 'mpn_tutorial.')]\n"
+        "for name in modules:\n"
+        "    importlib.import_module(name)\n"
+        "assert {'mpn_tutorial.exercises', 'mpn_tutorial.tools.cli', 'mpn_tutorial.viz.explorers'} <= set(modules)\n"
         "assert torch.get_num_threads() == 3, torch.get_num_threads()\n"
         "changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}\n"
         "assert not changed, changed\n"
@@ -77,11 +81,54 @@ def test_every_setting_declares_its_help_and_its_range():
         assert field.metadata.get("help") and has_range(field), field.name
 
 
-def test_a_machinery_setting_names_no_new_run_and_a_computed_one_does():
+def _another_value(field, value):
+    """A valid value of a setting other than ``value``."""
+    from mpn_tutorial.tools.settings import choices_of, kind_of, value_error
+
+    element, many, _ = kind_of(field)
+    meta = field.metadata
+    if element is bool:
+        return not value
+    if choices_of(field) is not None:
+        return next(choice for choice in choices_of(field) if choice != value)
+    if meta["pattern"]:
+        return "cpu" if value != "cpu" else "auto"
+    if meta["path"] is not None:
+        return "elsewhere"
+    if many:
+        return tuple(value) + (int(meta["low"] or 1) + 3,)
+    candidates = [value + 1, value / 2, (value or 0.5) * 0.5, None]
+    return next(candidate for candidate in candidates if candidate != value and not value_error(field, candidate))
+
+
+@pytest.mark.parametrize("field", dataclasses.fields(TrainConfig), ids=lambda field: field.name)
+def test_a_machinery_setting_names_no_new_run_and_every_other_setting_does(field):
+    from mpn_tutorial.tools.settings import is_machinery
+
     config = get_preset("glyphs")
-    assert config.differences(config.replace(device="cpu", num_workers=3, eval_batch_size=7, data_root="x")) == {}
-    assert set(config.differences(config.replace(lr=0.5, mpn_zero_out=True))) == {"lr", "mpn_zero_out"}
-    assert not names_run("device") and not names_run("weights_path") and names_run("mpn_heads")
+    changed = config.replace(**{field.name: _another_value(field, getattr(config, field.name))})
+    assert set(config.differences(changed)) == (set() if is_machinery(field) else {field.name})
+    assert names_run(field.name) == (not is_machinery(field) and not field.metadata.get("path"))
+
+
+def test_a_setting_typed_path_list_or_optional_is_read_with_the_typing_machinery():
+    from mpn_tutorial.tools.settings import check_setting, describe_range, kind_of, setting
+
+    @dataclasses.dataclass
+    class Options:
+        folder: Path = setting(Path("data"), "a folder", path="folder")
+        sizes: list[int] = setting(None, "sizes", low=1)
+        limit: Optional[int] = setting(None, "a limit", low=0)  # noqa: UP007, UP045 - the old spelling must work too
+        steps: int | None = setting(3, "steps", low=1)
+
+    kinds = {field.name: kind_of(field) for field in dataclasses.fields(Options)}
+    assert kinds == {"folder": (Path, False, False), "sizes": (int, True, False), "limit": (int, False, True),
+                     "steps": (int, False, True)}
+    fields = {field.name: field for field in dataclasses.fields(Options)}
+    assert describe_range(fields["sizes"]) == "a list of numbers, each whole number at least 1"
+    check_setting(fields["limit"], None)
+    with pytest.raises(ValueError, match="sizes"):
+        check_setting(fields["sizes"], [2, 0])
 
 
 def test_building_a_model_leaves_the_global_random_generator_alone():

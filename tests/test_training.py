@@ -42,12 +42,40 @@ class _Interrupt(Callback):
             raise KeyboardInterrupt
 
 
-def test_best_checkpoint_is_chosen_by_validation_recall(tiny, tiny_datasets, tmp_path):
+def test_best_checkpoint_is_chosen_by_validation_recall_not_by_the_last_epoch(tiny, tiny_datasets, tmp_path,
+                                                                              monkeypatch):
+    import mpn_tutorial.training as training
+
+    scripted, evaluate_for_real, models = iter([0.30, 0.90, 0.50]), training.evaluate, []
+
+    def evaluate_with_a_peak(model, *args, **kwargs):  # validation R@1 peaks at epoch 2 of 3
+        models.append({name: value.clone() for name, value in model.state_dict().items()})
+        return {**evaluate_for_real(model, *args, **kwargs), "recall@1": next(scripted)}
+
+    monkeypatch.setattr(training, "evaluate", evaluate_with_a_peak)
     result = train(tiny, datasets=tiny_datasets, progress=False, checkpoint_dir=tmp_path, evaluate_test=False)
-    recalls = [row["val"]["recall@1"] for row in result.history]
-    assert result.best_epoch == 1 + recalls.index(max(recalls))
-    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == result.best_epoch
+    assert result.best_epoch == 2 and result.val_metrics["recall@1"] == 0.90
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    for name, value in result.model.state_dict().items():  # the returned model is epoch 2's, not the last one
+        assert torch.equal(value, models[1][name]), name
+    assert not all(torch.equal(value, models[2][name]) for name, value in result.model.state_dict().items())
     assert not any(key.startswith("test") for row in result.history for key in row)
+
+
+def test_nmi_clusters_the_evaluated_classes_not_the_training_classes(tiny, tiny_datasets, monkeypatch):
+    import mpn_tutorial.metrics as metrics
+
+    asked, nmi = [], metrics.nmi
+
+    def counting_nmi(embeddings, labels, n_clusters=None, **options):
+        asked.append((n_clusters, len(torch.unique(torch.as_tensor(labels)))))
+        return nmi(embeddings, labels, n_clusters, **options)
+
+    monkeypatch.setattr(metrics, "nmi", counting_nmi)
+    result = train(tiny, datasets=tiny_datasets, progress=False, compute_nmi=True)
+    evaluate(result.model, tiny_datasets.val, compute_nmi=True)
+    assert len(asked) == 2 and all(given in (None, present) for given, present in asked), asked
+    assert asked[0][1] == tiny_datasets.test.num_classes != tiny_datasets.train.num_classes
 
 
 def test_a_saved_model_reloads_with_the_same_embeddings(tiny, tiny_datasets, tmp_path):
@@ -189,12 +217,14 @@ def test_evaluation_with_test_time_refinement_uses_the_refined_embeddings(tiny, 
 
 
 def test_messages_stay_off_during_the_warm_up_and_start_after_it(tiny, tiny_datasets):
+    from mpn_tutorial.controls import passes_messages
+
     class Recorder(Callback):
         def __init__(self):
             self.passing = []
 
         def on_epoch_end(self, state):
-            self.passing.append(state.model.mpn.passes_messages)
+            self.passing.append(passes_messages(state.model))
 
     recorder = Recorder()
     train(tiny.replace(message_warmup_epochs=2), callbacks=[recorder], datasets=tiny_datasets, progress=False,

@@ -98,11 +98,6 @@ def test_exported_animation_has_one_frame_per_epoch(tmp_path):
     assert not list(tmp_path.glob("*.partial*"))
 
 
-def test_results_table_prints_percentages():
-    table = viz.results_table({"triplet": {"recall@1": 0.5, "map@r": 0.25}}, columns=("recall@1", "map@r"))
-    assert table.splitlines()[2].split() == ["triplet", "50.0", "25.0"]
-
-
 def test_figures_are_built_from_datasets_and_embeddings(data_root):
     from mpn_tutorial.data import GlyphDataset
     from mpn_tutorial.losses import TripletLoss

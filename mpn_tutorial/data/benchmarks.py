@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from mpn_tutorial.errors import UsageError
+from mpn_tutorial.errors import DatasetError, DatasetNotFoundError, UsageError
 from mpn_tutorial.tools.registry import DATASETS
 
 __all__ = [
@@ -50,14 +50,6 @@ __all__ = [
     "InShop",
     "StanfordOnlineProducts",
 ]
-
-
-class DatasetError(UsageError):
-    """A benchmark's files are malformed or unreadable; the message names the file and the fix."""
-
-
-class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """A benchmark's root folder, index file or image is missing; the message says how to get it."""
 
 
 class _Record(NamedTuple):

@@ -16,9 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-
-class DiskFullError(OSError):
-    """The disk filled up while writing a file; the previous version of the file is intact."""
+from mpn_tutorial.errors import DiskFullError
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:

@@ -24,17 +24,14 @@ import numpy as np
 import torch
 
 from mpn_tutorial.config import TrainConfig, create_model
-from mpn_tutorial.errors import MissingFileError, UsageError
+from mpn_tutorial.errors import CheckpointError, MissingFileError
 from mpn_tutorial.models import MetricLearningModel
 from mpn_tutorial.tools.atomic import write_atomically
 
 # 2: the layers' attention and feed-forward parameters moved into their own modules; nested metrics.
 # 3: messages off is an attention kind (mpn_attention "none"); the learning rate is scheduled per step.
-CHECKPOINT_FORMAT = 3
-
-
-class CheckpointError(UsageError):
-    """A file is not a readable checkpoint of this package, or not one this run can use."""
+# 4: the MPN's classifier belongs to the model (mpn_classifier), not to the network.
+CHECKPOINT_FORMAT = 4
 
 
 def save_checkpoint(path: str | os.PathLike, config: TrainConfig, model: torch.nn.Module | dict, num_classes: int,

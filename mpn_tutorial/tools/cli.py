@@ -7,13 +7,14 @@ The flags that change a run are not declared here: :func:`add_setting_flags` mak
 field of :class:`~mpn_tutorial.config.TrainConfig` from the field's declaration (its flag, help,
 range and type), and ``commands.py`` maps each flag back to its field by name.
 
-Exit statuses by cause. The package's own errors (``errors.MPNTutorialError``: a bad setting, a
-missing or foreign file, a folder holding another run, a diverging run) and argparse's are the
-user's to fix: one line that says what was wrong and what would work, exit status 2. A full disk or
-an out-of-memory error (CPU or GPU) is the machine's: one line that says what happened and what was
-kept, exit status 1; so is another operating-system error (a permission, a read-only folder).
-``fetch`` has its own: 0 when the data is ready, 2 when it must be downloaded by hand (the message
-says what and where), 1 when a download failed.
+Exit statuses by cause (``errors.py`` declares the family). The user's mistakes
+(``errors.UsageError``: a bad setting, a missing or foreign file, a folder holding another run, a
+diverging run, a dataset to download by hand) and argparse's: one line that says what was wrong and
+what would work, exit status 2. A full disk or an out-of-memory error (CPU or GPU) is the
+machine's (``errors.MachineError``): one line that says what happened and what was kept, exit
+status 1; so is another operating-system error (a permission, a read-only folder). A download
+that failed (``errors.FetchError``: the network, a server, a damaged archive) says what failed and
+what to retry, exit status 1; ``fetch`` returns 0 when the data is ready.
 Anything else is a bug, whatever its type: its traceback and a line asking to report it, exit
 status 1. ``MPN_TUTORIAL_DEBUG=1`` shows the traceback of every error.
 """
@@ -27,7 +28,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from mpn_tutorial.errors import MachineError, MPNTutorialError, UsageError
+from mpn_tutorial.errors import FetchError, MachineError, UsageError
 from mpn_tutorial.tools import commands as run
 from mpn_tutorial.tools.commands import VARIANTS, run_name, variant
 from mpn_tutorial.tools.settings import choices_of, describe_range, flag_of, kind_of, value_error
@@ -215,7 +216,6 @@ def _train_flags() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mpn_tutorial.tools.atomic import DiskFullError
     from mpn_tutorial.tools.runtime import pin_threads
 
     args = build_parser().parse_args(argv)
@@ -226,10 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except MPNTutorialError as error:  # the user's to fix: the message says how
+    except UsageError as error:  # the user's to fix: the message says how
         return _error_line(error, USAGE_ERROR)
-    except (MachineError, DiskFullError) as error:  # the machine's: what happened, and what was kept
-        return _error_line(error.strerror if isinstance(error, DiskFullError) else error, MACHINE_ERROR, error)
+    except MachineError as error:  # the machine's: what happened, and what was kept
+        return _error_line(error.strerror if isinstance(error, OSError) else error, MACHINE_ERROR, error)
+    except FetchError as error:  # a download failed: what, and what to retry
+        return _error_line(error, MACHINE_ERROR)
     except MemoryError as error:  # outside a run's training (which says what it kept: commands.py)
         return _error_line("the machine ran out of memory; what this command had finished before (run folders, "
                            "written files) is kept", MACHINE_ERROR, error)

@@ -37,8 +37,6 @@ def make_data(args: argparse.Namespace) -> int:
     root = GLYPHS.data_root if args.data_root is None else args.data_root
     seed = GLYPHS.data_seed if args.data_seed is None else args.data_seed
     image_size = GLYPHS.image_size if args.image_size is None else args.image_size
-    if image_size > 64:
-        raise UsageError(f"--image-size must be at most 64 for the glyphs (rendered at 64 px), got {image_size}")
     path = cache_path(root, seed, image_size, args.images_per_class)
     existed = path.exists()
     start = time.perf_counter()
@@ -156,8 +154,7 @@ def _machine_errors(folder: Path, resume: str = "run the same command with --res
     """Turn the machine's errors during a run into one line that says what happened and what was kept."""
     import torch
 
-    from mpn_tutorial.errors import MachineError
-    from mpn_tutorial.tools.atomic import DiskFullError
+    from mpn_tutorial.errors import DiskFullError, MachineError
 
     try:
         yield
@@ -187,7 +184,8 @@ def _loggers(folder: Path) -> list:
 # --------------------------------------------------------------------------------------------
 
 # named flag sets; NAME=FLAGS on the command line defines others
-VARIANTS = {"messages": "", "no-messages": "--attention none", "oracle": "--attention oracle"}
+VARIANTS = {"messages": "", "no-messages": "--attention none --message-warmup-epochs 0",
+            "oracle": "--attention oracle"}
 
 
 def variant(text: str) -> tuple[str, str]:

@@ -33,35 +33,18 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path, PureWindowsPath
 
-from mpn_tutorial.errors import MPNTutorialError
+from mpn_tutorial.errors import (
+    ChecksumMismatchError,
+    DownloadError,
+    DownloadInterrupted,
+    FetchError,
+    ManualDownloadRequired,
+    UnsafeArchiveError,
+)
 from mpn_tutorial.tools.registry import DatasetSource, RemoteFile, dataset_source
 
 USER_AGENT = "mpn_tutorial-fetch/0.1 (python urllib)"
 ProgressCallback = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
-
-
-class FetchError(MPNTutorialError, RuntimeError):
-    """Obtaining a dataset failed; the message says why and what to do."""
-
-
-class DownloadError(FetchError):
-    """An HTTP download failed (unreachable server, HTTP error status, unexpected answer)."""
-
-
-class DownloadInterrupted(DownloadError):
-    """The connection broke mid-file; the bytes so far stay in ``.partial`` for the next call."""
-
-
-class ChecksumMismatchError(FetchError):
-    """A file's SHA-256 differs from the registry's."""
-
-
-class UnsafeArchiveError(FetchError):
-    """An archive member would be written (or link) outside the extraction folder."""
-
-
-class ManualDownloadRequired(FetchError):
-    """The dataset cannot be downloaded automatically; the message says what to download by hand."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,10 +358,7 @@ def fetch_dataset(
         DownloadError, ChecksumMismatchError, UnsafeArchiveError: see :func:`download` and
             :func:`safe_extract`.
     """
-    try:
-        source = dataset_source(name)
-    except ValueError as error:
-        raise FetchError(str(error)) from None
+    source = dataset_source(name)
     root = Path(root).expanduser().absolute()
     pending = [file for file in source.files if not _is_done(root, file)]
     manual = [file for file in pending if file.url is None and not (root / file.path).exists()]

@@ -20,7 +20,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from mpn_tutorial.errors import UsageError
@@ -38,7 +42,9 @@ def setting(default, help: str, *, flag: str | None = None, low: float | None = 
     to each element."""
     metadata = {"help": help, "flag": flag, "low": low, "high": high, "above": above, "below": below,
                 "choices": choices, "pattern": pattern, "hint": hint, "machinery": machinery, "path": path,
-                "aliases": tuple(aliases)}
+                "aliases": tuple(aliases),
+                # where the field is declared: its annotation's names are resolved there (type_of)
+                "module": sys._getframe(1).f_globals.get("__name__")}
     if isinstance(default, (list, dict, set)):
         raise TypeError("a setting's default must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata=metadata)
@@ -54,14 +60,34 @@ def flag_of(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or field.name.replace("_", "-")
 
 
+ELEMENT_TYPES = (int, float, bool, str, Path)
+
+
+def type_of(field: dataclasses.Field) -> Any:
+    """The field's type as an object: a string annotation (``from __future__ import annotations``) is
+    resolved by the typing machinery in the module that declares the field."""
+    if not isinstance(field.type, str):
+        return field.type
+    holder = types.new_class("Annotation", exec_body=lambda namespace: namespace.update(
+        __annotations__={field.name: field.type}, __module__=field.metadata.get("module") or __name__))
+    return typing.get_type_hints(holder)[field.name]
+
+
 def kind_of(field: dataclasses.Field) -> tuple[type, bool, bool]:
-    """(element type, is a tuple, may be None) from the field's annotation (``"tuple[int, ...]"``, ``"int | None"``)."""
-    annotation = str(field.type).replace(" ", "")
-    optional = annotation.endswith("|None")
-    annotation = annotation.removesuffix("|None")
-    many = annotation.startswith("tuple[")
-    name = annotation[len("tuple["):].split(",")[0] if many else annotation
-    return {"int": int, "float": float, "bool": bool, "str": str}[name], many, optional
+    """(element type, holds several values, may be None) of a field typed ``T``, ``T | None`` (or
+    ``Optional[T]``), ``tuple[T, ...]`` or ``list[T]``, T one of :data:`ELEMENT_TYPES`."""
+    annotation = type_of(field)
+    arguments = typing.get_args(annotation)
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in arguments
+    if optional:
+        remaining = [argument for argument in arguments if argument is not type(None)]
+        annotation = remaining[0] if len(remaining) == 1 else annotation
+    many = typing.get_origin(annotation) in (tuple, list)
+    element = typing.get_args(annotation)[0] if many else annotation
+    if element not in ELEMENT_TYPES:
+        raise TypeError(f"setting {field.name}: type {annotation} is not one a setting can have (one of "
+                        f"{', '.join(t.__name__ for t in ELEMENT_TYPES)}, optionally in a tuple or list, or None)")
+    return element, many, optional
 
 
 def choices_of(field: dataclasses.Field) -> tuple | None:
@@ -80,7 +106,7 @@ def describe_range(field: dataclasses.Field) -> str:
     elif meta.get("pattern"):
         text = f"text matching {meta['pattern']}"
     else:
-        text = {int: "a whole number", float: "a number", str: "text"}[element]
+        text = {int: "a whole number", float: "a number", str: "text", Path: "a path"}[element]
         bounds = [f"at least {meta['low']:g}" if meta.get("low") is not None else "",
                   f"above {meta['above']:g}" if meta.get("above") is not None else "",
                   f"at most {meta['high']:g}" if meta.get("high") is not None else "",
@@ -136,6 +162,8 @@ def _fits(field: dataclasses.Field, element: type, value) -> bool:
         return False
     if element is str and not isinstance(value, str):
         return False
+    if element is Path:
+        return isinstance(value, (str, Path))
     choices = choices_of(field)
     if choices is not None:
         return value in choices
@@ -147,5 +175,5 @@ def _fits(field: dataclasses.Field, element: type, value) -> bool:
             and (meta.get("below") is None or value < meta["below"]))
 
 
-__all__ = ["check_setting", "choices_of", "describe_range", "flag_of", "has_range", "is_machinery", "kind_of",
-           "setting", "value_error"]
+__all__ = ["ELEMENT_TYPES", "check_setting", "choices_of", "describe_range", "flag_of", "has_range", "is_machinery",
+           "kind_of", "setting", "type_of", "value_error"]

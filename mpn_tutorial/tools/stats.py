@@ -1,16 +1,24 @@
-"""The experiment runner: variants × seeds, each run measured the same way, and the seed-paired table.
+"""Comparisons over seeds: the runner, the statistics, the rule for a difference that counts, and the tables.
 
-One implementation for every comparison the package makes: ``python -m mpn_tutorial compare``
-(run folders, for benchmarks on GPUs), notebook 06 (the run store) and the glyph studies in bench/.
-They differ only in how a run is obtained (a function ``config -> TrainResult``); the measurements,
-the statistics and the tables are these.
+One implementation for every comparison the package makes: ``python -m mpn_tutorial compare`` (run
+folders, on GPUs), the notebooks (the run store) and the glyph studies in bench/. They differ only in
+how a run is obtained (a function ``config -> measurements``); the measurements, the statistics and
+the tables are these.
 
-Statistics. A run's test metrics depend on its seed (initialisation, batches, dropout); two variants
-run with the same seeds are compared **seed by seed**: the paired difference d_s = x_s(variant) -
-x_s(reference), its mean, standard deviation and t = mean / (std / sqrt(n)) (n - 1 degrees of
-freedom; ``|t| > 2.78`` for 5 seeds, 4.30 for 3, at the usual two-sided 95%). A difference counts only
-next to the **noise band**: the spread of paired differences between configurations that compute the
-same function (``noise_band``).
+- **A seed summary** (:func:`summary`): mean and standard deviation (n - 1) over a variant's seeds.
+- **A seed-paired difference** (:func:`paired_difference`): two variants run with the same seeds are
+  compared seed by seed, d_s = x_s(variant) - x_s(control); its mean, standard deviation and
+  t = mean / (std / sqrt(n)), with the two-sided p of the paired t (n - 1 degrees of freedom).
+- **A family** (:func:`compare`): several comparisons made together; their p values are corrected
+  for how many were made (Holm), per metric.
+- **The noise band** (:func:`noise_band`): the spread of seed-paired differences between runs that
+  compute the same function; a mean of n paired differences stands out of it beyond 2 · band / √n
+  (:func:`beyond_noise`).
+- **A difference counts** (:func:`counts`) when it is significant after Holm (p < 0.05) *and* beyond
+  the noise band; the tables mark exactly that with ``*``. Without a measured noise band nothing is
+  marked: a difference counts only next to its band.
+- **One table** (:func:`table`): per variant the summary of some metrics, its control, and the
+  seed-paired Δ of test R@1 and MAP@R with t and Holm p.
 """
 
 from __future__ import annotations
@@ -31,6 +39,13 @@ from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches
 from mpn_tutorial.training import TrainResult
 
 SHARE_BATCHES = 10  # held-out P×K batches of test classes on which a run's attention is measured
+PAIRED_KEYS = ("test_recall@1", "test_map@r")  # what every comparison pairs by seed
+SPACE = "\u00a0"  # non-breaking: a table cell wraps between its parts, never inside one
+
+
+# --------------------------------------------------------------------------------------------
+# Runs: obtain and measure
+# --------------------------------------------------------------------------------------------
 
 
 def measure(result: TrainResult, test_dataset=None, share_batches: int = SHARE_BATCHES) -> dict:
@@ -69,6 +84,20 @@ def run_comparison(variants: dict[str, TrainConfig], seeds: Sequence[int], run: 
     return results
 
 
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def summary(runs: list[dict], key: str) -> tuple[float, float, int] | None:
+    """Mean, standard deviation (n - 1; 0 for one run) and n of ``key`` over a variant's runs (None when
+    no run has it)."""
+    values = [run[key] for run in runs if run.get(key) is not None and not math.isnan(run[key])]
+    if not values:
+        return None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
+
+
 @dataclass(frozen=True)
 class Paired:
     """The seed-paired difference of two lists of per-seed results (module docstring)."""
@@ -85,11 +114,6 @@ class Paired:
         if self.n < 2:
             return 1.0
         return 0.0 if math.isinf(self.t) else float(2 * stats.t.sf(abs(self.t), self.n - 1))
-
-    @property
-    def significant(self) -> bool:
-        """p below 0.05 (``|t|`` above the two-sided 95% critical value for n - 1 degrees of freedom)."""
-        return self.p < 0.05
 
 
 def paired_difference(runs: list[dict], reference: list[dict], key: str) -> Paired:
@@ -122,136 +146,63 @@ def noise_band(groups: Sequence[Sequence[list[dict]]], key: str) -> float:
     return math.sqrt(statistics.fmean(d * d for d in differences))
 
 
-def mean_std(runs: list[dict], key: str) -> tuple[float, float] | None:
-    values = [run[key] for run in runs if key in run and run[key] is not None and not math.isnan(run[key])]
-    if not values:
-        return None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-HEADINGS = {"test_recall@1": "R@1 (%)", "test_map@r": "MAP@R (%)", "test_share": "share",
-            "test_similarity_share": "backbone-similarity share", "test_self_weight": "self-weight",
-            "test_score_spread": "score spread"}
-
-
-def cell(runs: list[dict], key: str) -> str:
-    """``mean ± std`` over seeds: metrics in percent, shares, weights and spreads as fractions (:func:`study_cell`)."""
-    return study_cell(runs, key)
-
-
-def paired_table(results: dict[str, list[dict]], controls: dict[str, str],
-                 keys: Sequence[str] = ("test_recall@1", "test_map@r"), band: dict[str, float] | None = None) -> str:
-    """A markdown table: per variant the mean ± std over seeds of ``keys``, its control
-    (``controls[variant]``, a variant of ``results``; none for a reference row) and the seed-paired
-    difference of R@1 and MAP@R to it with t. ``*`` marks ``|t|`` above the 95% value that is also larger
-    than twice the noise band's standard error (``band``: per key, see :func:`noise_band`)."""
-    paired_keys = [key for key in keys if key in ("test_recall@1", "test_map@r")]
-    columns = ["variant", "seeds", *(HEADINGS.get(k, k) for k in keys), "control",
-               *(f"Δ {HEADINGS.get(k, k)} (t)" for k in paired_keys)]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for name, runs in results.items():
-        control = controls.get(name)
-        differences = []
-        for key in paired_keys:
-            if control is None:
-                differences.append("")
-                continue
-            paired = paired_difference(runs, results[control], key)
-            stands_out = band is None or beyond_noise(paired.mean, paired.n, band[key])
-            differences.append(f"{100 * paired.mean:+.1f} ± {100 * paired.std:.1f} ({paired.t:+.1f})"
-                               + (" *" if paired.significant and stands_out else ""))
-        lines.append("| " + " | ".join([name, str(len(runs)), *(cell(runs, k) for k in keys), control or "—",
-                                        *differences]) + " |")
-    return "\n".join(lines)
-
-
-def comparison_table(results: dict[str, list[dict]],
-                     keys: Sequence[str] = ("test_recall@1", "test_map@r", "test_share"), reference: str | None = None,
-                     band: dict[str, float] | None = None) -> str:
-    """:func:`paired_table` with every variant paired against one ``reference`` (default: the first)."""
-    reference = reference or next(iter(results))
-    table = paired_table(results, {name: reference for name in results if name != reference}, keys, band)
-    return table + ("\n\nMean ± standard deviation over seeds. Δ: the seed-paired difference to the control, "
-                    "mean ± std of the per-seed differences, with t; * marks |t| above the two-sided 95% value "
-                    "for n − 1 degrees of freedom.")
-
-
-def write_comparison(path: str | Path, results: dict[str, list[dict]], header: dict,
-                     **table_options) -> tuple[Path, Path]:
-    """Write ``PATH.md`` (the table) and ``PATH.json`` (``header`` and every run's numbers)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = comparison_table(results, **table_options)
-    lines = [f"# {header.get('title', 'Comparison')}", ""]
-    lines += [f"- {key}: {value}" for key, value in header.items() if key != "title"]
-    markdown, data = path.with_suffix(".md"), path.with_suffix(".json")
-    markdown.write_text("\n".join(lines + ["", table, ""]))
-    data.write_text(json.dumps({**header, "results": results}, indent=1, default=str))
-    return markdown, data
-
-
-# --------------------------------------------------------------------------------------------
-# The messages study's sections (bench/messages_study.py writes them; notebooks and README read them)
-# --------------------------------------------------------------------------------------------
-
-STUDY_HEADINGS = {"val_recall@1": "val R@1", "test_recall@1": "test R@1", "test_map@r": "test MAP@R",
-                  "test_share": "share", "test_self_weight": "self-weight",
-                  "test_similarity_share": "backbone-similarity share", "test_score_spread": "score spread"}
-
-
-def study_cell(runs: list[dict], key: str) -> str:
-    """``mean ± std`` over a section's per-seed runs: metrics in percent, shares and weights as fractions."""
-    values = [run[key] for run in runs if run.get(key) is not None]
-    if not values:
-        return "—"
-    scale, digits = (1, 3) if ("share" in key or "weight" in key or "spread" in key) else (100, 1)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    # non-breaking spaces: a narrow column never splits "64.1 ±" from its "1.0"
-    return f"{scale * statistics.fmean(values):.{digits}f}\u00a0±\u00a0{scale * spread:.{digits}f}"
-
-
 def beyond_noise(mean: float, n: int, band: float) -> bool:
     """The rule for a difference standing out of the noise band: a mean of ``n`` paired differences
     beyond ``2 · band / √n`` (``band``: the per-seed spread of runs that compute the same function)."""
     return abs(mean) > 2 * band / math.sqrt(n)
 
 
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm-corrected p values of a family of comparisons (step-down, monotone, at most 1)."""
+    order = sorted(p_values, key=p_values.get)
+    corrected, running = {}, 0.0
+    for rank, name in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p_values[name]))
+        corrected[name] = running
+    return corrected
+
+
+def compare(runs: dict[str, list[dict]], controls: dict[str, str], band: dict[str, float] | None = None,
+            keys: Sequence[str] = PAIRED_KEYS) -> dict[str, dict[str, dict]]:
+    """A family of comparisons ``{variant: its control}`` over per-seed ``runs`` by name:
+    ``{variant: {key: {"control", "mean", "std", "t", "n", "p", "p_holm", "beyond_noise"}}}``, Holm-corrected
+    over the family per metric; ``beyond_noise`` is None when no noise band was measured (``band``)."""
+    found: dict[str, dict[str, dict]] = {variant: {} for variant in controls}
+    for key in keys:
+        pairs = {variant: paired_difference(runs[variant], runs[control], key) for variant, control in controls.items()}
+        corrected = holm({variant: pair.p for variant, pair in pairs.items()})
+        for variant, pair in pairs.items():
+            found[variant][key] = {
+                "control": controls[variant], "mean": pair.mean, "std": pair.std, "t": pair.t, "n": pair.n,
+                "p": pair.p, "p_holm": corrected[variant],
+                "beyond_noise": None if band is None else beyond_noise(pair.mean, pair.n, band[key])}
+    return found
+
+
 def counts(comparison: dict, key: str = "test_recall@1") -> bool:
-    """Whether a study comparison counts in ``key``: significant after Holm *and* beyond the noise band (the
-    tables mark it ``*``)."""
-    return _stands_out(comparison[key])
+    """Whether a comparison of :func:`compare` counts in ``key``: significant after Holm *and* beyond the
+    noise band (the tables mark it ``*``; never without a measured band)."""
+    found = comparison[key]
+    return found["p_holm"] < 0.05 and bool(found["beyond_noise"])
 
 
-def _stands_out(found: dict) -> bool:
-    return found["p_holm"] < 0.05 and found["beyond_noise"]
+def verdict(comparison: dict, key: str = "test_recall@1") -> str:
+    """How a comparison stands, in words: "counts", "within the noise band", ... (module docstring)."""
+    found = comparison[key]
+    if found["beyond_noise"] is None:
+        return "no noise band measured"
+    if not found["beyond_noise"]:
+        return "within the noise band"
+    return "significant and beyond the noise band" if counts(comparison, key) else \
+        "beyond the noise band but not significant"
 
 
-def study_delta(comparison: dict) -> str:
-    """A comparison of the study: ``Δ ± std (t, Holm p)``, with * when Holm p < 0.05 and beyond the noise band."""
-    mark = " *" if _stands_out(comparison) else ""
-    space = "\u00a0"  # non-breaking: the cell wraps between its parts, never inside one
-    return (f"{100 * comparison['mean']:+.1f}{space}±{space}{100 * comparison['std']:.1f} "
-            f"(t{space}{comparison['t']:+.1f}, p{space}{comparison['p_holm']:.3f}){mark}")
-
-
-def study_table(section: dict, names: Sequence[str] | None = None,
-                keys: Sequence[str] = ("val_recall@1", "test_recall@1", "test_map@r"),
-                control: str | None = None) -> str:
-    """A markdown table of a study section (``{"runs": {variant: [per-seed dicts]}, "comparisons": {...}}``):
-    per variant the mean ± std of ``keys``, its control and its seed-paired Δ of test R@1 and MAP@R.
-    ``control``: the control's name when the section's comparisons do not say it (the test-time views)."""
-    names = list(section["runs"]) if names is None else list(names)
-    comparisons = section.get("comparisons", {})
-    columns = ["variant", "seeds", *(STUDY_HEADINGS.get(key, key) for key in keys), "control",
-               "Δ test R@1 (t, Holm p)", "Δ test MAP@R (t, Holm p)"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for name in names:
-        runs, comparison = section["runs"][name], comparisons.get(name)
-        deltas = [study_delta(comparison[key]) if comparison else "" for key in ("test_recall@1", "test_map@r")]
-        against = (comparison["test_recall@1"].get("control") or control) if comparison else "—"
-        lines.append("| " + " | ".join([name, str(len(runs)), *(study_cell(runs, key) for key in keys), against,
-                                        *deltas]) + " |")
-    return "\n".join(lines)
+def describe(comparison: dict, key: str = "test_recall@1", unit: str = "points") -> str:
+    """One comparison in words, with its numbers: ``-0.3 ± 0.4 points (5 seeds; Holm p 0.62, within the noise
+    band)``."""
+    found = comparison[key]
+    return (f"{100 * found['mean']:+.1f} ± {100 * found['std']:.1f} {unit} ({found['n']} seeds; Holm p "
+            f"{found['p_holm']:.2g}, {verdict(comparison, key)})")
 
 
 def collapsed_runs(section: dict, margin: float = 0.05, key: str = "test_recall@1") -> list[tuple[str, int, float]]:
@@ -263,21 +214,81 @@ def collapsed_runs(section: dict, margin: float = 0.05, key: str = "test_recall@
             if run[key] < floor - margin]
 
 
-def describe(comparison: dict, key: str = "test_recall@1", unit: str = "points") -> str:
-    """One comparison in words, with its numbers: ``-0.3 ± 0.4 points (5 seeds; Holm p 0.62, within the noise
-    band)``."""
+# --------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------
+
+HEADINGS = {"val_recall@1": "val R@1", "test_recall@1": "test R@1", "test_map@r": "test MAP@R",
+            "test_share": "share", "test_self_weight": "self-weight", "test_score_spread": "score spread",
+            "test_similarity_share": "backbone-similarity share", "recall@1": "R@1", "map@r": "MAP@R",
+            "share": "share"}
+
+
+def cell(runs: list[dict], key: str) -> str:
+    """``mean ± std`` over a variant's runs (one run: its value alone): metrics in percent, shares, weights and
+    spreads as fractions."""
+    found = summary(runs, key)
+    if found is None:
+        return "—"
+    mean, spread, n = found
+    scale, digits = (1, 3) if ("share" in key or "weight" in key or "spread" in key) else (100, 1)
+    text = f"{scale * mean:.{digits}f}"
+    return text if n == 1 else f"{text}{SPACE}±{SPACE}{scale * spread:.{digits}f}"
+
+
+def delta(comparison: dict, key: str) -> str:
+    """A comparison of :func:`compare` in a cell: ``Δ ± std (t, Holm p)``, with * when it counts."""
     found = comparison[key]
-    if not found["beyond_noise"]:
-        verdict = "within the noise band"
-    elif counts(comparison, key):
-        verdict = "significant and beyond the noise band"
-    else:
-        verdict = "beyond the noise band but not significant"
-    return (f"{100 * found['mean']:+.1f} ± {100 * found['std']:.1f} {unit} ({found['n']} seeds; Holm p "
-            f"{found['p_holm']:.2g}, {verdict})")
+    mark = " *" if counts(comparison, key) else ""
+    return (f"{100 * found['mean']:+.2f}{SPACE}±{SPACE}{100 * found['std']:.2f} "
+            f"(t{SPACE}{found['t']:+.1f}, p{SPACE}{found['p_holm']:.3f}){mark}")
 
 
-__all__ = ["STUDY_HEADINGS", "Paired", "beyond_noise", "cell", "collapsed_runs", "comparison_table", "counts",
-           "describe", "mean_std", "measure", "noise_band",
-           "paired_difference", "paired_table", "run_comparison", "study_cell", "study_delta", "study_table",
-           "write_comparison"]
+def table(runs: dict[str, list[dict]], comparisons: dict[str, dict] | None = None,
+          keys: Sequence[str] = ("val_recall@1", "test_recall@1", "test_map@r"), names: Sequence[str] | None = None,
+          control: str | None = None) -> str:
+    """A markdown table, one row per variant of ``runs`` (``{variant: [per-seed dicts]}``, in ``names``' order):
+    the seeds, the summary of each of ``keys``, and, with ``comparisons`` (:func:`compare`), the row's control
+    and its seed-paired Δ of test R@1 and MAP@R (``control``: its name when the comparisons do not say it)."""
+    names = list(runs) if names is None else list(names)
+    columns = ["variant", "seeds", *(HEADINGS.get(key, key) for key in keys)]
+    if comparisons is not None:
+        columns += ["control", *(f"Δ {HEADINGS[key]} (t, Holm p)" for key in PAIRED_KEYS)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for name in names:
+        row = [name, str(len(runs[name])), *(cell(runs[name], key) for key in keys)]
+        if comparisons is not None:
+            comparison = comparisons.get(name)
+            against = (comparison[PAIRED_KEYS[0]].get("control") or control) if comparison else "—"
+            row += [against, *(delta(comparison, key) if comparison else "" for key in PAIRED_KEYS)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+FOOTNOTE = ("Mean ± standard deviation over seeds. Δ: the seed-paired difference to the control, mean ± std of the "
+            "per-seed differences (points), with its t and its p corrected for the comparisons of the table (Holm). "
+            "* marks a difference that counts: Holm p < 0.05 and beyond the noise band (2 · band / √n).")
+
+
+def write_comparison(path: str | Path, results: dict[str, list[dict]], header: dict,
+                     reference: str | None = None) -> tuple[Path, Path]:
+    """Write ``PATH.md`` (every variant against ``reference``, default the first) and ``PATH.json``
+    (``header``, every run's numbers and the comparisons)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reference = reference or next(iter(results))
+    comparisons = compare(results, {name: reference for name in results if name != reference})
+    keys = ("test_recall@1", "test_map@r", "test_share")
+    lines = [f"# {header.get('title', 'Comparison')}", ""]
+    lines += [f"- {key}: {value}" for key, value in header.items() if key != "title"]
+    lines += ["", table(results, comparisons, keys), "", FOOTNOTE + " No noise band was measured here, so no "
+              "difference is marked: run two variants that compute the same function to measure one.", ""]
+    markdown, data = path.with_suffix(".md"), path.with_suffix(".json")
+    markdown.write_text("\n".join(lines))
+    data.write_text(json.dumps({**header, "results": results, "comparisons": comparisons}, indent=1, default=str))
+    return markdown, data
+
+
+__all__ = ["FOOTNOTE", "HEADINGS", "PAIRED_KEYS", "SHARE_BATCHES", "Paired", "beyond_noise", "cell", "collapsed_runs",
+           "compare", "counts", "delta", "describe", "holm", "measure", "noise_band", "paired_difference",
+           "run_comparison", "summary", "table", "verdict", "write_comparison"]

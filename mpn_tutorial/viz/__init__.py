@@ -5,10 +5,9 @@ a browser), and every explorer computes what it shows in a library function; the
 callbacks only call ``update``.
 
 - ``figures``: data and retrieval (:func:`show_gallery`, :func:`show_retrievals`), pairs and
-  triplets (:func:`show_pairs`, :func:`show_triplets`), training curves and tables
-  (:func:`plot_histories`, :func:`results_table`), seeds and ablations (:func:`summarize_seeds`,
-  :func:`seed_table`,
-  :func:`plot_ablation`, :func:`plot_budget_curve`), the batch as a graph and the model (:func:`plot_batch_graph`,
+  triplets (:func:`show_pairs`, :func:`show_triplets`), training curves (:func:`plot_histories`),
+  seeds and ablations (:func:`plot_ablation`, :func:`plot_budget_curve`; the tables are
+  ``tools.stats.table``), the batch as a graph and the model (:func:`plot_batch_graph`,
   :func:`plot_architecture`), the paper's table next to the glyphs' (:func:`plot_reported_results`)
 - ``attention``: :func:`attention_view`, :func:`plot_attention_view`,
   :func:`plot_same_class_share`, :func:`plot_attention_comparison` (the share itself:
@@ -44,13 +43,10 @@ from mpn_tutorial.viz.figures import (
     plot_budget_curve,
     plot_histories,
     plot_reported_results,
-    results_table,
-    seed_table,
     show_gallery,
     show_pairs,
     show_retrievals,
     show_triplets,
-    summarize_seeds,
 )
 
 __all__ = [
@@ -76,13 +72,10 @@ __all__ = [
     "plot_histories",
     "plot_reported_results",
     "plot_same_class_share",
-    "results_table",
     "same_class_attention_share",
-    "seed_table",
     "show_gallery",
     "show_pairs",
     "show_retrievals",
     "show_triplets",
-    "summarize_seeds",
     "umap_across_training",
 ]

@@ -175,52 +175,6 @@ def plot_histories(histories: dict[str, list[dict]], metric: str = "val_recall@1
     return figure
 
 
-def results_table(results: dict[str, dict[str, float]], columns: Sequence[str] = ("recall@1", "recall@2",
-                  "recall@4", "recall@8", "map@r")) -> str:
-    """A plain-text table of metrics in percent, one row per run (printed by the notebooks)."""
-    header = f"{'method':<28}" + "".join(f"{c.replace('recall@', 'R@').replace('map@r', 'MAP@R'):>8}"
-                                         for c in columns)
-    lines = [header, "-" * len(header)]
-    for name, values in results.items():
-        lines.append(f"{name:<28}" + "".join(f"{100 * values[c]:8.1f}" for c in columns))
-    return "\n".join(lines)
-
-
-def summarize_seeds(
-    runs: dict[str, list[dict[str, float]]], metric: str = "recall@1"
-) -> dict[str, tuple[float, float]]:
-    """``{variant: [metrics of each seed]}`` -> ``{variant: (mean, standard deviation)}`` of one metric."""
-    summary = {}
-    for name, results in runs.items():
-        values = np.array([r[metric] for r in results], dtype=np.float64)
-        summary[name] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
-    return summary
-
-
-def seed_table(runs: dict[str, list[dict[str, float]]], columns: dict[str, str] | None = None) -> str:
-    """A plain-text table, one row per variant, of mean ± standard deviation over seeds.
-
-    ``runs``: ``{variant: [metrics of each seed]}``; ``columns``: ``{metric key: heading}`` (default
-    Recall@1 and MAP@R in percent). Keys ending in ``share`` are printed as fractions.
-    """
-    columns = columns or {"recall@1": "R@1 (%)", "map@r": "MAP@R (%)"}
-    width = max(len(name) for name in runs) + 2
-    lines = [f"{'variant':<{width}}" + "".join(f"{heading:>16}" for heading in columns.values())]
-    lines.append("-" * len(lines[0]))
-    for name, results in runs.items():
-        cells = []
-        for key in columns:
-            values = np.array([r[key] for r in results if key in r], dtype=np.float64)
-            if len(values) == 0:
-                cells.append(f"{'—':>16}")
-                continue
-            scale, digits = (1, 3) if key.endswith("share") else (100, 1)
-            std = values.std(ddof=1) if len(values) > 1 else 0.0
-            cells.append(f"{scale * values.mean():>{9 if digits == 1 else 8}.{digits}f} ± {scale * std:<4.{digits}f}")
-        lines.append(f"{name:<{width}}" + "".join(cells))
-    return "\n".join(lines)
-
-
 def plot_ablation(summary: dict[str, tuple[float, float]], metric: str = "Recall@1", title: str = "") -> Figure:
     """Horizontal bars of mean ± standard deviation over seeds, one per variant."""
     names = list(summary)

@@ -1,4 +1,5 @@
-"""The experiment runner and `compare`: variants × seeds into their own folders, the seed-paired table."""
+"""Comparisons over seeds (tools/stats.py) and `compare`: variants × seeds into their own folders, one
+statistics module, one table, one rule for a difference that counts."""
 
 from __future__ import annotations
 
@@ -13,21 +14,46 @@ from mpn_tutorial.data.build import build_datasets
 from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches, evaluate_on_test
 from mpn_tutorial.tools.checkpoints import load_checkpoint, load_model
 from mpn_tutorial.tools.cli import main
-from mpn_tutorial.tools.stats import describe, noise_band, paired_difference, paired_table
+from mpn_tutorial.tools.stats import compare, counts, describe, holm, noise_band, paired_difference, table
 
 TINY = ["--epochs", "2", "--batches-per-epoch", "3", "--embedding-dim", "16", "--no-progress", "--device", "cpu"]
 SMALLEST = ["--epochs", "1", "--batches-per-epoch", "1", "--embedding-dim", "8", "--glyph-channels", "4", "8",
             "--ff-dim", "8", "--no-progress", "--device", "cpu"]
 
 
+def _runs(shift_on: float = 0.01, noise: float = 0.0) -> dict[str, list[dict]]:
+    return {name: [{"seed": seed, "test_recall@1": 0.5 + shift + seed / 100 + noise * (-1) ** seed,
+                    "test_map@r": 0.2 + shift, "test_share": 0.3, "test_self_weight": 0.1} for seed in range(3)]
+            for name, shift in (("on", shift_on), ("off", 0.0))}
+
+
 @pytest.mark.parametrize("keys", [("test_share", "test_self_weight"), ("test_recall@1", "test_map@r", "test_share")])
-def test_every_row_of_a_paired_table_has_as_many_cells_as_its_header(keys):
-    runs = {name: [{"seed": seed, "test_recall@1": 0.5 + shift + seed / 100, "test_map@r": 0.2 + shift,
-                    "test_share": 0.3, "test_self_weight": 0.1} for seed in range(3)]
-            for name, shift in (("on", 0.01), ("off", 0.0))}
-    controls = {"on": "off"} if "test_recall@1" in keys else {}
-    rows = paired_table(runs, controls, keys=keys).splitlines()
+@pytest.mark.parametrize("paired", [True, False])
+def test_every_row_of_a_table_has_as_many_cells_as_its_header(keys, paired):
+    runs = _runs()
+    comparisons = compare(runs, {"on": "off"}) if paired else None
+    rows = table(runs, comparisons, keys=keys).splitlines()
     assert len({row.count("|") for row in rows}) == 1, rows  # a markdown table renders only when they agree
+
+
+def test_holm_multiplies_the_smallest_p_by_the_family_size_and_stays_monotone():
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
+
+
+@pytest.mark.parametrize("band, marked", [(None, False), (0.5, False), (0.001, True)])
+def test_a_star_marks_only_a_difference_significant_after_holm_and_beyond_a_measured_band(band, marked):
+    runs = {"on": [{"seed": s, "test_recall@1": 0.60 + s / 1000, "test_map@r": 0.3} for s in range(5)],
+            "off": [{"seed": s, "test_recall@1": 0.50 + s / 900, "test_map@r": 0.3} for s in range(5)]}
+    bands = None if band is None else {"test_recall@1": band, "test_map@r": band}
+    comparisons = compare(runs, {"on": "off"}, bands)
+    assert comparisons["on"]["test_recall@1"]["p_holm"] < 0.05
+    assert counts(comparisons["on"]) == marked
+    assert ("*" in table(runs, comparisons).splitlines()[2]) == marked
+
+
+def test_a_single_run_is_shown_as_its_value_without_a_spread():
+    row = table({"one run": [{"seed": 0, "test_recall@1": 0.6403}]}, keys=("test_recall@1",)).splitlines()[2]
+    assert "64.0" in row and "±" not in row
 
 
 def test_a_paired_difference_matches_seeds_and_gives_mean_std_and_t():
@@ -36,7 +62,7 @@ def test_a_paired_difference_matches_seeds_and_gives_mean_std_and_t():
     paired = paired_difference(runs, reference, "x")
     assert sorted(paired.differences) == pytest.approx([0.0, 0.1, 0.2])
     assert paired.mean == pytest.approx(0.1) and paired.std == pytest.approx(0.1)
-    assert paired.t == pytest.approx(0.1 / (0.1 / math.sqrt(3))) and not paired.significant
+    assert paired.t == pytest.approx(0.1 / (0.1 / math.sqrt(3))) and paired.p > 0.05
 
 
 def test_the_noise_band_is_the_spread_of_differences_between_runs_of_one_function():
@@ -59,9 +85,9 @@ def test_a_described_difference_counts_only_when_significant_and_beyond_the_nois
 def test_train_attention_none_is_the_messages_off_control_and_its_checkpoint_says_so(tmp_path, data_root):
     folder = tmp_path / "off"
     assert main(["train", "--preset", "glyphs-attention", *TINY, "--no-nmi", "--data-root", str(data_root),
-                 "--attention", "none", "--checkpoint-dir", str(folder)]) == 0
+                 "--attention", "none", "--message-warmup-epochs", "0", "--checkpoint-dir", str(folder)]) == 0
     model, config = load_model(folder / "best.pt")
-    assert config.mpn_attention == "none" and not model.mpn.passes_messages
+    assert config.mpn_attention == "none" and config.message_warmup_epochs == 0 and not model.has_attention
 
 
 def test_an_mpn_run_logs_the_attention_diagnostics_of_each_epochs_model(tmp_path, data_root):

@@ -257,10 +257,11 @@ def test_time_measurements(model, config, datasets, quick: bool) -> dict:
 class Study:
     """Obtains every (name, budget, seed) the sections ask for, in parallel worker processes."""
 
-    def __init__(self, configs: dict, store: Path, parallel: int, data_root: str, quick: bool) -> None:
+    def __init__(self, configs: dict, store: Path, parallel: int, data_root: str, quick: bool, worker=None) -> None:
         from mpn_tutorial.tools.runtime import thread_count
 
         self.configs, self.store, self.quick = configs, store, quick
+        self.worker = worker or obtain  # what a worker process does with a job (bench/lesson_study.py adds to it)
         threads = 1 if parallel > 1 else thread_count()
         self.pool = ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_start_worker, initargs=(threads, data_root, quick))
@@ -276,7 +277,7 @@ class Study:
                   or (name in test_time and "test_time" not in self.measured[(name, budget, seed)])]
         jobs = [(name, with_budget(self.configs[name], budget).replace(seed=seed).to_dict(), str(self.store),
                  name in test_time) for name, budget, seed in wanted]
-        for (name, budget, seed), measured in zip(wanted, self.pool.map(obtain, jobs)):
+        for (name, budget, seed), measured in zip(wanted, self.pool.map(self.worker, jobs)):
             self.measured[(name, budget, seed)] = measured
             print(f"  {name:62s} ×{budget:g} seed {seed}  val R@1 {100 * measured['val_recall@1']:5.1f}  test R@1 "
                   f"{100 * measured['test_recall@1']:5.1f}  best epoch {measured['best_epoch']:2d}/"

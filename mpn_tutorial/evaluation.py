@@ -9,7 +9,9 @@
   trained MPN or by the non-learned baselines (query expansion) on the same neighbourhoods;
 - :func:`attention_diagnostics`: what the MPN's attention does on fixed P×K batches (same-class
   share per layer and head, self-weight, score spread, the backbone-similarity reference);
-  :func:`attention_share` its share on held-out batches.
+  :func:`attention_share` its share on held-out batches;
+- :func:`class_similarity`: the paper's Figure 1 measured: how similar same-class and other-class
+  embeddings of a batch are before the MPN and after each of its layers, with and without messages.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ import numpy as np
 import torch
 
 from mpn_tutorial import metrics
-from mpn_tutorial.controls import pass_messages, passes_messages, provide_labels, without_messages
+from mpn_tutorial.controls import (
+    NoMessages,
+    pass_messages,
+    passes_messages,
+    provide_labels,
+    twin_network,
+    without_messages,
+)
 from mpn_tutorial.data.build import Datasets, iterate_batches, sample_batch
 from mpn_tutorial.errors import UsageError
 from mpn_tutorial.models import MetricLearningModel
@@ -277,3 +286,48 @@ def attention_share(
     held-out test classes (:func:`attention_diagnostics`). Chance is (K - 1) / (P·K - 1)."""
     batches = diagnostic_batches(dataset, num_batches, classes_per_batch, samples_per_class, seed)
     return attention_diagnostics(model, batches)["share"]
+
+
+def _layer_outputs(network, inputs: torch.Tensor) -> list[torch.Tensor]:
+    """The MPN's input map, then each layer's output, on one batch (N, D): [after the input map, layer 1, ...]."""
+    outputs = [network.input_proj(inputs)]
+    for layer in network.layers:
+        outputs.append(layer(outputs[-1]))
+    return outputs
+
+
+def _same_and_other(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean cosine similarity of the same-class pairs (i != j) and of the other-class pairs of a batch."""
+    normalised = torch.nn.functional.normalize(embeddings.float(), dim=1)
+    cosine = normalised @ normalised.T
+    same = labels[:, None] == labels[None, :]
+    others = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return float(cosine[same & others].mean()), float(cosine[~same].mean())
+
+
+def class_similarity(model: MetricLearningModel, batches) -> dict[str, dict[str, float]]:
+    """The paper's Figure 1 claim, measured: "after each message-passing step, the embeddings of images of
+    the same class become more similar". On P×K ``batches`` (images, labels), in eval mode, per stage of
+    the MPN the mean cosine similarity of same-class pairs (``same``, i != j) and of other-class pairs
+    (``other``), and ``gap`` = same - other, averaged over the batches. Stages: ``"backbone"`` (the MPN's
+    input, the normalised embedding), ``"input map"``, ``"layer l"`` for each layer, and ``"layer l,
+    messages off"``: the same trained layers with every message 0 (the control within the model)."""
+    if model.mpn is None:
+        raise UsageError("class_similarity measures the MPN's layers: the model has no MPN (loss 'mpn')")
+    device = _device_of(model)
+    silent = twin_network(model, NoMessages)
+    found: dict[str, list[tuple[float, float]]] = {}
+    with evaluation_mode(model, messages=True):
+        for images, labels in batches:
+            inputs = model.mpn_input(model.embed(images.to(device)))
+            labels = torch.as_tensor(labels).to(device)
+            stages = {"backbone": inputs}
+            with_messages, without = _layer_outputs(model.mpn, inputs), _layer_outputs(silent, inputs)
+            stages["input map"] = with_messages[0]
+            for index, (on, off) in enumerate(zip(with_messages[1:], without[1:]), 1):
+                stages[f"layer {index}"], stages[f"layer {index}, messages off"] = on, off
+            for stage, embeddings in stages.items():
+                found.setdefault(stage, []).append(_same_and_other(embeddings, labels))
+    return {stage: {"same": float(np.mean([same for same, _ in values])),
+                    "other": float(np.mean([other for _, other in values])),
+                    "gap": float(np.mean([same - other for same, other in values]))} for stage, values in found.items()}

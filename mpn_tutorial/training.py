@@ -214,6 +214,8 @@ def train(
 
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
+        if epoch - 1 in config.reload_best_after and state.best_epoch:  # as the release at its learning-rate drops
+            model.load_state_dict(best_state)
         model.train()
         if model.mpn is not None and config.message_warmup_epochs:  # the warm-up's schedule: messages from then on
             pass_messages(model, epoch > config.message_warmup_epochs)

@@ -247,3 +247,36 @@ def test_the_attention_maps_learn_only_once_the_warm_up_is_over(tiny, tiny_datas
           evaluate_test=False)
     start, after_1, after_2, after_3 = weights.seen
     assert torch.equal(start, after_1) and torch.equal(start, after_2) and not torch.equal(after_2, after_3)
+
+
+def test_the_best_model_is_loaded_again_after_the_epochs_the_release_reloads_it(tiny, tiny_datasets, monkeypatch):
+    import mpn_tutorial.training as training
+
+    scripted, evaluate_for_real, ended, started, built = iter([0.90, 0.10, 0.20]), training.evaluate, [], [], []
+
+    def evaluate_with_a_peak(model, *args, **kwargs):  # validation R@1 peaks at epoch 1
+        ended.append({name: value.clone() for name, value in model.state_dict().items()})
+        return {**evaluate_for_real(model, *args, **kwargs), "recall@1": next(scripted)}
+
+    def batches_watched(*args, **kwargs):  # the weights each epoch starts its first step from
+        started.append({name: value.clone() for name, value in built[0].state_dict().items()})
+        yield from training.iterate_batches.__wrapped__(*args, **kwargs)
+
+    batches_watched.__wrapped__ = training.iterate_batches
+    monkeypatch.setattr(training, "evaluate", evaluate_with_a_peak)
+    monkeypatch.setattr(training, "iterate_batches", batches_watched)
+    monkeypatch.setattr(training, "create_model", lambda *args: built.append(create_model(*args)) or built[-1])
+    train(tiny.replace(reload_best_after=(2,)), datasets=tiny_datasets, progress=False, evaluate_test=False)
+    def same(first, second) -> bool:
+        return all(torch.equal(first[name], second[name]) for name in first)
+
+    assert same(started[1], ended[0])  # epoch 2 goes on from epoch 1, as usual
+    assert same(started[2], ended[0]) and not same(started[2], ended[1])  # epoch 3 from the best, epoch 1
+
+
+def test_the_release_variant_of_sop_trains_its_backbone_cross_entropy_alone():
+    from mpn_tutorial.presets import get_preset
+
+    release, paper = get_preset("sop-release"), get_preset("sop")
+    assert set(release.differences(paper)) == {"preset", "loss"} and release.loss == "ce" and paper.loss == "mpn"
+    assert paper.reload_best_after == (30, 50) and paper.lr_decay_epochs == (30,)

@@ -5,8 +5,9 @@ data folder (the project's ``data/``, or a per-user folder when a notebook is op
 project, e.g. after ``pip install mpn_tutorial``), applies a preset, shows figures inline, and
 returns a :class:`Tutorial` that builds the datasets on first use (the glyphs are generated there
 the first time) and trains runs through the run store (``DATA/runs``), so a run trained by one
-notebook is loaded, not retrained, by the next. The studies' results ship with the package
-(:func:`load_study`).
+notebook is loaded, not retrained, by the next (``$MPN_TUTORIAL_RUNS`` names another store;
+``$MPN_TUTORIAL_SHARED_RUNS`` a store that is only read, e.g. the one a teacher filled for a class:
+``run_store.py``). The studies' results ship with the package (:func:`load_study`).
 
 Change the preset to a benchmark (``start(preset="cub")``) and every notebook runs as far as its
 data allows: without the data it stops at the first cell that needs it, with the reader's
@@ -33,6 +34,7 @@ from mpn_tutorial.training import TrainResult
 
 DATA_VARIABLE = "MPN_TUTORIAL_DATA"
 RUNS_VARIABLE = "MPN_TUTORIAL_RUNS"  # another run store, e.g. an empty one to time the notebooks from scratch
+SHARED_RUNS_VARIABLE = "MPN_TUTORIAL_SHARED_RUNS"  # a store only read, e.g. the one a teacher filled for a class
 STUDIES = ("messages", "attention")  # the studies whose results ship with the package (mpn_tutorial/results/)
 
 
@@ -80,6 +82,8 @@ class Tutorial:
         self.data = data
         self.found = found
         self.runs = Path(os.environ.get(RUNS_VARIABLE) or data / "runs")
+        shared = os.environ.get(SHARED_RUNS_VARIABLE)
+        self.shared_runs = Path(shared) if shared else None  # read when self.runs lacks a run, never written
 
     @cached_property
     def datasets(self) -> Datasets:
@@ -99,7 +103,7 @@ class Tutorial:
         config = self.config if config is None else config
         same_data = all(getattr(config, name) == getattr(self.config, name) for name in DATA_FIELDS)
         return train_cached(config, self.runs, callbacks=recorders, datasets=self.datasets if same_data else None,
-                            progress=False)
+                            progress=False, shared_dir=self.shared_runs)
 
     def study(self, name: str = "messages") -> dict:
         """A study's per-seed numbers (:func:`load_study`)."""
@@ -107,8 +111,9 @@ class Tutorial:
 
     def __repr__(self) -> str:
         where = f" ({self.found})" if self.found else ""
-        return (f"preset {self.config.preset} · data in {self.data}{where} · trained runs kept in {self.runs} · "
-                f"{thread_count()} CPU threads")
+        shared = f" (also read from {self.shared_runs})" if self.shared_runs else ""
+        return (f"preset {self.config.preset} · data in {self.data}{where} · trained runs kept in {self.runs}"
+                f"{shared} · {thread_count()} CPU threads")
 
 
 def start(preset: str = "glyphs", **changes) -> Tutorial:

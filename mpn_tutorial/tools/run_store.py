@@ -8,6 +8,13 @@ entry holds the best model, its history and metrics, and the recordings of the c
 watched it (``EmbeddingSnapshots``, ``AttentionCapture``, ``EpochEvaluation`` of ``callbacks.py``),
 so notebook 04 can show the attention notebook 03 recorded. Entries are written atomically; delete
 the folder to start afresh. A teacher can fill the store before class by running the notebooks once.
+
+**A shared store** (``shared_dir``): a second folder, e.g. the store a teacher filled before class,
+that every student reads and nobody writes (it may be read-only). A run missing from a student's own
+store is looked up there; a run trained anew (the shared entry missing, damaged, foreign, or without a
+recording asked for) is written to the student's own store only. Nothing in the shared folder is
+ever written, replaced or deleted, and since every entry is written atomically (renamed into place
+once complete), a reader sees a whole entry or none.
 """
 
 from __future__ import annotations
@@ -116,33 +123,57 @@ def train_cached(
     callbacks: Sequence[Callback] = (),
     datasets: Datasets | None = None,
     progress: bool = True,
+    shared_dir: str | os.PathLike | None = None,
 ) -> TrainResult:
     """:func:`~mpn_tutorial.training.train`, or its stored result when the same configuration ran before.
 
-    A callback whose recordings are missing from the stored entry makes the run train again (and
-    the entry is then completed); an unreadable entry is trained again and replaced.
+    The entry is looked up in ``cache_dir`` (the caller's own store), then in ``shared_dir`` (a store
+    that is only read, see the module docstring). A callback whose recordings are missing from the
+    stored entry makes the run train again (the new entry then keeps the recordings it had); an
+    unreadable entry is trained again. Whatever is trained is written to ``cache_dir``, never to
+    ``shared_dir``.
     """
-    path = Path(cache_dir) / f"{cache_key(config)}.pt"
+    name = f"{cache_key(config)}.pt"
+    own = Path(cache_dir) / name
+    stores = [own]
+    if shared_dir is not None and Path(shared_dir).resolve() != Path(cache_dir).resolve():
+        stores.append(Path(shared_dir) / name)
     wanted = {recording_key(callback): callback for callback in callbacks}
-    entry = None
-    if path.exists():
-        try:
-            entry = load_checkpoint(path)
-        except CheckpointError:
-            entry = None
-    same_run = entry is not None and not config.differences(entry["config"])
-    if same_run and set(wanted) <= set(entry["callbacks"]):
-        for key, callback in wanted.items():
-            callback.load_state_dict(entry["callbacks"][key])
-        return TrainResult(config, model_from(entry, config, path), list(entry["history"]), int(entry["best_epoch"]),
-                           dict(entry["val_metrics"]), dict(entry["test_metrics"]), float(entry["seconds"]))
+    recorded: dict = {}  # the recordings of the same run found in either store, kept in the new entry
+    for path in stores:
+        entry = _stored_run(path, config)
+        if entry is None:
+            continue
+        if set(wanted) <= set(entry["callbacks"]):
+            for key, callback in wanted.items():
+                callback.load_state_dict(entry["callbacks"][key])
+            return TrainResult(config, model_from(entry, config, path), list(entry["history"]),
+                               int(entry["best_epoch"]), dict(entry["val_metrics"]), dict(entry["test_metrics"]),
+                               float(entry["seconds"]))
+        recorded = {**entry["callbacks"], **recorded}
     result = train(config, callbacks=list(callbacks), datasets=datasets, progress=progress)
-    recorded = dict(entry["callbacks"]) if same_run else {}
     recorded.update({key: callback.state_dict() for key, callback in wanted.items()})
-    save_checkpoint(path, config, result.model, result.model.num_classes, history=result.history,
+    save_checkpoint(own, config, result.model, result.model.num_classes, history=result.history,
                     best_epoch=result.best_epoch, val_metrics=result.val_metrics, test_metrics=result.test_metrics,
                     seconds=result.seconds, callbacks=recorded)
     return result
+
+
+_ENTRY_FIELDS = {"history", "best_epoch", "val_metrics", "test_metrics", "seconds", "callbacks"}
+
+
+def _stored_run(path: Path, config: TrainConfig) -> dict | None:
+    """The entry at ``path`` when it is a readable run of ``config``; None when it is missing,
+    damaged, foreign or unreadable (the file is left as it is)."""
+    if not path.is_file():
+        return None
+    try:
+        entry = load_checkpoint(path)
+    except CheckpointError:
+        return None
+    if not _ENTRY_FIELDS <= set(entry) or config.differences(entry["config"]):
+        return None  # a checkpoint of another kind (a best.pt copied here) or of another run
+    return entry
 
 
 def tutorial_recorders(datasets: Datasets, num_classes: int = 20, classes_per_batch: int = 8,

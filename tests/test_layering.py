@@ -11,13 +11,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mpn_tutorial"
 # 3: the loop; 4: what the notebooks and the command line use on top.
 LEVELS = {
     "tools.runtime": 0, "tools.atomic": 0, "errors": 0, "tools.settings": 0, "tools.registry": 0, "tools": 0,
-    "data": 1, "backbones": 1, "models": 1, "losses": 1, "metrics": 1, "tools.distributed": 1, "tools.fetch": 1,
-    "config": 2, "presets": 2, "evaluation": 2, "callbacks": 2, "tools.checkpoints": 2,
+    "data": 1, "backbones": 1, "models": 1, "losses": 1, "miners": 1, "metrics": 1, "tools.distributed": 1,
+    "tools.fetch": 1, "controls": 2, "config": 2, "presets": 2, "evaluation": 2, "callbacks": 2, "tools.checkpoints": 2,
     "training": 3,
     "tools.run_store": 4, "tools.stats": 4, "viz": 4, "exercises": 4, "solutions": 4, "notebook": 4,
     "tools.commands": 5, "tools.answer_key": 5, "tools.cli": 5, "__main__": 5, "__init__": 0,
 }
-GROUND_FLOOR_EXCEPTIONS = {("models", "backbones")}  # the full model is built on the backbones
+# the full model is built on the backbones; the triplet loss on its miners
+GROUND_FLOOR_EXCEPTIONS = {("models", "backbones"), ("losses", "miners")}
 
 
 def _top(name: str) -> str:

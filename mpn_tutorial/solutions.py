@@ -8,11 +8,15 @@ each notebook's exercise cell.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mpn_tutorial.losses import pair_masks, pairwise_distances
 from mpn_tutorial.metrics import recall_at_k
+from mpn_tutorial.models import merge_heads, split_heads
 
 
 def first_positive_rank(similarity: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -41,6 +45,48 @@ def batch_hard(embeddings: torch.Tensor, labels: torch.Tensor):
     hardest_positive = distances.masked_fill(~positive, -1).argmax(1)
     hardest_negative = distances.masked_fill(~negative, float("inf")).argmin(1)
     return anchors, hardest_positive[anchors], hardest_negative[anchors]
+
+
+def head_weights(x: torch.Tensor, W_q: torch.Tensor, b_q: torch.Tensor, W_k: torch.Tensor,
+                 b_k: torch.Tensor) -> torch.Tensor:
+    """03: one head's attention weights over the batch.
+
+    Every sample gets a query and a key by the head's linear maps (weight and bias); the score of i on j
+    is their dot product over sqrt(d), d the head's dimension, so that scores keep about unit spread
+    whatever d is; a softmax over each row (over the samples j that i attends to, itself included)
+    turns them into weights that sum to 1.
+    """
+    q, k = x @ W_q.T + b_q, x @ W_k.T + b_k
+    return torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), dim=-1)
+
+
+def layer_forward(x: torch.Tensor, layer) -> torch.Tensor:
+    """03: a message-passing layer's forward, from its named pieces.
+
+    The heads split every sample's query, key and value; each head weights the batch's values by
+    softmax(q k^T / sqrt(d)); the heads' results are concatenated per sample (merge_heads) and mapped
+    by W_o into the message m_i. The two residual lines of a post-norm transformer block follow:
+    x + m, normalised, then h + W_2 ReLU(W_1 h), normalised (dropout is off in eval mode).
+    """
+    heads = layer.num_heads
+    q, k, v = (split_heads(projection(x), heads) for projection in (layer.q_proj, layer.k_proj, layer.v_proj))
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    messages = layer.out_proj(merge_heads(weights @ v))
+    h = layer.norm1(x + messages)
+    ff = layer.feed_forward
+    return layer.norm2(h + ff.linear2(torch.relu(ff.linear1(h))))
+
+
+def objective(backbone_logits: torch.Tensor, mpn_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+              smoothing: float) -> torch.Tensor:
+    """03: the paper's training objective.
+
+    Both classifiers' logits are divided by the temperature (T below 1 sharpens the softmax) and scored
+    by a label-smoothed cross-entropy, averaged over the batch; the two terms are added with weight 1
+    each, so the backbone learns from its own classifier and, through the MPN, from the batch.
+    """
+    return sum(F.cross_entropy(logits / temperature, labels, label_smoothing=smoothing)
+               for logits in (backbone_logits, mpn_logits))
 
 
 def zero_logit_softmax(scores: torch.Tensor) -> torch.Tensor:
@@ -72,6 +118,22 @@ def recall_per_epoch(snapshots, labels) -> dict[int, float]:
     Recall@1 on each says how well the embedding space retrieves at that point of training.
     """
     return {epoch: recall_at_k(embeddings, labels, ks=(1,))[1] for epoch, embeddings in snapshots}
+
+
+def messages_effect(train, config, seeds) -> list[float]:
+    """06: the messages' effect, seed by seed: test R@1 with messages minus without.
+
+    Each seed trains the configuration and its messages-off control (config.without_messages(): the
+    same head, initialisation and batches, nothing passed between samples), so everything the seed
+    decides is shared by the two runs and cancels in their difference; what is left is the messages'
+    effect plus the noise between runs, which the noise band measures.
+    """
+    differences = []
+    for seed in seeds:
+        on = train(config.replace(seed=seed)).test_metrics["recall@1"]
+        off = train(config.without_messages().replace(seed=seed)).test_metrics["recall@1"]
+        differences.append(on - off)
+    return differences
 
 
 def welch_t(first, second) -> float:

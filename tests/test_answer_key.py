@@ -41,11 +41,18 @@ def _parsed(source: str) -> ast.Module:
 
 
 def _imports_before(notebook, cell) -> str:
-    """The import statements of the code cells before ``cell`` (what the kernel has imported when it runs)."""
+    """The imports of the code cells before ``cell`` that bind a name ``cell`` uses (what the kernel has imported
+    for it when it runs)."""
     code = [c for c in notebook.cells if c.cell_type == "code"]
-    trees = [_parsed(c.source) for c in code[:code.index(cell)]]
-    return "\n".join(ast.unparse(node) for tree in trees for node in tree.body
-                     if isinstance(node, (ast.Import, ast.ImportFrom)))
+    used = {node.id for node in ast.walk(_parsed(cell.source)) if isinstance(node, ast.Name)}
+    statements = []
+    for tree in (_parsed(c.source) for c in code[:code.index(cell)]):
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [alias for alias in node.names if (alias.asname or alias.name).split(".")[0] in used]
+                if names:
+                    statements.append(ast.unparse(type(node)(**{**node.__dict__, "names": names})))
+    return "\n".join(statements)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)

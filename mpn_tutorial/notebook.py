@@ -35,7 +35,7 @@ from mpn_tutorial.training import TrainResult
 DATA_VARIABLE = "MPN_TUTORIAL_DATA"
 RUNS_VARIABLE = "MPN_TUTORIAL_RUNS"  # another run store, e.g. an empty one to time the notebooks from scratch
 SHARED_RUNS_VARIABLE = "MPN_TUTORIAL_SHARED_RUNS"  # a store only read, e.g. the one a teacher filled for a class
-STUDIES = ("messages", "attention")  # the studies whose results ship with the package (mpn_tutorial/results/)
+STUDIES = ("messages", "lesson")  # the studies whose results ship with the package (mpn_tutorial/results/)
 
 
 def user_data_folder() -> Path:
@@ -64,7 +64,8 @@ def find_data_folder(start_at: str | os.PathLike | None = None) -> tuple[Path, s
 
 def load_study(name: str = "messages") -> dict:
     """The per-seed results of a study that ship with the package: ``"messages"``
-    (``bench/messages_study.py``) or ``"attention"`` (``bench/attention_study.py``)."""
+    (``bench/messages_study.py``) or ``"lesson"`` (``bench/lesson_study.py``: pairs and triplets at the
+    converged budget, and the paper's Figure 1 measured)."""
     if name not in STUDIES:
         raise UsageError(f"unknown study {name!r}; the package ships {', '.join(STUDIES)}")
     resource = files("mpn_tutorial") / "results" / f"{name}_study.json"

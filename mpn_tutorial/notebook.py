@@ -106,6 +106,13 @@ class Tutorial:
         return train_cached(config, self.runs, callbacks=recorders, datasets=self.datasets if same_data else None,
                             progress=False, shared_dir=self.shared_runs)
 
+    def recorders(self) -> dict[str, Callback]:
+        """The recordings the notebooks make while an MPN trains (attention on a held-out batch, embeddings of
+        20 test classes): ``tools.run_store.tutorial_recorders`` of this tutorial's datasets."""
+        from mpn_tutorial.tools.run_store import tutorial_recorders
+
+        return tutorial_recorders(self.datasets)
+
     def study(self, name: str = "messages") -> dict:
         """A study's per-seed numbers (:func:`load_study`)."""
         return load_study(name)

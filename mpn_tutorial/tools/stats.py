@@ -218,7 +218,9 @@ def collapsed_runs(section: dict, margin: float = 0.05, key: str = "test_recall@
 # The table
 # --------------------------------------------------------------------------------------------
 
-HEADINGS = {"val_recall@1": "val R@1", "test_recall@1": "test R@1", "test_map@r": "test MAP@R",
+COUNTS = ("steps", "best_epoch")  # shown as whole numbers (their mean over seeds), not in percent
+HEADINGS = {"steps": "steps", "best_epoch": "best epoch", "val_recall@1": "val R@1", "test_recall@1": "test R@1",
+            "test_map@r": "test MAP@R",
             "test_share": "share", "test_self_weight": "self-weight", "test_score_spread": "score spread",
             "test_similarity_share": "backbone-similarity share", "recall@1": "R@1", "map@r": "MAP@R",
             "share": "share"}
@@ -231,6 +233,8 @@ def cell(runs: list[dict], key: str) -> str:
     if found is None:
         return "—"
     mean, spread, n = found
+    if key in COUNTS:
+        return f"{mean:,.0f}"
     scale, digits = (1, 3) if ("share" in key or "weight" in key or "spread" in key) else (100, 1)
     text = f"{scale * mean:.{digits}f}"
     return text if n == 1 else f"{text}{SPACE}±{SPACE}{scale * spread:.{digits}f}"

@@ -9,7 +9,8 @@ callbacks only call ``update``.
   seeds and ablations (:func:`plot_ablation`, :func:`plot_budget_curve`; the tables are
   ``tools.stats.table``), the batch as a graph and the model (:func:`plot_batch_graph`,
   :func:`plot_architecture`), the paper's table next to the glyphs' (:func:`plot_reported_results`)
-- ``attention``: :func:`attention_view`, :func:`plot_attention_view`,
+- ``attention``: :func:`plot_message` (one sample's message on a batch), :func:`attention_view`,
+  :func:`plot_attention_view`,
   :func:`plot_same_class_share`, :func:`plot_attention_comparison` (the share itself:
   :func:`same_class_attention_share`)
 - ``embeddings``: :func:`umap_across_training`, :func:`plot_embedding_frame`, :func:`export_animation`
@@ -23,6 +24,7 @@ from mpn_tutorial.viz.attention import (
     plot_attention_comparison,
     plot_attention_view,
     plot_heads,
+    plot_message,
     plot_same_class_share,
 )
 from mpn_tutorial.viz.embeddings import (
@@ -69,6 +71,7 @@ __all__ = [
     "plot_budget_curve",
     "plot_embedding_frame",
     "plot_heads",
+    "plot_message",
     "plot_histories",
     "plot_reported_results",
     "plot_same_class_share",

@@ -157,3 +157,44 @@ def _draw_head(axis, layer: np.ndarray, head: int, shares: np.ndarray, order, bo
     draw_class_boundaries(axis, boundaries, linewidth=0.5)
     axis.set_title(f"head {head + 1}: {100 * shares[head]:.0f}% same class", fontsize=10)
     return shown
+
+
+def plot_message(images, labels, weights, values, query: int, top_k: int = 8) -> Figure:
+    """One sample's message on one batch: the query and the samples it weights most (top row), its weights
+    over the whole batch, and, on the values' first two principal directions, the values and the message
+    m = sum_j a_ij v_j they average to. ``weights``: the query's row (N,); ``values``: (N, D)."""
+    labels, weights = np.asarray(labels), np.asarray(weights, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    same = labels == labels[query]
+    figure = plt.figure(figsize=(12, 7), layout="constrained")
+    rows = figure.add_gridspec(2, 1, height_ratios=[1, 2.6])
+    strip = rows[0].subgridspec(1, top_k + 2, width_ratios=[1, 0.3] + [1] * top_k)
+    draw_thumbnail(figure.add_subplot(strip[0, 0]), images[query], "the query", frame="tab:cyan")
+    figure.add_subplot(strip[0, 1]).axis("off")
+    top = np.argsort(-weights, kind="stable")[:top_k]
+    for position, index in enumerate(top):
+        draw_thumbnail(figure.add_subplot(strip[0, 2 + position]), images[int(index)],
+                       f"a = {weights[index]:.3f}" + (" (self)" if index == query else ""),
+                       frame="tab:green" if same[index] else "tab:red")
+    panels = rows[1].subgridspec(1, 2, width_ratios=[1.4, 1])
+    order, _ = class_order(labels)
+    bars = figure.add_subplot(panels[0, 0])
+    bars.bar(np.arange(len(order)), weights[order], color=np.where(same[order], "tab:green", "0.6"), width=0.9)
+    bars.axhline(1 / len(weights), color="black", linestyle="--", linewidth=1, label="1/N: every sample alike")
+    bars.set_xlabel("sample j of the batch, sorted by class (green: the query's class)")
+    bars.set_ylabel("weight a_ij")
+    bars.set_title(f"the query's weights over the batch (top row: its {top_k} largest)")
+    bars.legend()
+    centred = values - values.mean(axis=0)
+    directions = np.linalg.svd(centred, full_matrices=False)[2][:2].T  # the two principal directions
+    points, message = centred @ directions, (weights @ centred) @ directions
+    plane = figure.add_subplot(panels[0, 1])
+    for chosen, colour, name in ((~same, "0.6", "values of other classes"), (same, "tab:green", "values of its class")):
+        plane.scatter(points[chosen, 0], points[chosen, 1], s=400 * weights[chosen] + 8, c=colour, label=name)
+    plane.scatter(*points[query], marker="x", s=140, c="tab:cyan", linewidths=3, label="the query's own value")
+    plane.scatter(*message, marker="*", s=340, c="black", label="its message: the weighted mean")
+    plane.set_title("values v_j (marker size: weight) and the message")
+    plane.set_xticks([])
+    plane.set_yticks([])
+    plane.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=9)
+    return figure

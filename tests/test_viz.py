@@ -60,8 +60,17 @@ def test_the_epoch_explorer_shows_the_chosen_frame():
     frames = [(e, np.random.default_rng(e).normal(size=(12, 2))) for e in (0, 1, 2)]
     explorer = viz.EpochExplorer(frames, LABELS, notes={2: "val R@1 50%"})
     explorer.epoch_slider.value = 2
-    np.testing.assert_array_equal(explorer.current["coordinates"], frames[2][1])
+    np.testing.assert_array_equal(explorer.current["coordinates"][""], frames[2][1])
     assert "val R@1 50%" in explorer.caption.value
+
+
+def test_the_epoch_explorer_shows_two_runs_at_the_same_epoch_side_by_side():
+    runs = {name: [(e, np.random.default_rng([e, index]).normal(size=(12, 2))) for e in (0, 1)]
+            for index, name in enumerate(("messages on", "messages off"))}
+    explorer = viz.EpochExplorer(runs, LABELS)
+    explorer.epoch_slider.value = 1
+    for name, frames in runs.items():
+        np.testing.assert_array_equal(explorer.current["coordinates"][name], frames[1][1])
 
 
 def test_umap_across_training_is_deterministic_and_places_every_snapshot_on_one_map():

@@ -31,6 +31,7 @@ from mpn_tutorial.viz.embeddings import (
     export_animation,
     frame_limits,
     plot_embedding_frame,
+    plot_embedding_frames,
     umap_across_training,
 )
 from mpn_tutorial.viz.explorers import AttentionExplorer, EpochExplorer, HeadCountExplorer
@@ -43,6 +44,7 @@ from mpn_tutorial.viz.figures import (
     plot_architecture,
     plot_batch_graph,
     plot_budget_curve,
+    plot_class_similarity,
     plot_histories,
     plot_reported_results,
     show_gallery,
@@ -69,7 +71,9 @@ __all__ = [
     "plot_attention_view",
     "plot_batch_graph",
     "plot_budget_curve",
+    "plot_class_similarity",
     "plot_embedding_frame",
+    "plot_embedding_frames",
     "plot_heads",
     "plot_message",
     "plot_histories",

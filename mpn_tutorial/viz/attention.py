@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from mpn_tutorial.errors import UsageError
 from mpn_tutorial.metrics import same_class_attention_share
@@ -71,10 +72,15 @@ def plot_attention_view(view: AttentionView, images, labels, title: str = "") ->
     shown = heat.imshow(view.matrix, cmap="magma", vmin=0, vmax=max(float(view.matrix.max()), 1e-6))
     draw_class_boundaries(heat, view.boundaries, linewidth=0.7)
     row_position = int(np.flatnonzero(view.order == view.query)[0])
-    heat.axhline(row_position, color="cyan", linewidth=1.2, alpha=0.8)
+    n = len(view.matrix)  # the query's row framed inside the map (a line on row 1 would sit on the border)
+    heat.add_patch(Rectangle((-0.5, row_position - 0.5), n, 1, fill=False, edgecolor="cyan", linewidth=1.5))
+    ticks = [tick for tick in (1, *range(8, n + 1, 8)) if tick <= n]  # rows and columns count from 1, as the sliders
+    heat.set_xticks([tick - 1 for tick in ticks], ticks)
+    heat.set_yticks([tick - 1 for tick in ticks], ticks)
     heat.set_xlabel("attended sample j (sorted by class)")
-    heat.set_ylabel("query sample i (sorted by class)")
-    heat.set_title(title or f"attention weights a_ij, layer {view.layer + 1}, head {view.head + 1}", fontsize=10)
+    heat.set_ylabel("query row i (sorted by class)")
+    heat.set_title(title or f"attention weights $a_{{ij}}$, layer {view.layer + 1}, head {view.head + 1}",
+                   fontsize=10)
     colour_axis = figure.add_subplot(grid[:, 1])
     figure.colorbar(shown, cax=colour_axis)
     query_axis = figure.add_subplot(grid[0, 3])
@@ -123,7 +129,7 @@ def plot_attention_comparison(attentions: dict[str, np.ndarray], labels, title: 
             shown = _draw_head(axes[row, head], layer, head, shares, order, boundaries) or shown
             if head == 0:
                 axes[row, head].set_ylabel(name, fontsize=9)
-        figure.colorbar(shown, ax=axes[row, :].tolist(), shrink=0.9, label="weight a_ij")  # this row's scale
+        figure.colorbar(shown, ax=axes[row, :].tolist(), shrink=0.9, label="weight $a_{ij}$")  # this row's scale
     figure.suptitle(title or "attention on the same held-out batch (rows and columns sorted by class)", fontsize=10)
     return figure
 
@@ -141,7 +147,7 @@ def plot_heads(attention, labels, columns: int = 4, title: str = "") -> Figure:
     shown = None
     for head in range(rows * used):
         shown = _draw_head(axes.flat[head], layer, head, shares, order, boundaries) or shown
-    figure.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="weight a_ij (one scale for all heads)")
+    figure.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="weight $a_{ij}$ (one scale for all heads)")
     figure.suptitle(title or "each head's attention on the same held-out batch (sorted by class)", fontsize=11)
     return figure
 
@@ -182,7 +188,7 @@ def plot_message(images, labels, weights, values, query: int, top_k: int = 8) ->
     bars.bar(np.arange(len(order)), weights[order], color=np.where(same[order], "tab:green", "0.6"), width=0.9)
     bars.axhline(1 / len(weights), color="black", linestyle="--", linewidth=1, label="1/N: every sample alike")
     bars.set_xlabel("sample j of the batch, sorted by class (green: the query's class)")
-    bars.set_ylabel("weight a_ij")
+    bars.set_ylabel("weight $a_{ij}$")
     bars.set_title(f"the query's weights over the batch (top row: its {top_k} largest)")
     bars.legend()
     centred = values - values.mean(axis=0)
@@ -193,7 +199,7 @@ def plot_message(images, labels, weights, values, query: int, top_k: int = 8) ->
         plane.scatter(points[chosen, 0], points[chosen, 1], s=400 * weights[chosen] + 8, c=colour, label=name)
     plane.scatter(*points[query], marker="x", s=140, c="tab:cyan", linewidths=3, label="the query's own value")
     plane.scatter(*message, marker="*", s=340, c="black", label="its message: the weighted mean")
-    plane.set_title("values v_j (marker size: weight) and the message")
+    plane.set_title("values $v_j$ (marker size: weight) and the message")
     plane.set_xticks([])
     plane.set_yticks([])
     plane.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=9)

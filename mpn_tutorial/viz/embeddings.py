@@ -67,6 +67,20 @@ def plot_embedding_frame(coordinates, labels, epoch: int, limits=None, note: str
     return figure if figure is not None else axis.figure
 
 
+def plot_embedding_frames(coordinates: dict[str, np.ndarray], labels, epoch: int, limits=None, names=None,
+                          notes: dict[str, str] | None = None) -> Figure:
+    """One epoch of several runs on one map, side by side: ``{title: (N, 2) coordinates}`` (one title "": a
+    single frame), the legend of the classes beside the last."""
+    titles = list(coordinates)
+    width = FRAME_SIZE[0] * (0.78 * len(titles) + 0.22)
+    figure, axes = plt.subplots(1, len(titles), figsize=(width, FRAME_SIZE[1]), squeeze=False, layout="constrained")
+    for axis, title in zip(axes[0], titles):
+        note = (notes or {}).get(title, "")
+        plot_embedding_frame(coordinates[title], labels, epoch, limits, " · ".join(filter(None, (title, note))),
+                             axis=axis, names=names, legend=title == titles[-1])
+    return figure
+
+
 def export_animation(frames, labels, path: str | Path, notes: dict[int, str] | None = None, fps: float = 2.0,
                      dpi: int = 80, names=None) -> Path:
     """Write the frames as an animated GIF (one frame per epoch, fixed axes) and return its path."""

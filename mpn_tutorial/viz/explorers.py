@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from mpn_tutorial.metrics import same_class_attention_share
 from mpn_tutorial.viz.attention import AttentionView, attention_view, plot_attention_view, plot_heads
-from mpn_tutorial.viz.embeddings import frame_limits, plot_embedding_frame
+from mpn_tutorial.viz.embeddings import frame_limits, plot_embedding_frames
 from mpn_tutorial.viz.figures import class_order, figure_to_png, png_size
 
 
@@ -114,29 +114,30 @@ class AttentionExplorer(_Explorer):
 
 
 class EpochExplorer(_Explorer):
-    """An epoch slider over 2-D embedding frames (from :func:`umap_across_training`).
+    """An epoch slider over 2-D embedding frames (from :func:`umap_across_training`); ``frames`` is one run's
+    list of ``(epoch, (N, 2))``, or ``{title: frames}`` of several runs on one map, drawn side by side.
 
     ``notes`` maps an epoch to a caption line (e.g. its validation Recall@1).
     """
 
     def __init__(self, frames, labels, notes: dict[int, str] | None = None, names=None) -> None:
         widgets = _require_widgets()
-        self.frames = dict(frames)
+        runs = frames if isinstance(frames, dict) else {"": frames}
+        self.runs = {title: dict(run) for title, run in runs.items()}
         self.labels = np.asarray(labels)
         self.notes = notes or {}
         self.names = names
-        self.limits = frame_limits(frames)
-        epochs = list(self.frames)
+        self.limits = frame_limits([frame for run in runs.values() for frame in run])
+        epochs = list(next(iter(self.runs.values())))
         self.epoch_slider = widgets.SelectionSlider(options=epochs, value=epochs[0], description="epoch",
                                                     continuous_update=False)
         self._assemble([[self.epoch_slider]], "epoch-explorer")
 
     def update(self) -> dict:
         epoch = self.epoch_slider.value
-        coordinates = self.frames[epoch]
         note = self.notes.get(epoch, "")
-        self.current = {"epoch": epoch, "coordinates": coordinates}
-        figure = plot_embedding_frame(coordinates, self.labels, epoch, self.limits, note, names=self.names)
+        self.current = {"epoch": epoch, "coordinates": {title: run[epoch] for title, run in self.runs.items()}}
+        figure = plot_embedding_frames(self.current["coordinates"], self.labels, epoch, self.limits, self.names)
         self._show(figure, f"<b>epoch {epoch}</b>" + (f" · {note}" if note else ""))
         return self.current
 

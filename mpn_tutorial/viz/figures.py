@@ -248,7 +248,7 @@ def plot_architecture(config=None) -> Figure:
     box(3.45, 1.75, f"linear: embedding\ne ({dim})", test_colour, 1.7)
     arrow((3.1, middle), (3.45, middle))
     box(5.6, 3.05, "backbone classifier\n(linear)", train_colour, 1.9)
-    box(7.9, 3.05, "CE_ε(z_b / T)", train_colour, 1.4)
+    box(7.9, 3.05, r"$\mathrm{CE}_\varepsilon(z^b / T)$", train_colour, 1.4)
     arrow((5.15, middle + 0.2), (5.6, 3.4))
     arrow((7.5, 3.4), (7.9, 3.4))
     box(5.6, 1.75, "L2-normalise", test_colour, 1.3)
@@ -259,7 +259,7 @@ def plot_architecture(config=None) -> Figure:
     arrow((6.25, 1.75), (6.25, 1.15))
     box(8.2, 0.45, "BNNeck\nclassifier", train_colour, 1.1)
     arrow((7.8, 0.8), (8.2, 0.8))
-    box(9.65, 0.45, "CE_ε(z_m / T)", train_colour, 1.3)
+    box(9.65, 0.45, r"$\mathrm{CE}_\varepsilon(z^m / T)$", train_colour, 1.3)
     arrow((9.3, 0.8), (9.65, 0.8))
     axis.text(9.5, 2.2, "L = sum of\nthe two terms", fontsize=8.5, ha="center", va="center")
     axis.text(0.1, 0.1, "green: used at test time   gray: training only   orange: message passing (training only)",
@@ -343,4 +343,31 @@ def plot_budget_curve(study: dict, pairs: dict[str, str] | None = None, live: di
     right.set_title("what the messages change, by budget (seed-paired)")
     right.legend(fontsize=7)
     figure.tight_layout()
+    return figure
+
+
+def plot_class_similarity(figure1: dict[str, list[dict]], pairs: dict[str, str]) -> Figure:
+    """The paper's Figure 1 claim, measured (``bench/lesson_study.py``, ``evaluation.class_similarity``):
+    per model, the gap between same-class and other-class cosine similarity at each stage of the MPN,
+    mean ± std over seeds. ``pairs``: ``{model: its messages-off control}``, one panel each; the model's
+    own layer with its messages set to 0 is drawn too."""
+    figure, axes = plt.subplots(1, len(pairs), figsize=(5.4 * len(pairs), 4.2), squeeze=False, sharey=True,
+                                layout="constrained")
+    stages = ["backbone", "input map", "layer 1"]
+    for axis, (model, control) in zip(axes[0], pairs.items()):
+        lines = ((model, "layer 1", "tab:orange", f"{model}: its messages"),
+                 (model, "layer 1, messages off", "tab:purple", f"{model}: the same layer, messages 0"),
+                 (control, "layer 1", "tab:gray", f"{control} (trained without)"))
+        for name, last, colour, label in lines:
+            gaps = np.array([[run["class_similarity"][stage]["gap"] for stage in stages[:-1] + [last]]
+                             for run in figure1[name]])
+            axis.errorbar(np.arange(3) + 0.04 * (colour == "tab:gray"), gaps.mean(0), yerr=gaps.std(0, ddof=1),
+                          color=colour, marker="o", capsize=3, label=label)
+        axis.set_xticks(range(3), ["the MPN's input\n(backbone)", "after the\ninput map", "after the\nlayer"])
+        axis.set_title(model)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=9, loc="lower left")
+    axes[0, 0].set_ylabel("same-class minus other-class\nmean cosine similarity")
+    figure.suptitle("is a sample more like its own class after message passing? (test classes, mean ± std "
+                    "over seeds)")
     return figure

@@ -303,7 +303,7 @@ def plot_budget_curve(study: dict, pairs: dict[str, str] | None = None, live: di
     pairs = pairs or {"published": "published, messages off", "glyphs-attention": "glyphs-attention, messages off"}
     curve = study["budget_curve"]
     steps = [int(s) for s in curve]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     names = [name for name in next(iter(curve.values())) if "unused" not in name]
     for name in names:
         values = [np.array([run["val_recall@1"] for run in curve[str(s)][name]]) for s in steps
@@ -336,12 +336,13 @@ def plot_budget_curve(study: dict, pairs: dict[str, str] | None = None, live: di
         for label, at in (live or {}).items():
             axis.axvline(at, color="tab:red", linestyle=":", linewidth=1)
             axis.text(at, axis.get_ylim()[0], f" {label}", color="tab:red", fontsize=8, rotation=90, va="bottom")
+    seeds = ", ".join(str(run["seed"]) for run in next(iter(curve.values()))[names[0]])
     left.set_ylabel("validation R@1 (%), mean ± std over seeds")
     left.set_title("training to convergence" + (f" (dashed: B* = {converged} steps)" if converged else ""))
-    left.legend(fontsize=7)
+    left.legend(fontsize=9)
     right.set_ylabel("test R@1, messages on − off (points)")
-    right.set_title("what the messages change, by budget (seed-paired)")
-    right.legend(fontsize=7)
+    right.set_title(f"what the messages change, by budget (seeds {seeds}, paired)")
+    right.legend(fontsize=9)
     figure.tight_layout()
     return figure
 
@@ -370,4 +371,33 @@ def plot_class_similarity(figure1: dict[str, list[dict]], pairs: dict[str, str])
     axes[0, 0].set_ylabel("same-class minus other-class\nmean cosine similarity")
     figure.suptitle("is a sample more like its own class after message passing? (test classes, mean ± std "
                     "over seeds)")
+    return figure
+
+
+def plot_paired_differences(section: dict, band: dict[str, float], names=None,
+                            keys: Sequence[str] = ("test_recall@1", "test_map@r")) -> Figure:
+    """A family of seed-paired comparisons (``tools.stats.compare``, in ``section["comparisons"]``): per
+    variant, the mean of its per-seed differences to its control (points) with its standard error, next to
+    the noise band's threshold for that many seeds (shaded, ±2 · band / √n). Filled markers count
+    (significant after Holm and beyond the band). ``names``: the variants in the order drawn."""
+    comparisons = section["comparisons"]
+    names = [name for name in (names or comparisons) if name in comparisons]
+    figure, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 0.55 * len(names) + 1.8), squeeze=False,
+                                sharey=True, layout="constrained")
+    for axis, key in zip(axes[0], keys):
+        for row, name in enumerate(names):
+            found = comparisons[name][key]
+            threshold = 200 * band[key] / np.sqrt(found["n"])
+            axis.fill_between([-threshold, threshold], row - 0.4, row + 0.4, color="gray", alpha=0.25, linewidth=0)
+            counts = found["p_holm"] < 0.05 and bool(found["beyond_noise"])
+            axis.errorbar(100 * found["mean"], row, xerr=100 * found["std"] / np.sqrt(found["n"]), marker="o",
+                          color="tab:blue", markerfacecolor="tab:blue" if counts else "white", capsize=3)
+        axis.axvline(0, color="black", linewidth=0.8)
+        axis.set_yticks(range(len(names)), [f"{name}\nagainst {comparisons[name][key]['control']}"
+                                            for name in names], fontsize=9)
+        axis.set_xlabel(f"Δ {key.removeprefix('test_').replace('recall@1', 'R@1').replace('map@r', 'MAP@R')} "
+                        "(points), mean ± standard error over seeds")
+        axis.grid(axis="x", alpha=0.3)
+    axes[0, 0].invert_yaxis()  # the first variant on top (the axes share it: invert once)
+    axes[0, 0].set_title("gray: the noise band's threshold; filled: the difference counts", fontsize=10, loc="left")
     return figure

@@ -269,29 +269,20 @@ def plot_architecture(config=None) -> Figure:
     return figure
 
 
-def plot_reported_results(rows: dict[str, tuple[float | None, float | None]], title: str = "") -> Figure:
-    """Bars of Recall@1 (%): ``{dataset: (published R@1 or None, measured here or None)}``."""
-    names = list(rows)
-    figure, axis = plt.subplots(figsize=(7.5, 3.4))
-    positions = np.arange(len(names))
-    labelled = set()
-    for position, name in zip(positions, names):
-        for offset, value, colour, label in ((-0.2, rows[name][0], "tab:gray", "paper (ResNet-50, GPUs)"),
-                                             (0.2, rows[name][1], "tab:blue", "this package")):
-            if value is None:
-                axis.text(position + offset, 3, "not\nmeasured\nhere" if offset > 0 else "—", ha="center",
-                          va="bottom", fontsize=7.5)
-                continue
-            axis.bar(position + offset, value, width=0.4, color=colour, label=None if label in labelled else label)
-            labelled.add(label)
-            axis.text(position + offset, value + 1, f"{value:.1f}", ha="center", fontsize=8)
-    axis.set_xticks(positions, names)
-    axis.set_ylim(0, 118)
-    axis.set_ylabel("Recall@1 (%)")
-    axis.set_title(title or "Recall@1: the paper's numbers and what this package measured")
-    axis.legend(fontsize=8, loc="upper left", ncol=2)
-    axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
+def plot_reported_results(values: dict[str, float], title: str, metric: str = "Recall@1 (%)") -> Figure:
+    """Horizontal bars of one metric for runs of one setting (``{label: value}``), e.g. a benchmark's paper
+    number beside the reproductions of it: like with like, never numbers of different problems."""
+    figure, axis = plt.subplots(figsize=(7.5, 0.55 * len(values) + 1.3), layout="constrained")
+    positions = np.arange(len(values))
+    axis.barh(positions, list(values.values()), color="tab:gray")
+    for position, value in zip(positions, values.values()):
+        axis.text(value + 0.3, position, f"{value:.1f}", va="center", fontsize=10)
+    axis.set_yticks(positions, list(values))
+    axis.invert_yaxis()
+    axis.set_xlim(0, 100)
+    axis.set_xlabel(metric)
+    axis.set_title(title, fontsize=11)
+    axis.grid(axis="x", alpha=0.3)
     return figure
 
 

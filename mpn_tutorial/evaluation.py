@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mpn_tutorial import metrics
+from mpn_tutorial.backbones import fold_batchnorm
 from mpn_tutorial.controls import (
     NoMessages,
     pass_messages,
@@ -70,9 +71,12 @@ def embed_dataset(
     order = list(range(len(dataset)))
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     embeddings, labels = [], []
-    with evaluation_mode(model):
+    with evaluation_mode(model), torch.inference_mode():
+        # the same function as model.retrieval_embeddings in eval mode, without BatchNorm's passes
+        backbone = fold_batchnorm(model.backbone)
         for images, batch_labels in iterate_batches(dataset, chunks, num_workers, device.type == "cuda"):
-            embeddings.append(model.retrieval_embeddings(images.to(device)).float().cpu())
+            features = model.embedding(backbone(images.to(device)))
+            embeddings.append(torch.nn.functional.normalize(features, dim=1).float().cpu())
             labels.append(batch_labels)
     return torch.cat(embeddings), torch.cat(labels)
 

@@ -72,44 +72,51 @@ def _prepare(embeddings, labels, name: str, normalize: bool) -> tuple[torch.Tens
     return embeddings.contiguous(), labels
 
 
+def _class_ranges(labels: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each of ``classes`` starts and ends in sorted ``labels``: (starts, ends), each (len(classes),)."""
+    return torch.searchsorted(labels, classes), torch.searchsorted(labels, classes, right=True)
+
+
 def _positive_similarities(
     queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor, gallery_labels: torch.Tensor,
     leave_one_out: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query: its positives' similarities sorted high to low, padded with -inf -> (M, R_max); and R (M,)."""
-    num_positives = torch.zeros(len(queries), dtype=torch.int64)
-    per_class = []
-    for label in torch.unique(query_labels):
-        rows = torch.nonzero(query_labels == label).flatten()
-        columns = torch.nonzero(gallery_labels == label).flatten()
-        similarity = queries[rows] @ gallery[columns].T
+    """Per query: its positives' similarities sorted high to low, padded with -inf -> (M, R_max); and R (M,).
+
+    Inputs must be sorted by label: a class is then one run of rows and one run of columns."""
+    classes = torch.unique_consecutive(query_labels)
+    row_starts, row_ends = _class_ranges(query_labels, classes)
+    column_starts, column_ends = _class_ranges(gallery_labels, classes)
+    counts = column_ends - column_starts - (1 if leave_one_out else 0)
+    num_positives = torch.repeat_interleave(counts, row_ends - row_starts)
+    r_max = int(num_positives.max()) if len(num_positives) else 0
+    positives = torch.full((len(queries), max(r_max, 1)), float("-inf"))
+    for row_start, row_end, column_start, column_end, count in zip(
+            row_starts.tolist(), row_ends.tolist(), column_starts.tolist(), column_ends.tolist(), counts.tolist()):
+        similarity = queries[row_start:row_end] @ gallery[column_start:column_end].T
         if leave_one_out:
             # rows and columns are the same samples in the same order: drop the diagonal (self)
             similarity.fill_diagonal_(float("-inf"))
-        count = len(columns) - (1 if leave_one_out else 0)
-        num_positives[rows] = count
-        per_class.append((rows, similarity.sort(dim=1, descending=True).values[:, : max(count, 0)]))
-    r_max = int(num_positives.max()) if len(num_positives) else 0
-    positives = torch.full((len(queries), max(r_max, 1)), float("-inf"))
-    for rows, values in per_class:
-        positives[rows, : values.shape[1]] = values
+        if count > 0:
+            positives[row_start:row_end, :count] = similarity.sort(dim=1, descending=True).values[:, :count]
     return positives, num_positives
 
 
 def _negative_statistics(
     queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor, gallery_labels: torch.Tensor,
-    best_positive: torch.Tensor, top_k: int, leave_one_out: bool, block_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    best_positive: torch.Tensor, top_k: int, leave_one_out: bool, block_size: int, count: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """One pass over similarity blocks. Per query: the number of negatives with similarity >= its best
-    positive (M,), and its ``top_k`` most similar negatives, high to low, -inf padded (M, top_k).
+    positive (M,) (None with ``count=False``), and its ``top_k`` most similar negatives, high to low,
+    -inf padded (M, top_k).
 
     Inputs must be sorted by label (then a block whose label ranges do not overlap has no positives).
     """
     m, n = len(queries), len(gallery)
-    count_above = torch.zeros(m, dtype=torch.float64)
+    count_above = torch.zeros(m, dtype=torch.float64) if count else None
     top_negatives = torch.full((m, top_k), float("-inf"))
     block = torch.empty(min(block_size, m), min(block_size, n))
-    above = torch.empty_like(block)
+    above = torch.empty_like(block) if count else None
 
     def keep_top(rows: slice, candidates: torch.Tensor) -> None:
         k = min(top_k, candidates.shape[1])
@@ -129,15 +136,17 @@ def _negative_statistics(
                 similarity.masked_fill_(row_labels[:, None] == column_labels[None, :], float("-inf"))
             # (rows, columns) now holds negatives only; comparisons summed as floats are the
             # fastest exact way to count on CPU (a block row holds far fewer than 2**24 entries).
-            hits = torch.ge(similarity, best_positive[rows, None], out=above[: size[0], : size[1]])
-            count_above[rows] += hits.sum(dim=1)
+            if count:
+                hits = torch.ge(similarity, best_positive[rows, None], out=above[: size[0], : size[1]])
+                count_above[rows] += hits.sum(dim=1)
             keep_top(rows, similarity)
             if leave_one_out and column_start != row_start:
                 # the same block, transposed, answers the column samples as queries
-                hits = torch.ge(similarity, best_positive[None, columns], out=above[: size[0], : size[1]])
-                count_above[columns] += hits.sum(dim=0)
+                if count:
+                    hits = torch.ge(similarity, best_positive[None, columns], out=above[: size[0], : size[1]])
+                    count_above[columns] += hits.sum(dim=0)
                 keep_top(columns, similarity.T)
-    return count_above.round().to(torch.int64), top_negatives
+    return (count_above.round().to(torch.int64) if count else None), top_negatives
 
 
 def retrieval_metrics(
@@ -191,9 +200,16 @@ def retrieval_metrics(
     )
     answerable = num_positives > 0
     r_max = positives.shape[1]
+    # With K <= R_max for every K, a query's R_max most similar negatives also decide its Recall@K:
+    # the negatives at least as similar as its best positive are the first ones among them (all of
+    # them when fewer than R_max; at least R_max >= K otherwise). Else they are counted in the pass.
+    count_in_pass = max(ks) > r_max
     count_above, top_negatives = _negative_statistics(
-        queries, query_labels, gallery, gallery_labels, positives[:, 0], r_max, leave_one_out, block_size
+        queries, query_labels, gallery, gallery_labels, positives[:, 0], r_max, leave_one_out, block_size,
+        count=count_in_pass,
     )
+    if not count_in_pass:
+        count_above = (top_negatives >= positives[:, :1]).sum(dim=1)
     count_above, top_negatives = count_above[answerable], top_negatives[answerable]
     positives, num_positives = positives[answerable], num_positives[answerable]
     num_queries = int(answerable.sum())
@@ -244,19 +260,112 @@ def nmi(embeddings, labels, n_clusters: int | None = None, seed: int = 0, normal
     """Normalised mutual information between k-means clusters and the labels.
 
     ``n_clusters`` defaults to the number of classes *in the evaluated set* (the official release
-    used the training-class count instead, a known flaw). k-means (scikit-learn, k-means++ seeded
-    with ``seed``) runs on the L2-normalised embeddings. It is the slowest metric: minutes at SOP
-    scale (11,316 clusters).
+    used the training-class count instead, a known flaw). :func:`kmeans` (k-means++ seeded with
+    ``seed``, then Lloyd's iterations) runs on the L2-normalised embeddings; the score is
+    :func:`normalized_mutual_information`. It is the slowest metric at SOP scale (11,316 clusters).
     """
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import normalized_mutual_info_score
-
     points, labels = _prepare(embeddings, labels, "embeddings", normalize)
     n_clusters = int(len(torch.unique(labels))) if n_clusters is None else int(n_clusters)
     if not 1 <= n_clusters <= len(points):
         raise UsageError(f"n_clusters must be between 1 and the number of points ({len(points)}), got {n_clusters}")
-    assignment = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(points.double().numpy())
-    return float(normalized_mutual_info_score(labels.numpy(), assignment))
+    return normalized_mutual_information(labels, kmeans(points, n_clusters, seed=seed))
+
+
+def normalized_mutual_information(labels, clusters) -> float:
+    """NMI of two labelings of the same N samples: I(U; V) / ((H(U) + H(V)) / 2), natural logarithms
+    (scikit-learn's ``normalized_mutual_info_score`` with its default arithmetic mean). 1 when both
+    put every sample in one group; 0 when they share no information."""
+    classes, class_index = np.unique(np.asarray(labels), return_inverse=True)
+    groups, group_index = np.unique(np.asarray(clusters), return_inverse=True)
+    if len(class_index) != len(group_index):
+        raise UsageError(f"the two labelings must have the same length, got {len(class_index)} and {len(group_index)}")
+    if len(classes) == len(groups) <= 1:
+        return 1.0
+    joint = np.bincount(class_index * len(groups) + group_index, minlength=len(classes) * len(groups))
+    joint = joint.reshape(len(classes), len(groups)).astype(np.float64)
+    total, rows, columns = joint.sum(), joint.sum(axis=1), joint.sum(axis=0)
+    i, j = np.nonzero(joint)
+    mutual = max(0.0, float((joint[i, j] / total * np.log(joint[i, j] * total / (rows[i] * columns[j]))).sum()))
+    if mutual == 0.0:
+        return 0.0
+
+    def entropy(counts: np.ndarray) -> float:
+        share = counts[counts > 0] / total
+        return float(-(share * np.log(share)).sum())
+
+    return mutual / ((entropy(rows) + entropy(columns)) / 2)
+
+
+def _squared_distances(points: torch.Tensor, squared_norms: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """||x_i - c_k||^2 = ||x_i||^2 - 2 x_i . c_k + ||c_k||^2 (one matrix product): (N, D), (N,), (K, D) -> (N, K)."""
+    distances = torch.addmm(squared_norms[:, None], points, centers.T, alpha=-2)
+    return distances.add_((centers * centers).sum(dim=1)).clamp_min_(0)
+
+
+def kmeans(points, n_clusters: int, seed: int = 0, max_iter: int = 300, tol: float = 1e-4) -> torch.Tensor:
+    """k-means clustering of (N, D) points -> (N,) int64 cluster of each point, 0 .. n_clusters - 1.
+
+    The algorithm of scikit-learn's ``KMeans(n_clusters, n_init=1, random_state=seed)``, its random
+    draws included (a numpy ``RandomState(seed)``): greedy k-means++ seeding (each new centre is the
+    best of 2 + ln k candidates drawn with probability proportional to the squared distance to the
+    nearest centre so far), then Lloyd's iterations (assign each point to its nearest centre, move
+    each centre to its points' mean; an emptied cluster takes the point farthest from its centre)
+    until no assignment changes or the centres move less than ``tol`` times the data's mean variance
+    (squared shift, summed), at most ``max_iter`` times. Distances are computed in float32 with matrix
+    products on the mean-centred data, so on near-ties an assignment may differ from scikit-learn's
+    float64 one.
+    """
+    data = _as_tensor(points, torch.float64)
+    if data.dim() != 2 or not 1 <= n_clusters <= len(data):
+        raise UsageError(f"kmeans needs (N, D) points and 1 <= n_clusters <= N, got {tuple(data.shape)} and "
+                         f"{n_clusters} clusters")
+    data = data - data.mean(dim=0)  # as scikit-learn: centred data, smaller rounding errors
+    threshold = float(data.var(dim=0, unbiased=False).mean()) * tol
+    x = data.float().contiguous()
+    squared_norms = (x * x).sum(dim=1)
+    count = len(x)
+    random = np.random.RandomState(seed)
+    # k-means++ seeding
+    trials = 2 + int(np.log(n_clusters))
+    chosen = [int(random.choice(count, p=np.full(count, 1.0 / count)))]
+    closest = _squared_distances(x, squared_norms, x[chosen]).squeeze(1).double()  # (N,)
+    potential = float(closest.sum())
+    for _ in range(1, n_clusters):
+        targets = torch.from_numpy(random.uniform(size=trials) * potential)
+        candidates = torch.searchsorted(torch.cumsum(closest, dim=0), targets).clamp_(max=count - 1)
+        distances = torch.minimum(closest[:, None], _squared_distances(x, squared_norms, x[candidates]).double())
+        potentials = distances.sum(dim=0)  # (trials,)
+        best = int(torch.argmin(potentials))
+        chosen.append(int(candidates[best]))
+        closest, potential = distances[:, best].contiguous(), float(potentials[best])
+    centers = x[chosen]
+    # Lloyd's iterations
+    previous = None
+    converged_strictly = False
+    for _ in range(max_iter):
+        distances = _squared_distances(x, squared_norms, centers)
+        assignment = distances.argmin(dim=1)
+        sums = torch.zeros_like(centers, dtype=torch.float64).index_add_(0, assignment, data)
+        sizes = torch.bincount(assignment, minlength=n_clusters).double()
+        empty = torch.nonzero(sizes == 0).flatten()
+        if len(empty):  # scikit-learn's relocation: the points farthest from their centres start the empty clusters
+            own = distances.gather(1, assignment[:, None]).squeeze(1)
+            for cluster, point in zip(empty.tolist(), own.topk(len(empty)).indices.tolist()):
+                sums[assignment[point]] -= data[point]
+                sizes[assignment[point]] -= 1
+                sums[cluster], sizes[cluster] = data[point], 1
+        moved = (sums / sizes[:, None].clamp_min(1)).float()
+        shift = float(((moved - centers).double() ** 2).sum())
+        centers = moved
+        if previous is not None and torch.equal(assignment, previous):
+            converged_strictly = True
+            break
+        if shift <= threshold:
+            break
+        previous = assignment
+    if not converged_strictly:  # the assignment to the final centres
+        assignment = _squared_distances(x, squared_norms, centers).argmin(dim=1)
+    return assignment
 
 
 def nearest_neighbours(embeddings, k: int, queries: Sequence[int] | None = None,

@@ -18,22 +18,24 @@ def _code(path: Path) -> list[str]:
     return [cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
 
 
-def test_there_is_one_exercise_per_notebook():
+def test_every_notebook_has_an_exercise_and_every_exercise_a_notebook():
     exercises = {exercise.notebook for exercise in EXERCISES.values()}
     assert exercises == {path.name[:2] for path in NOTEBOOKS}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
-def test_the_exercise_cell_holds_a_placeholder_and_its_check_says_not_tried(path):
+def test_each_exercise_cell_holds_a_placeholder_and_its_check_says_not_tried(path):
     notebook = nbformat.read(path, as_version=4)
     cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    checks = [i for i, cell in enumerate(cells) if re.search(r'^check\("', cell.source, re.MULTILINE)]
-    assert len(checks) == 1, "one exercise check per notebook"
-    exercise_cell = cells[checks[0] - 1].source
-    assert "None  # your code" in exercise_cell, exercise_cell
-    shown = "".join(output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
-                    for output in cells[checks[0]].outputs)
-    assert "not tried" in shown, f"the committed check output should say 'not tried', got: {shown!r}"
+    checks = {re.search(r'^check\("(\w+)"', cell.source, re.MULTILINE).group(1): i for i, cell in enumerate(cells)
+              if re.search(r'^check\("', cell.source, re.MULTILINE)}
+    assert list(checks) == [name for name, exercise in EXERCISES.items() if exercise.notebook == path.name[:2]]
+    for name, position in checks.items():
+        exercise_cell = cells[position - 1].source
+        assert f"def {name}(" in exercise_cell and "None  # your code" in exercise_cell, exercise_cell
+        shown = "".join(output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
+                        for output in cells[position].outputs)
+        assert "not tried" in shown, f"{name}: the committed check output should say 'not tried', got: {shown!r}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)

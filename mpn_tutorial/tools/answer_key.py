@@ -101,24 +101,26 @@ def explanation(name: str) -> str:
             f"**Common mistakes and the check's feedback** (on inputs like this notebook's):\n\n{mistakes}")
 
 
-def fill_in(notebook) -> str:
-    """Put the reference solution into a notebook's exercise cell (the code cell before its check), mark it
-    as nbgrader's solution cell, and add the explanation after the check; returns the exercise's name."""
+def fill_in(notebook) -> list[str]:
+    """Put the reference solution into each of a notebook's exercise cells (the code cell before a check),
+    mark it as nbgrader's solution cell, and add the explanation after the check; returns the exercises'
+    names in the notebook's order."""
     import nbformat
 
-    code = [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
-    for position, (index, cell) in enumerate(code):
+    names = []
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    for position, cell in enumerate(code):
         found = CHECK_CALL.search(cell.source)
         if not found:
             continue
         name = found.group(1)
-        exercise = code[position - 1][1]
+        exercise = code[position - 1]
         if PLACEHOLDER not in exercise.source or f"def {name}(" not in exercise.source:
             raise UsageError(f"the exercise cell before check({name!r}) should define {name}() with the placeholder "
                              f"`{PLACEHOLDER}`")
         # what the notebook imports before the solution runs: earlier cells and the exercise cell itself
         imported = {}
-        for _, earlier in code[:position]:
+        for earlier in code[:position]:
             imported.update(imported_names(earlier.source))
         imports, body = solution_body(name, imported)
         indent = re.search(rf"^( *){re.escape(PLACEHOLDER)}", exercise.source, re.MULTILINE).group(1)
@@ -128,16 +130,18 @@ def fill_in(notebook) -> str:
             exercise.source = imports + "  # what the solution uses\n" + exercise.source
         exercise.metadata["nbgrader"] = {"solution": True, "grade": False, "locked": False,
                                          "grade_id": f"{name}-solution", "schema_version": 3}
-        notebook.cells.insert(index + 1, nbformat.v4.new_markdown_cell(explanation(name)))
-        return name
-    raise UsageError("this notebook has no exercise check (a cell calling check(\"...\"))")
+        notebook.cells.insert(notebook.cells.index(cell) + 1, nbformat.v4.new_markdown_cell(explanation(name)))
+        names.append(name)
+    if not names:
+        raise UsageError("this notebook has no exercise check (a cell calling check(\"...\"))")
+    return names
 
 
 def write_answer_key(notebooks: str | os.PathLike, output: str | os.PathLike, data: str | os.PathLike | None = None,
                      timeout: int = 1800, only: tuple[str, ...] = ()) -> dict[str, str]:
     """Write the key of every ``NN_*.ipynb`` of ``notebooks`` (or those whose name starts with one of
     ``only``), executed, into ``output``. ``data``: the data folder the copies use (default: the one a
-    notebook in ``notebooks`` finds). Returns ``{notebook file: the check's feedback}``."""
+    notebook in ``notebooks`` finds). Returns ``{notebook file: {exercise: its check's feedback}}``."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -156,13 +160,14 @@ def write_answer_key(notebooks: str | os.PathLike, output: str | os.PathLike, da
     try:
         for path in paths:
             notebook = nbformat.reads(committed_source(path), as_version=4)
-            exercise = fill_in(notebook)
+            exercises = fill_in(notebook)
             with tempfile.TemporaryDirectory(prefix="mpn-key-") as sockets:
                 NotebookClient(notebook, kernel_name="python3", timeout=timeout, config=kernel_transport(sockets),
                                resources={"metadata": {"path": str(output)}}).execute()
             nbformat.write(notebook, output / path.name)
-            feedback[path.name] = _check_output(notebook, exercise)
-            print(f"{path.name}: {feedback[path.name]}", flush=True)
+            feedback[path.name] = {exercise: _check_output(notebook, exercise) for exercise in exercises}
+            for exercise, said in feedback[path.name].items():
+                print(f"{path.name}, {exercise}: {said}", flush=True)
     finally:
         if previous is None:
             os.environ.pop(DATA_VARIABLE, None)

@@ -360,6 +360,7 @@ def answer_key(args: argparse.Namespace) -> int:
     from mpn_tutorial.tools.answer_key import write_answer_key
 
     feedback = write_answer_key(args.notebooks, args.output)
-    wrong = [name for name, text in feedback.items() if "correct" not in text]
-    print(f"answer key written to {args.output}: {len(feedback) - len(wrong)} of {len(feedback)} checks say correct")
+    said = [text for exercises in feedback.values() for text in exercises.values()]
+    wrong = [text for text in said if "correct" not in text]
+    print(f"answer key written to {args.output}: {len(said) - len(wrong)} of {len(said)} checks say correct")
     return 0 if not wrong else 1

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mpn_tutorial.miners import pair_masks, pairwise_distances
 from mpn_tutorial.metrics import recall_at_k
+from mpn_tutorial.miners import pair_masks, pairwise_distances
 from mpn_tutorial.models import merge_heads, split_heads
 
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mpn_tutorial import viz
 
@@ -97,14 +96,6 @@ def test_every_epoch_lands_on_the_last_epochs_map_so_a_rotated_embedding_moves()
     frames = dict(viz.umap_across_training([(0, last @ rotation), (1, last)], seed=0))
     size = np.ptp(frames[1], axis=0).mean()
     assert np.linalg.norm(frames[0] - frames[1], axis=1).mean() > 0.1 * size
-
-
-def test_exported_animation_has_one_frame_per_epoch(tmp_path):
-    frames = [(e, np.random.default_rng(e).normal(size=(12, 2))) for e in range(3)]
-    path = viz.export_animation(frames, LABELS, tmp_path / "epochs.gif")
-    with Image.open(path) as gif:
-        assert gif.n_frames == 3
-    assert not list(tmp_path.glob("*.partial*"))
 
 
 def test_figures_are_built_from_datasets_and_embeddings(data_root):

@@ -6,14 +6,14 @@ callbacks only call ``update``.
 
 - ``figures``: data and retrieval (:func:`show_gallery`, :func:`show_retrievals`), pairs and
   triplets (:func:`show_pairs`, :func:`show_triplets`), training curves (:func:`plot_histories`),
-  seeds and ablations (:func:`plot_ablation`, :func:`plot_budget_curve`; the tables are
-  ``tools.stats.table``), the batch as a graph and the model (:func:`plot_batch_graph`,
-  :func:`plot_architecture`), the paper's table next to the glyphs' (:func:`plot_reported_results`)
+  seeds and budgets (:func:`plot_budget_curve`, :func:`plot_paired_differences`,
+  :func:`plot_class_similarity`; the tables are ``tools.stats.table``), the batch as a graph and the
+  model (:func:`plot_batch_graph`, :func:`plot_architecture`), a benchmark's results side by side
+  (:func:`plot_reported_results`)
 - ``attention``: :func:`plot_message` (one sample's message on a batch), :func:`attention_view`,
   :func:`plot_attention_view`,
-  :func:`plot_same_class_share`, :func:`plot_attention_comparison` (the share itself:
-  :func:`same_class_attention_share`)
-- ``embeddings``: :func:`umap_across_training`, :func:`plot_embedding_frame`, :func:`export_animation`
+  :func:`plot_same_class_share` (the share itself: :func:`same_class_attention_share`)
+- ``embeddings``: :func:`umap_across_training`, :func:`plot_embedding_frame`, :func:`plot_embedding_frames`
 - ``explorers``: :class:`AttentionExplorer`, :class:`EpochExplorer`, :class:`HeadCountExplorer`
 """
 
@@ -21,14 +21,12 @@ from mpn_tutorial.metrics import same_class_attention_share
 from mpn_tutorial.viz.attention import (
     AttentionView,
     attention_view,
-    plot_attention_comparison,
     plot_attention_view,
     plot_heads,
     plot_message,
     plot_same_class_share,
 )
 from mpn_tutorial.viz.embeddings import (
-    export_animation,
     frame_limits,
     plot_embedding_frame,
     plot_embedding_frames,
@@ -40,7 +38,6 @@ from mpn_tutorial.viz.figures import (
     class_order,
     draw_class_boundaries,
     figure_to_png,
-    plot_ablation,
     plot_architecture,
     plot_batch_graph,
     plot_budget_curve,
@@ -63,12 +60,9 @@ __all__ = [
     "attention_view",
     "class_order",
     "draw_class_boundaries",
-    "export_animation",
     "figure_to_png",
     "frame_limits",
-    "plot_ablation",
     "plot_architecture",
-    "plot_attention_comparison",
     "plot_attention_view",
     "plot_batch_graph",
     "plot_budget_curve",

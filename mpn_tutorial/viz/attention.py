@@ -115,25 +115,6 @@ def plot_same_class_share(snapshots, labels, chance: float | None = None) -> Fig
     return figure
 
 
-def plot_attention_comparison(attentions: dict[str, np.ndarray], labels, title: str = "") -> Figure:
-    """One row per model, one heat map per head (layer 1), sorted by class, each row on its own colour
-    scale: ``{name: attention (L, H, N, N)}`` of models on the same batch."""
-    order, boundaries = class_order(labels)
-    num_heads = max(np.asarray(a).shape[1] for a in attentions.values())
-    figure, axes = plt.subplots(len(attentions), num_heads, figsize=(2.7 * num_heads + 1.6, 2.8 * len(attentions)),
-                                squeeze=False, layout="constrained")
-    for row, (name, attention) in enumerate(attentions.items()):
-        layer = np.asarray(attention)[0]
-        shares, shown = same_class_attention_share(layer, labels), None
-        for head in range(num_heads):
-            shown = _draw_head(axes[row, head], layer, head, shares, order, boundaries) or shown
-            if head == 0:
-                axes[row, head].set_ylabel(name, fontsize=9)
-        figure.colorbar(shown, ax=axes[row, :].tolist(), shrink=0.9, label="weight $a_{ij}$")  # this row's scale
-    figure.suptitle(title or "attention on the same held-out batch (rows and columns sorted by class)", fontsize=10)
-    return figure
-
-
 def plot_heads(attention, labels, columns: int = 4, title: str = "") -> Figure:
     """Every head of one model's first layer on a grid of ``columns`` (one colour scale): attention
     (L, H, N, N) on one batch, rows and columns sorted by class."""

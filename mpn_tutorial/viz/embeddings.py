@@ -1,8 +1,6 @@
-"""Embeddings across training: one UMAP map for every epoch, drawn frame by frame or as a GIF."""
+"""Embeddings across training: one UMAP map for every epoch, drawn frame by frame."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -81,26 +79,3 @@ def plot_embedding_frames(coordinates: dict[str, np.ndarray], labels, epoch: int
     return figure
 
 
-def export_animation(frames, labels, path: str | Path, notes: dict[int, str] | None = None, fps: float = 2.0,
-                     dpi: int = 80, names=None) -> Path:
-    """Write the frames as an animated GIF (one frame per epoch, fixed axes) and return its path."""
-    from matplotlib.animation import FuncAnimation, PillowWriter
-
-    path = Path(path)
-    notes = notes or {}
-    limits = frame_limits(frames)
-    figure, axis = plt.subplots(figsize=FRAME_SIZE)
-    figure.subplots_adjust(right=0.72)  # room for the legend in every frame
-
-    def draw(index: int):
-        axis.clear()
-        epoch, coordinates = frames[index]
-        plot_embedding_frame(coordinates, labels, epoch, limits, notes.get(epoch, ""), axis=axis, names=names)
-        return []
-
-    animation = FuncAnimation(figure, draw, frames=len(frames), blit=False)
-    temporary = path.with_name(path.name + ".partial.gif")
-    animation.save(temporary, writer=PillowWriter(fps=fps), dpi=dpi)
-    temporary.replace(path)
-    plt.close(figure)
-    return path

@@ -175,26 +175,6 @@ def plot_histories(histories: dict[str, list[dict]], metric: str = "val_recall@1
     return figure
 
 
-def plot_ablation(summary: dict[str, tuple[float, float]], metric: str = "Recall@1", title: str = "") -> Figure:
-    """Horizontal bars of mean ± standard deviation over seeds, one per variant."""
-    names = list(summary)
-    means = np.array([summary[n][0] for n in names]) * 100
-    stds = np.array([summary[n][1] for n in names]) * 100
-    figure, axis = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.2))
-    axis.barh(range(len(names)), means, xerr=stds, color="tab:blue", alpha=0.8, capsize=4)
-    axis.set_yticks(range(len(names)), names)
-    axis.invert_yaxis()
-    axis.set_xlabel(f"test {metric} (%), mean ± std over seeds")
-    # bars start at zero: an axis cut off above zero makes small differences look large
-    axis.set_xlim(0, min(100.0, float((means + stds).max()) + 12))
-    for index, (mean, std) in enumerate(zip(means, stds)):
-        axis.text(mean + std + 0.3, index, f"{mean:.1f} ± {std:.1f}", va="center", fontsize=8)
-    axis.set_title(title or "ablations")
-    axis.grid(axis="x", alpha=0.3)
-    figure.tight_layout()
-    return figure
-
-
 def plot_batch_graph(labels, title: str = "a P×K batch as a fully connected graph") -> Figure:
     """Samples of a batch on a circle, coloured by class, every pair joined (self-loops drawn as rings)."""
     labels = np.asarray(labels)

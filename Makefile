@@ -81,7 +81,7 @@ browser: setup browser-deps
 
 # Re-execute every notebook in place (refreshes the outputs nbval compares against).
 tutorial: setup
-	cd notebooks && for nb in [0-9][0-9]_*.ipynb; do \
+	cd notebooks && for nb in [0-9][0-9]_*.ipynb appendix_*.ipynb; do \
 		echo "== $$nb"; \
 		../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; \
@@ -91,7 +91,7 @@ tutorial: setup
 answer-key: setup
 	$(BIN)/python -m mpn_tutorial answer-key --notebooks notebooks --output answer_key
 
-# A static HTML site to hand out: the README, the seven notebooks as committed (not executed again) and the
+# A static HTML site to hand out: the README, the notebooks as committed (not executed again) and the
 # API reference from the docstrings, in build/site/ (open build/site/docs/index.html; no network needed).
 site: setup
 	$(BIN)/python -m sphinx -b html -q -W --keep-going -c docs . build/site

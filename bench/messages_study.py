@@ -723,6 +723,14 @@ def readme_block(study: dict) -> str:
         f"* **The head.** Cross-entropy alone against the MPN head's second classifier (BNNeck), seed-paired: "
         f"{gap(first, 'cross-entropy alone', '+ BNNeck classifier on the normalised embedding')} at {first} steps, "
         f"{gap(str(b_star), 'cross-entropy alone', '+ BNNeck classifier on the normalised embedding')} at B\\*."]
+    decomposition = study.get("decomposition")
+    if decomposition and {"published", "cross-entropy alone"} <= set(decomposition["runs"]):
+        from mpn_tutorial.tools.stats import compare
+
+        whole = compare(decomposition["runs"], {"published": "cross-entropy alone"}, band)["published"]
+        findings.append(f"* **The whole head at once.** Published against cross-entropy alone, at B\\*: R@1 "
+                        f"{describe(whole)}, MAP@R {describe(whole, 'test_map@r')} "
+                        "(every rung of the decomposition together).")
     for name in ("published", "glyphs-attention"):
         if name in comparisons:
             findings.append(f"* **The messages, {name}.** On − off: {gap(first, name, name + ', messages off')} at "

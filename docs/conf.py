@@ -1,4 +1,4 @@
-"""Sphinx configuration of the static site (``make site``): the README, the seven notebooks as committed
+"""Sphinx configuration of the static site (``make site``): the README, the notebooks as committed
 (their outputs are read, never executed again) and the API reference from the docstrings.
 
 The source folder is the repository's root (``sphinx-build -c docs . build/site``), so the pages are
@@ -16,7 +16,7 @@ project = "mpn_tutorial"
 author = "the mpn_tutorial developers"
 copyright = "MIT licence"
 root_doc = "docs/index"
-include_patterns = ["docs/*.md", "README.md", "notebooks/[0-9][0-9]_*.ipynb"]
+include_patterns = ["docs/*.md", "README.md", "notebooks/[0-9][0-9]_*.ipynb", "notebooks/appendix_*.ipynb"]
 exclude_patterns = ["build", ".venv", "answer_key", "data"]
 extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx-mathjax-offline"]
 

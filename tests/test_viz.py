@@ -63,6 +63,15 @@ def test_the_epoch_explorer_shows_the_chosen_frame():
     assert "val R@1 50%" in explorer.caption.value
 
 
+def test_the_epoch_explorer_starts_on_the_epoch_asked_for_and_refuses_one_it_lacks():
+    frames = [(e, np.random.default_rng(e).normal(size=(12, 2))) for e in (0, 1, 2)]
+    explorer = viz.EpochExplorer(frames, LABELS, start=2)
+    assert explorer.epoch_slider.value == 2
+    np.testing.assert_array_equal(explorer.current["coordinates"][""], frames[2][1])
+    with pytest.raises(ValueError, match="start=5 is not an epoch"):
+        viz.EpochExplorer(frames, LABELS, start=5)
+
+
 def test_the_epoch_explorer_shows_two_runs_at_the_same_epoch_side_by_side():
     runs = {name: [(e, np.random.default_rng([e, index]).normal(size=(12, 2))) for e in (0, 1)]
             for index, name in enumerate(("messages on", "messages off"))}

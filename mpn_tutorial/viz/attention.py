@@ -110,7 +110,7 @@ def plot_same_class_share(snapshots, labels, chance: float | None = None) -> Fig
     axis.set_ylim(0, 100)
     axis.set_title("how much each head attends to samples of the query's class")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=10)
     figure.tight_layout()
     return figure
 

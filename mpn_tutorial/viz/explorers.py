@@ -117,10 +117,12 @@ class EpochExplorer(_Explorer):
     """An epoch slider over 2-D embedding frames (from :func:`umap_across_training`); ``frames`` is one run's
     list of ``(epoch, (N, 2))``, or ``{title: frames}`` of several runs on one map, drawn side by side.
 
-    ``notes`` maps an epoch to a caption line (e.g. its validation Recall@1).
+    ``notes`` maps an epoch to a caption line (e.g. its validation Recall@1); ``start`` is the epoch the
+    slider starts on (the first by default), so the view a page shows can be where the learning shows.
     """
 
-    def __init__(self, frames, labels, notes: dict[int, str] | None = None, names=None) -> None:
+    def __init__(self, frames, labels, notes: dict[int, str] | None = None, names=None,
+                 start: int | None = None) -> None:
         widgets = _require_widgets()
         runs = frames if isinstance(frames, dict) else {"": frames}
         self.runs = {title: dict(run) for title, run in runs.items()}
@@ -129,7 +131,10 @@ class EpochExplorer(_Explorer):
         self.names = names
         self.limits = frame_limits([frame for run in runs.values() for frame in run])
         epochs = list(next(iter(self.runs.values())))
-        self.epoch_slider = widgets.SelectionSlider(options=epochs, value=epochs[0], description="epoch",
+        if start is not None and start not in epochs:
+            raise ValueError(f"start={start} is not an epoch of these frames ({epochs}); pass one of them or None")
+        self.epoch_slider = widgets.SelectionSlider(options=epochs, value=epochs[0] if start is None else start,
+                                                    description="epoch",
                                                     continuous_update=False)
         self._assemble([[self.epoch_slider]], "epoch-explorer")
 

@@ -335,7 +335,7 @@ def plot_class_similarity(figure1: dict[str, list[dict]], pairs: dict[str, str])
                              for run in figure1[name]])
             axis.errorbar(np.arange(3) + 0.04 * (colour == "tab:gray"), gaps.mean(0), yerr=gaps.std(0, ddof=1),
                           color=colour, marker="o", capsize=3, label=label)
-        axis.set_xticks(range(3), ["the MPN's input\n(backbone)", "after the\ninput map", "after the\nlayer"])
+        axis.set_xticks(range(3), ["the MPN's\ninput", "after the\ninput map", "after the\nlayer"])
         axis.set_title(model)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=9, loc="lower left")

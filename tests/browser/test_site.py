@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted(path.stem for path in (REPOSITORY / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted(path.stem for path in (REPOSITORY / "notebooks").glob("*.ipynb"))
 PAGES = ["docs/index", "README", "docs/api", *(f"notebooks/{name}" for name in NOTEBOOKS)]
 
 # What a reader sees: the page's article, rendered, without what is code and meant as code (code cells, code

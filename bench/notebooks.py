@@ -13,7 +13,7 @@ against (what ``make tutorial`` does, timed). ``--write`` uses the project's run
 since the notebooks print where their runs are kept: delete that folder first to time from scratch.
 
 Prints the seconds per notebook, ``notebooks: total_minutes: X``, ``notebooks: reference_seconds: X``
-and ``notebooks: total_over_preset_runs: X`` (target <= 14: the sequence in at most fourteen preset
+and ``notebooks: total_over_preset_runs: X`` (target <= 10: the sequence in at most ten preset
 training runs' time). ``--quick`` times a trivial notebook instead. Run on an otherwise idle machine.
 """
 
@@ -31,7 +31,7 @@ from benchlib import REPO_ROOT, print_header, print_ratio
 
 from mpn_tutorial.tools.atomic import write_atomically
 
-TARGET_PRESET_RUNS = 14
+TARGET_PRESET_RUNS = 10
 
 
 def numbered_notebooks(folder: Path) -> list[Path]:

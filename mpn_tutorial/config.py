@@ -86,7 +86,8 @@ class TrainConfig(DataConfig, ModelConfig, StudyConfig):
     lr_decay_factor: float = setting(0.1, "factor of each step decay", above=0, high=1)
     reload_best_after: tuple[int, ...] = setting((), "epochs after which the best model so far (by validation R@1) is "
                                                  "loaded again before training goes on (the release reloads its best "
-                                                 "checkpoint at its learning-rate drops)", low=1)
+                                                 "checkpoint at its learning-rate drops); as with lr_decay_epochs, an "
+                                                 "epoch the run does not reach does nothing", low=1)
     classes_per_batch: int = setting(8, "P of a P×K batch", low=2, hint="a batch needs negatives: P >= 2")
     samples_per_class: int = setting(6, "K of a P×K batch", low=2, hint="a batch needs positives: K >= 2")
     seed: int = setting(0, "the run's seed: initialisation, batches, dropout, augmentation", low=0)
@@ -157,9 +158,6 @@ class TrainConfig(DataConfig, ModelConfig, StudyConfig):
                 check_heads(self.embedding_dim, self.mpn_heads)
             check_loss_weights(self.backbone_loss_weight, self.mpn_loss_weight)
         check_study(self)
-        late = [epoch for epoch in self.reload_best_after if epoch >= self.epochs]
-        if late:
-            raise UsageError(f"reload_best_after must name epochs before the last ({self.epochs}), got {late}")
         if self.loss == "mpn" and self.message_warmup_epochs > self.epochs - 1:
             raise UsageError(f"message_warmup_epochs must be at most epochs - 1 = {self.epochs - 1}, got "
                              f"{self.message_warmup_epochs}: messages must be on for at least the last epoch")

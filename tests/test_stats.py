@@ -79,7 +79,7 @@ def test_the_noise_band_is_the_spread_of_differences_between_runs_of_one_functio
 def test_a_described_difference_counts_only_when_significant_and_beyond_the_noise_band(p_holm, beyond_noise, verdict):
     comparison = {"test_recall@1": {"mean": -0.048, "std": 0.085, "n": 3, "p_holm": p_holm,
                                     "beyond_noise": beyond_noise}}
-    assert describe(comparison) == f"-4.8 ± 8.5 points (3 seeds; Holm p {p_holm:.2g}, {verdict})"
+    assert describe(comparison) == f"-4.80 ± 8.50 points (3 seeds; Holm p {p_holm:.2g}, {verdict})"
 
 
 def test_train_attention_none_is_the_messages_off_control_and_its_checkpoint_says_so(tmp_path, data_root):

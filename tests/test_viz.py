@@ -136,16 +136,6 @@ def test_the_explorer_image_is_shown_at_its_own_width():
     assert int(explorer.image.width) == int.from_bytes(png[16:20], "big")
 
 
-def test_the_head_count_slider_shows_each_models_heads_and_their_shares():
-    attentions = {1: _attention(num_layers=1, num_heads=1, seed=1), 4: _attention(num_layers=1, num_heads=4, seed=2)}
-    explorer = viz.HeadCountExplorer(attentions, LABELS)
-    explorer.heads_slider.value = 4
-    assert explorer.current["heads"] == 4 and len(explorer.current["shares"]) == 4
-    np.testing.assert_allclose(explorer.current["shares"], viz.same_class_attention_share(attentions[4][0], LABELS))
-    explorer.heads_slider.value = 1
-    assert "1 head" in explorer.caption.value and len(explorer.current["shares"]) == 1
-
-
 def test_the_embedding_frame_has_a_legend_of_the_class_names():
     figure = viz.plot_embedding_frame(np.random.default_rng(0).normal(size=(12, 2)), LABELS, 3,
                                       names={0: "A", 1: "B", 2: "C"})

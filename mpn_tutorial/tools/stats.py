@@ -198,10 +198,10 @@ def verdict(comparison: dict, key: str = "test_recall@1") -> str:
 
 
 def describe(comparison: dict, key: str = "test_recall@1", unit: str = "points") -> str:
-    """One comparison in words, with its numbers: ``-0.3 ± 0.4 points (5 seeds; Holm p 0.62, within the noise
-    band)``."""
+    """One comparison in words, with its numbers: ``-0.31 ± 0.42 points (5 seeds; Holm p 0.62, within the noise
+    band)``; two decimals, as the tables' Δ, so that a mean can be read against the band's threshold."""
     found = comparison[key]
-    return (f"{100 * found['mean']:+.1f} ± {100 * found['std']:.1f} {unit} ({found['n']} seeds; Holm p "
+    return (f"{100 * found['mean']:+.2f} ± {100 * found['std']:.2f} {unit} ({found['n']} seeds; Holm p "
             f"{found['p_holm']:.2g}, {verdict(comparison, key)})")
 
 

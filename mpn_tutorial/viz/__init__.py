@@ -14,7 +14,7 @@ callbacks only call ``update``.
   :func:`plot_attention_view`,
   :func:`plot_same_class_share` (the share itself: :func:`same_class_attention_share`)
 - ``embeddings``: :func:`umap_across_training`, :func:`plot_embedding_frame`, :func:`plot_embedding_frames`
-- ``explorers``: :class:`AttentionExplorer`, :class:`EpochExplorer`, :class:`HeadCountExplorer`
+- ``explorers``: :class:`AttentionExplorer`, :class:`EpochExplorer`
 """
 
 from mpn_tutorial.metrics import same_class_attention_share
@@ -32,7 +32,7 @@ from mpn_tutorial.viz.embeddings import (
     plot_embedding_frames,
     umap_across_training,
 )
-from mpn_tutorial.viz.explorers import AttentionExplorer, EpochExplorer, HeadCountExplorer
+from mpn_tutorial.viz.explorers import AttentionExplorer, EpochExplorer
 from mpn_tutorial.viz.figures import (
     CLASS_COLOURS,
     class_order,
@@ -56,7 +56,6 @@ __all__ = [
     "AttentionExplorer",
     "AttentionView",
     "EpochExplorer",
-    "HeadCountExplorer",
     "attention_view",
     "class_order",
     "draw_class_boundaries",

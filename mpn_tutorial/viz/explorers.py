@@ -11,8 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from mpn_tutorial.metrics import same_class_attention_share
-from mpn_tutorial.viz.attention import AttentionView, attention_view, plot_attention_view, plot_heads
+from mpn_tutorial.viz.attention import AttentionView, attention_view, plot_attention_view
 from mpn_tutorial.viz.embeddings import frame_limits, plot_embedding_frames
 from mpn_tutorial.viz.figures import class_order, figure_to_png, png_size
 
@@ -144,33 +143,4 @@ class EpochExplorer(_Explorer):
         self.current = {"epoch": epoch, "coordinates": {title: run[epoch] for title, run in self.runs.items()}}
         figure = plot_embedding_frames(self.current["coordinates"], self.labels, epoch, self.limits, self.names)
         self._show(figure, f"<b>epoch {epoch}</b>" + (f" · {note}" if note else ""))
-        return self.current
-
-
-class HeadCountExplorer(_Explorer):
-    """A slider over the *number* of attention heads: models trained with 1, 2, 4, 8... heads, each
-    head's attention (first layer) on the same batch, with its same-class share.
-
-    ``attentions``: ``{number of heads: attention (L, H, N, N)}`` of models on one batch; ``labels`` (N,).
-    :attr:`current` holds the shown count and its per-head shares.
-    """
-
-    def __init__(self, attentions: dict[int, np.ndarray], labels, title: str = "") -> None:
-        widgets = _require_widgets()
-        self.attentions = {int(count): np.asarray(attention) for count, attention in sorted(attentions.items())}
-        self.labels, self.title = np.asarray(labels), title
-        counts = list(self.attentions)
-        self.heads_slider = widgets.SelectionSlider(options=counts, value=counts[min(1, len(counts) - 1)],
-                                                    description="heads", continuous_update=False)
-        self._assemble([[self.heads_slider]], "heads-explorer")
-
-    def update(self) -> dict:
-        count = self.heads_slider.value
-        attention = self.attentions[count]
-        shares = same_class_attention_share(attention[0], self.labels)  # (H,)
-        self.current = {"heads": count, "shares": shares}
-        figure = plot_heads(attention, self.labels, columns=4, title=self.title)
-        heads = f"{count} head{'s' if count > 1 else ''}"
-        self._show(figure, f"<b>{heads}</b> · same-class share per head: {', '.join(f'{s:.2f}' for s in shares)} "
-                   f"(mean {shares.mean():.2f}; attention spread evenly: about 0.11)")
         return self.current

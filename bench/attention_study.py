@@ -123,7 +123,7 @@ class Study:
         return measured
 
     def over_seeds(self, config: TrainConfig, seeds, refine: bool = False) -> list[dict]:
-        return [self.measure(config.replace(seed=seed), refine) for seed in seeds]
+        return [{"seed": seed, **self.measure(config.replace(seed=seed), refine)} for seed in seeds]
 
 
 def cell(runs: list[dict], key: str, percent: bool = True) -> str:

@@ -173,7 +173,7 @@ BAD_ARGUMENTS = {
         (["glyphs", "--data-root", A_FILE], "is a file"),
         (["glyphs", "--data-seed", "-1"], "at least 0"),
         (["glyphs", "--image-size", "5"], "at least 8"),
-        (["glyphs", "--image-size", "100"], "at most 64"),
+        (["glyphs", "--image-size", "100"], "from 8 to 64"),
         (["glyphs", "--images-per-class", "1"], "at least 2"),
     ],
     "answer-key": [

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from mpn_tutorial.data.benchmarks import CUB200, InShop
+from mpn_tutorial.errors import UsageError
 from mpn_tutorial.tools import fetch, registry
 from mpn_tutorial.tools.cli import main
 from mpn_tutorial.tools.fetch import (
@@ -405,8 +406,8 @@ def test_a_manually_placed_archive_with_a_wrong_checksum_is_refused_and_kept(tmp
     assert archive.exists()  # never delete what the user put there
 
 
-def test_unknown_dataset_name_lists_the_known_ones(tmp_path):
-    with pytest.raises(FetchError, match="cub, cars, sop, inshop"):
+def test_unknown_dataset_name_is_the_users_mistake_and_lists_the_known_ones(tmp_path):
+    with pytest.raises(UsageError, match="cub, cars, sop, inshop"):
         fetch_dataset("mnist", tmp_path)
 
 

@@ -45,12 +45,6 @@ def test_the_converged_budget_is_the_first_whose_doubling_moves_every_headline_v
     assert [check["converged"] for check in found["checks"]] == [False, True, True]
 
 
-def test_holm_multiplies_the_sorted_p_values_by_the_comparisons_left_and_keeps_them_monotone():
-    family = {"a": {"p": 0.01}, "b": {"p": 0.04}, "c": {"p": 0.03}}
-    messages_study.holm(family)
-    assert {name: round(c["p_holm"], 6) for name, c in family.items()} == {"a": 0.03, "b": 0.06, "c": 0.06}
-
-
 @pytest.mark.slow
 def test_a_test_time_pick_at_an_open_edge_of_its_grid_is_reported_and_one_inside_it_or_at_a_closed_edge_is_not():
     grids = {"alpha": [0, 1, 3], "mpn_alpha": [0, 1, 3], "sharpness": [1, 3, 10], "k": [5, 10, 20],

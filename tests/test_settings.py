@@ -162,7 +162,7 @@ def test_editing_the_training_code_changes_the_run_store_key_and_editing_the_fig
 
     original = key()
     for edited, retrains in (("models.py", True), ("data/sampler.py", True), ("tools/settings.py", True),
-                             ("viz/figures.py", False), ("exercises.py", False)):
+                             ("viz/figures.py", False), ("exercises/base.py", False)):
         path = copy / edited
         text = path.read_text()
         path.write_text(text + "\n# a learner's edit\n")

@@ -37,6 +37,7 @@ def frame_limits(frames) -> tuple[tuple[float, float], tuple[float, float]]:
 
 
 FRAME_SIZE = (7.4, 5.6)  # inches: at 90 dpi a 666 × 504 px image, slider and map on one 1000 px screen
+MAX_FRAMES_WIDTH = 10.4  # inches: at 90 dpi 936 px, inside JupyterLab's notebook column on a 1400 px screen
 
 
 def plot_embedding_frame(coordinates, labels, epoch: int, limits=None, note: str = "", axis=None,
@@ -71,7 +72,9 @@ def plot_embedding_frames(coordinates: dict[str, np.ndarray], labels, epoch: int
     single frame), the legend of the classes beside the last."""
     titles = list(coordinates)
     width = FRAME_SIZE[0] * (0.78 * len(titles) + 0.22)
-    figure, axes = plt.subplots(1, len(titles), figsize=(width, FRAME_SIZE[1]), squeeze=False, layout="constrained")
+    scale = min(1.0, MAX_FRAMES_WIDTH / width)  # several runs: smaller panels, so the image fits the notebook's column
+    figure, axes = plt.subplots(1, len(titles), figsize=(scale * width, scale * FRAME_SIZE[1]), squeeze=False,
+                                layout="constrained")
     for axis, title in zip(axes[0], titles):
         note = (notes or {}).get(title, "")
         plot_embedding_frame(coordinates[title], labels, epoch, limits, " · ".join(filter(None, (title, note))),

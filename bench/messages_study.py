@@ -664,7 +664,7 @@ README_END = "<!-- study:end -->"
 
 def readme_block(study: dict) -> str:
     """The README's "What the glyphs show", every number computed from the study's JSON."""
-    from mpn_tutorial.tools.stats import collapsed_runs, describe
+    from mpn_tutorial.tools.stats import collapsed_runs, compare, describe
 
     header, converged, curve = study["header"], study["converged_budget"], study["budget_curve"]
     b_star, first = converged["steps"], str(header["steps_per_budget_1"])
@@ -725,8 +725,6 @@ def readme_block(study: dict) -> str:
         f"{gap(str(b_star), 'cross-entropy alone', '+ BNNeck classifier on the normalised embedding')} at B\\*."]
     decomposition = study.get("decomposition")
     if decomposition and {"published", "cross-entropy alone"} <= set(decomposition["runs"]):
-        from mpn_tutorial.tools.stats import compare
-
         whole = compare(decomposition["runs"], {"published": "cross-entropy alone"}, band)["published"]
         findings.append(f"* **The whole head at once.** Published against cross-entropy alone, at B\\*: R@1 "
                         f"{describe(whole)}, MAP@R {describe(whole, 'test_map@r')} "

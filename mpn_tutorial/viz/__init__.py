@@ -22,7 +22,6 @@ from mpn_tutorial.viz.attention import (
     AttentionView,
     attention_view,
     plot_attention_view,
-    plot_heads,
     plot_message,
     plot_same_class_share,
 )
@@ -68,7 +67,6 @@ __all__ = [
     "plot_class_similarity",
     "plot_embedding_frame",
     "plot_embedding_frames",
-    "plot_heads",
     "plot_message",
     "plot_histories",
     "plot_paired_differences",

@@ -115,37 +115,6 @@ def plot_same_class_share(snapshots, labels, chance: float | None = None) -> Fig
     return figure
 
 
-def plot_heads(attention, labels, columns: int = 4, title: str = "") -> Figure:
-    """Every head of one model's first layer on a grid of ``columns`` (one colour scale): attention
-    (L, H, N, N) on one batch, rows and columns sorted by class."""
-    layer = np.asarray(attention)[0]
-    order, boundaries = class_order(labels)
-    shares = same_class_attention_share(layer, labels)
-    rows = -(-len(layer) // columns)
-    used = min(columns, len(layer))
-    figure, axes = plt.subplots(rows, used, figsize=(2.9 * used + 1.4, 3.3 * rows + 0.5), squeeze=False,
-                                layout="constrained")
-    shown = None
-    for head in range(rows * used):
-        shown = _draw_head(axes.flat[head], layer, head, shares, order, boundaries) or shown
-    figure.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="weight $a_{ij}$ (one scale for all heads)")
-    figure.suptitle(title or "each head's attention on the same held-out batch (sorted by class)", fontsize=11)
-    return figure
-
-
-def _draw_head(axis, layer: np.ndarray, head: int, shares: np.ndarray, order, boundaries):
-    """One head's sorted heat map on ``axis`` (the layer's colour scale); returns its image (None: no such head)."""
-    axis.set_xticks([])
-    axis.set_yticks([])
-    if head >= len(layer):
-        axis.axis("off")
-        return None
-    shown = axis.imshow(layer[head][np.ix_(order, order)], cmap="magma", vmin=0, vmax=float(layer.max()))
-    draw_class_boundaries(axis, boundaries, linewidth=0.5)
-    axis.set_title(f"head {head + 1}: {100 * shares[head]:.0f}% same class", fontsize=10)
-    return shown
-
-
 def plot_message(images, labels, weights, values, query: int, top_k: int = 8) -> Figure:
     """One sample's message on one batch: the query and the samples it weights most (top row), its weights
     over the whole batch, and, on the values' first two principal directions, the values and the message

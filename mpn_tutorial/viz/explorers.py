@@ -133,8 +133,7 @@ class EpochExplorer(_Explorer):
         if start is not None and start not in epochs:
             raise ValueError(f"start={start} is not an epoch of these frames ({epochs}); pass one of them or None")
         self.epoch_slider = widgets.SelectionSlider(options=epochs, value=epochs[0] if start is None else start,
-                                                    description="epoch",
-                                                    continuous_update=False)
+                                                    description="epoch", continuous_update=False)
         self._assemble([[self.epoch_slider]], "epoch-explorer")
 
     def update(self) -> dict:

@@ -28,7 +28,7 @@ import torch
 
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import Datasets
-from mpn_tutorial.evaluation import batch_attention, embed_dataset, evaluate
+from mpn_tutorial.evaluation import EVAL_BATCH_SIZE, batch_attention, embed_dataset, evaluate
 from mpn_tutorial.models import MetricLearningModel
 from mpn_tutorial.tools.atomic import write_atomically
 
@@ -65,7 +65,7 @@ class EmbeddingSnapshots(Callback):
     the training run.
     """
 
-    def __init__(self, dataset, every: int = 1, batch_size: int = 512) -> None:
+    def __init__(self, dataset, every: int = 1, batch_size: int = EVAL_BATCH_SIZE) -> None:
         self.dataset = dataset
         self.every = every
         self.batch_size = batch_size
@@ -132,7 +132,7 @@ class EpochEvaluation(Callback):
     """Retrieval metrics of ``dataset`` after every epoch: ``results`` is a list of ``(epoch, {metric:
     value})``. An observer only: the run still chooses its best epoch on the validation classes."""
 
-    def __init__(self, dataset, ks=(1,), batch_size: int = 512) -> None:
+    def __init__(self, dataset, ks=(1,), batch_size: int = EVAL_BATCH_SIZE) -> None:
         self.dataset, self.ks, self.batch_size = dataset, tuple(ks), batch_size
         self.results: list[tuple[int, dict[str, float]]] = []
 

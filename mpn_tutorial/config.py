@@ -28,6 +28,7 @@ from mpn_tutorial.controls import StudyConfig, StudyModel, check_study, is_study
 from mpn_tutorial.data.build import DataConfig
 from mpn_tutorial.data.glyphs import MIN_IMAGES_PER_CLASS, check_glyph_settings
 from mpn_tutorial.errors import UsageError
+from mpn_tutorial.evaluation import EVAL_BATCH_SIZE
 from mpn_tutorial.losses import BACKBONE_LOSS_WEIGHT, MPN_LOSS_WEIGHT, check_loss_weights
 from mpn_tutorial.miners import MINING_STRATEGIES
 from mpn_tutorial.models import MetricLearningModel, ModelConfig, check_heads, check_layers
@@ -97,7 +98,7 @@ class TrainConfig(DataConfig, ModelConfig, StudyConfig):
     # machinery: where and how fast, never what
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", pattern=r"auto|cpu|cuda(:\d+)?", machinery=True)
     num_workers: int = setting(0, "data-loading processes", low=0, machinery=True)
-    eval_batch_size: int = setting(512, "images per batch when embedding a dataset", low=1, machinery=True)
+    eval_batch_size: int = setting(EVAL_BATCH_SIZE, "images per batch when embedding a dataset", low=1, machinery=True)
     channels_last: bool = setting(False, "memory layout of the convolutions (CUDA only)", machinery=True)
 
     def replace(self, **changes) -> TrainConfig:

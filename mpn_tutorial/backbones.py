@@ -1,10 +1,6 @@
-"""Backbones: images (B, C, H, W) -> features (B, feature_dim), with global max pooling as published.
-
-- :class:`GlyphEncoder`: a small CNN for the 32×32 glyphs, the CPU default;
-- :class:`ResNetBackbone`: torchvision's ResNet-18/50 without its classifier (the published recipe
-  uses an ImageNet-pretrained ResNet-50);
-- :func:`fold_batchnorm`: an inference copy of a backbone with every BatchNorm folded into the
-  convolution before it (what evaluation runs: the same function, fewer passes over memory).
+"""Backbones: images (B, C, H, W) -> features (B, feature_dim), with global max pooling as published:
+:class:`GlyphEncoder` (the CPU default) and :class:`ResNetBackbone` (the published recipe uses an
+ImageNet-pretrained ResNet-50); :func:`fold_batchnorm` makes the inference copy evaluation runs.
 """
 
 from __future__ import annotations
@@ -20,12 +16,9 @@ from mpn_tutorial.errors import MissingFileError, UsageError, WeightsUnavailable
 
 
 class GlyphEncoder(nn.Module):
-    """A small CNN for 32×32 one-channel glyphs, the CPU default.
-
-    One block per entry of ``channels`` (conv 3×3, BatchNorm, ReLU; 2×2 max-pool between blocks),
-    then global max pooling, like the ResNet head of the paper. (B, in_channels, H, W) ->
-    (B, channels[-1]). Runs in channels-last memory layout, which is faster for convolutions on CPU.
-    """
+    """A small CNN for 32×32 one-channel glyphs, the CPU default: (B, in_channels, H, W) -> (B, channels[-1]).
+    One block per entry of ``channels`` (conv 3×3, BatchNorm, ReLU; 2×2 max-pool between blocks), then
+    global max pooling as the paper's ResNet; channels-last memory layout (faster convolutions on CPU)."""
 
     def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
         super().__init__()
@@ -44,29 +37,18 @@ class GlyphEncoder(nn.Module):
         return torch.amax(features, dim=(2, 3))  # global max pooling
 
 
-IMAGENET_WEIGHT_FILES = {
-    "resnet18": "resnet18-f37072fd.pth",
-    "resnet50": "resnet50-0676ba61.pth",
-}
+IMAGENET_WEIGHT_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth"}
 
 
 class ResNetBackbone(nn.Module):
     """torchvision ResNet-18/50 without its classifier, with global **max** pooling (as published).
 
-    ``pretrained=True`` loads ImageNet weights from ``weights_path`` when given, else from torch's
-    hub cache (``$TORCH_HOME/hub/checkpoints``), downloading them when the network allows. Offline
-    and without the file, a clear error says how to get them; ``pretrained=False`` always works.
-    ``checkpointing=True`` recomputes each residual stage in the backward pass (activation
-    checkpointing) to fit larger batches in GPU memory.
-    """
+    ``pretrained=True`` loads ImageNet weights from ``weights_path``, else from torch's hub cache,
+    downloading them when the network allows. ``checkpointing=True`` recomputes each residual stage in
+    the backward pass (activation checkpointing) to fit larger batches in GPU memory."""
 
-    def __init__(
-        self,
-        name: str = "resnet50",
-        pretrained: bool = True,
-        weights_path: str | os.PathLike | None = None,
-        checkpointing: bool = False,
-    ) -> None:
+    def __init__(self, name: str = "resnet50", pretrained: bool = True, weights_path: str | os.PathLike | None = None,
+                 checkpointing: bool = False) -> None:
         super().__init__()
         import torchvision
 
@@ -134,13 +116,12 @@ def _is_foldable(convolution: nn.Module, norm: nn.Module) -> bool:
 def fold_batchnorm(backbone: nn.Module) -> nn.Module:
     """An inference copy of ``backbone`` in which each BatchNorm2d that follows a Conv2d is folded into it.
 
-    In eval mode a BatchNorm is an affine map per channel, gamma (x - mu) / sigma + beta, with its
-    running statistics, so ``conv`` then ``norm`` is one convolution with scaled weights and a bias:
-    the same function up to float rounding (about 1e-6 relative), without the norm's pass over the
-    activations. Folded: consecutive (Conv2d, BatchNorm2d) in an ``nn.Sequential`` (the glyph CNN,
-    the ResNet stem and shortcut) and ``convN`` / ``bnN`` attribute pairs (torchvision's residual
-    blocks). The copy is in eval mode, needs no gradients and shares no tensor with ``backbone``:
-    training the original afterwards leaves it as it was. (B, C, H, W) -> (B, feature_dim), as the original.
+    In eval mode a BatchNorm is an affine map per channel, gamma (x - mu) / sigma + beta, so ``conv``
+    then ``norm`` is one convolution with scaled weights and a bias: the same function up to float
+    rounding (about 1e-6 relative), without the norm's pass over the activations. Folded: consecutive
+    (Conv2d, BatchNorm2d) in an ``nn.Sequential`` and torchvision's ``convN`` / ``bnN`` attribute
+    pairs. The copy is in eval mode, needs no gradients and shares no tensor with ``backbone``:
+    (B, C, H, W) -> (B, feature_dim), as the original.
     """
     folded = copy.deepcopy(backbone).eval().requires_grad_(False)
     for module in list(folded.modules()):

@@ -1,17 +1,6 @@
-"""Observers of training: they see the run after every epoch and never change it.
-
-:func:`~mpn_tutorial.training.train` calls ``on_train_start(state)`` once and
-``on_epoch_end(state)`` after every epoch, where ``state`` is the live :class:`TrainState`.
-
-- :class:`EmbeddingSnapshots`: embeddings of a dataset before training and after every epoch (UMAP);
-- :class:`AttentionCapture`: the MPN's attention on one fixed batch, likewise (attention maps);
-- :class:`EpochEvaluation`: retrieval metrics of another dataset after every epoch (e.g. the test
-  classes, to measure what choosing the epoch on them would add: never used to choose);
-- :class:`CSVLogger`, :class:`TensorBoardLogger`: each epoch's numbers (:func:`flatten` names the
-  columns).
-
-The recordings are plain arrays: ``state_dict()`` returns them, ``load_state_dict()`` restores them
-(the notebooks' run store keeps them with a finished run).
+"""Observers of training: :func:`~mpn_tutorial.training.train` calls ``on_train_start(state)`` once
+and ``on_epoch_end(state)`` after every epoch with the live :class:`TrainState`; they never change the
+run. The recorders' ``state_dict()`` holds plain arrays (the notebooks' run store keeps them).
 """
 
 from __future__ import annotations
@@ -58,17 +47,12 @@ class Callback:
 
 
 class EmbeddingSnapshots(Callback):
-    """Embeddings of ``dataset`` before training (epoch 0) and after every ``every`` epochs.
-
+    """Embeddings of ``dataset`` before training (epoch 0) and after every ``every`` epochs (UMAP):
     ``snapshots``: list of ``(epoch, (N, D) float32 numpy array)``; ``labels``: (N,) numpy.
-    Evaluation-mode forward passes use no random numbers, so taking snapshots never changes
-    the training run.
-    """
+    Evaluation-mode forward passes use no random numbers: taking snapshots never changes the run."""
 
     def __init__(self, dataset, every: int = 1, batch_size: int = EVAL_BATCH_SIZE) -> None:
-        self.dataset = dataset
-        self.every = every
-        self.batch_size = batch_size
+        self.dataset, self.every, self.batch_size = dataset, every, batch_size
         self.snapshots: list[tuple[int, np.ndarray]] = []
         self.labels: np.ndarray | None = None
 
@@ -97,27 +81,20 @@ class EmbeddingSnapshots(Callback):
 
 
 class AttentionCapture(Callback):
-    """Attention of the MPN on one fixed batch, after every epoch (model in eval mode, no dropout).
-
-    ``snapshots``: list of ``(epoch, array (num_layers, num_heads, N, N))`` where entry
-    ``[l, h, i, j]`` is the weight sample i gives to sample j in head h of layer l.
-    """
+    """Attention of the MPN on one fixed batch, before training and after every epoch (eval mode):
+    ``snapshots``: list of ``(epoch, (num_layers, num_heads, N, N) array)`` (``evaluation.batch_attention``)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images = images
         self.labels = torch.as_tensor(labels)
         self.snapshots: list[tuple[int, np.ndarray]] = []
 
-    def attention(self, model: MetricLearningModel) -> np.ndarray:
-        """The model's attention on the batch now: (num_layers, num_heads, N, N)."""
-        return batch_attention(model, self.images, self.labels)
-
     def on_train_start(self, state: TrainState) -> None:
         if state.epoch == 0:
-            self.snapshots.append((0, self.attention(state.model)))
+            self.snapshots.append((0, batch_attention(state.model, self.images, self.labels)))
 
     def on_epoch_end(self, state: TrainState) -> None:
-        self.snapshots.append((state.epoch, self.attention(state.model)))
+        self.snapshots.append((state.epoch, batch_attention(state.model, self.images, self.labels)))
 
     def state_dict(self) -> dict:
         return {"epochs": [epoch for epoch, _ in self.snapshots],
@@ -130,7 +107,8 @@ class AttentionCapture(Callback):
 
 class EpochEvaluation(Callback):
     """Retrieval metrics of ``dataset`` after every epoch: ``results`` is a list of ``(epoch, {metric:
-    value})``. An observer only: the run still chooses its best epoch on the validation classes."""
+    value})``. E.g. the test classes, to measure what choosing the epoch on them would add: an observer
+    only, the run still chooses its best epoch on the validation classes."""
 
     def __init__(self, dataset, ks=(1,), batch_size: int = EVAL_BATCH_SIZE) -> None:
         self.dataset, self.ks, self.batch_size = dataset, tuple(ks), batch_size
@@ -160,12 +138,9 @@ def flatten(row: dict) -> dict:
 
 
 class CSVLogger(Callback):
-    """Writes the run's history, one row per epoch, to a CSV file (columns: :func:`flatten`).
-
-    The whole file is rewritten (atomically) after every epoch from the run's history, so it always
-    holds exactly this run's epochs: a resumed run continues it, and a killed run never leaves a
-    half-written row or a row its checkpoint does not have.
-    """
+    """Writes the run's history, one row per epoch, to a CSV file (columns: :func:`flatten`). The whole
+    file is rewritten (atomically) after every epoch, so it always holds exactly this run's epochs: a
+    resumed run continues it, and a killed run never leaves a half-written row or one its checkpoint lacks."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -181,11 +156,8 @@ class CSVLogger(Callback):
 
 
 class TensorBoardLogger(Callback):
-    """Logs each epoch's history row to TensorBoard (needs the ``tensorboard`` package).
-
-    The event files are created when training starts, not before: a run that is refused (its folder
-    holds another run) writes nothing.
-    """
+    """Logs each epoch's history row to TensorBoard (needs the ``tensorboard`` package). The event files
+    are created when training starts: a run that is refused (its folder holds another run) writes nothing."""
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
         from torch.utils.tensorboard import SummaryWriter  # ImportError when tensorboard is missing

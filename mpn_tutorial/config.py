@@ -1,19 +1,10 @@
 """The settings of a training run: :class:`TrainConfig`. Presets (``presets.py``) fill it per dataset.
 
-One description, declared once: :class:`TrainConfig` extends the data part
-(:class:`~mpn_tutorial.data.build.DataConfig`, what ``build_datasets`` reads) and the model part
-(:class:`~mpn_tutorial.models.ModelConfig`, what ``MetricLearningModel`` reads) with the loss and
-the optimisation. Every field is declared with :func:`~mpn_tutorial.tools.settings.setting`: its default,
-its help, its range and its command-line flag, and everything else derives from that one line:
-:meth:`TrainConfig.validate` checks every range, the command line has one flag per field
-(``__main__``), and the fields marked as machinery (where or how fast a run computes) are left out
-of :meth:`TrainConfig.computed_settings` (what names a stored run, ``run_store.cache_key``) and of
-:meth:`TrainConfig.differences` (what ``--resume`` must match).
-
-A config is a plain dataclass: ``config.replace(lr=1e-4)`` gives a changed copy, ``to_dict`` /
-``from_dict`` store it in checkpoints, and :meth:`TrainConfig.validate` refuses settings no run
-can have, with a message that names the field, the value and what would work (the command line
-and the notebooks show the same messages).
+:class:`TrainConfig` extends the data part (:class:`~mpn_tutorial.data.build.DataConfig`) and the model
+part (:class:`~mpn_tutorial.models.ModelConfig`) with the loss and the optimisation. Every field is
+declared once with :func:`~mpn_tutorial.tools.settings.setting` (default, help, range, flag);
+:meth:`TrainConfig.validate` refuses settings no run can have, naming the field, the value and what
+would work. The machinery fields (where or how fast a run computes) never name a run.
 """
 
 from __future__ import annotations
@@ -36,9 +27,8 @@ from mpn_tutorial.tools.settings import check_setting, is_machinery, setting
 
 LOSSES = ("contrastive", "triplet", "ce", "mpn")
 LR_SCHEDULES = ("step", "cosine")
-# One fused kernel (or one op per group) instead of a Python loop over ~40 parameter tensors: the
-# MPN adds many small tensors, and per-tensor overhead dominated its cost on CPU (fused Adam on the
-# CPU needs torch 2.4, the lower bound in pyproject.toml).
+# One fused kernel (or one op per group) instead of a Python loop over ~40 parameter tensors, whose overhead
+# dominated the MPN's cost on CPU (fused Adam on the CPU needs torch 2.4, the lower bound in pyproject.toml).
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": lambda parameters, **options: torch.optim.Adam(parameters, fused=True, **options),
     "radam": lambda parameters, **options: torch.optim.RAdam(parameters, foreach=True, **options),
@@ -55,17 +45,15 @@ def _preset_names() -> tuple[str, ...]:
 
 @dataclass
 class TrainConfig(DataConfig, ModelConfig, StudyConfig):
-    """Every setting of a training run: the data (``DataConfig``), the model (``ModelConfig``), the
-    studies' options (``StudyConfig``), and the fields below. Presets (``presets.py``) fill it for each
-    dataset."""
+    """Every setting of a training run: the data (``DataConfig``), the model (``ModelConfig``), the studies'
+    options (``StudyConfig``), and the fields below."""
 
     preset: str = setting("glyphs", "the named configuration the run starts from (presets.py); the flags change "
                           "it", choices=_preset_names)
     loss: str = setting("mpn", "contrastive, triplet, ce (cross-entropy alone) or mpn (cross-entropy + message "
                         "passing)", choices=LOSSES)
     # losses
-    temperature: float = setting(0.1, "of the cross-entropy on both classifiers' logits (published: 0.1-0.6)",
-                                 above=0)
+    temperature: float = setting(0.1, "of the cross-entropy on both classifiers' logits (published: 0.1-0.6)", above=0)
     label_smoothing: float = setting(0.1, "of the cross-entropy", low=0, below=1)
     backbone_loss_weight: float = setting(BACKBONE_LOSS_WEIGHT, "weight of the backbone classifier's cross-entropy",
                                           low=0)
@@ -109,9 +97,8 @@ class TrainConfig(DataConfig, ModelConfig, StudyConfig):
         return dataclasses.replace(self, **changes)
 
     def without_messages(self) -> TrainConfig:
-        """The messages-off control of this run: the same MPN head, initialisation and batches, but no
-        sample receives anything from the others (a message warm-up is then moot, so it is set to 0:
-        one configuration per control)."""
+        """The messages-off control of this run: the same MPN head, initialisation and batches, but no sample
+        receives anything from the others (the message warm-up, then moot, is set to 0)."""
         return self.replace(mpn_attention="none", message_warmup_epochs=0)
 
     def to_dict(self) -> dict:
@@ -120,8 +107,7 @@ class TrainConfig(DataConfig, ModelConfig, StudyConfig):
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """A config from ``to_dict`` output (tuples stored as lists are turned back into tuples)."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise UsageError(f"unknown TrainConfig fields {unknown}")
         return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
@@ -172,12 +158,9 @@ def names_run(name: str) -> bool:
 
 
 def create_model(config: TrainConfig, num_classes: int) -> MetricLearningModel:
-    """A freshly initialised model for ``config`` and ``num_classes`` training classes, on the CPU.
-
-    Initialised from ``config.seed`` alone, on a forked random number generator: the global one is
-    left as it was, so building a model never changes what a notebook or test draws next.
-    The published model (``models.py``), or the one a study's options describe (``controls.StudyModel``).
-    """
+    """A freshly initialised model for ``config`` and ``num_classes`` training classes, on the CPU: the
+    published one (``models.py``) or the one a study's options describe (``controls.StudyModel``). Initialised
+    from ``config.seed`` on a forked random number generator, so the global one is left as it was."""
     model = StudyModel if is_study(config) else MetricLearningModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)

@@ -1,28 +1,13 @@
 """The studies' controls and options, beside the published model of ``models.py``.
 
-A control answers "is it the attention, or something else?": each replaces one part of the
-published computation and is chosen when a model is built (:class:`StudyModel`, which
-``config.create_model`` builds when a run's settings name a study option); nothing is swapped while
-a model runs. ``bench/messages_study.md`` measures each.
-
-- :class:`UniformAttention`: a_ij = 1/N, the plain mean over the batch (aggregation without attention);
-- :class:`OracleAttention`: a_ij = 1/n_c over the n_c samples of i's class in the batch (i itself
-  included, or not): attention given by the labels. A control for training only (the loop hands it
-  each batch's labels, :func:`provide_labels`); one fixed pattern, not a bound on what learned
-  attention could do;
-- :class:`NoMessages`: every message is zero, nothing flows between samples (the messages-off control);
-- :class:`SimilarityAttention`: a_ij = softmax_j of the backbone's own cosine similarity, through a
-  trained layer's W_v and W_o: the non-learned twin of learned attention, at test time
-  (:func:`similarity_twin`).
-
-Every variant owns the same four maps W_q, W_k, W_v, W_o as :class:`~mpn_tutorial.models.BatchAttention`
-(a control leaves some unused) and draws them in the same order, so a control starts from exactly
-the random draws of the model it controls, and a seed-paired difference measures the variant, not a
-reshuffled initialisation. The same holds for the options of :class:`StudyConfig`: how the maps
-start (``identity_values``: W_v = W_o = I; ``similarity_prior``: W_q = W_k = I; ``zero_out``: W_o = 0),
-a message warm-up (the first epochs without messages, switched by the training loop with
-:func:`pass_messages`), the MPN's input (scaled, not normalised, without the input map), its
-classifier (linear instead of BNNeck) and the backbone's (the normalised softmax's cosine classifier).
+A control answers "is it the attention, or something else?" (``bench/messages_study.md`` measures
+each): :class:`UniformAttention` (the batch mean), :class:`OracleAttention` (the labels, training
+only), :class:`NoMessages` (messages off), :class:`SimilarityAttention` (the backbone's similarity,
+at test time). :class:`StudyModel` builds them, and the options of :class:`StudyConfig`, when a
+model is built, never while it runs. Every variant owns the maps W_q, W_k, W_v, W_o (a control
+leaves some unused) and draws them in the published order, so a control starts from exactly the
+random draws of the model it controls: a seed-paired difference measures the variant, not a
+reshuffled initialisation.
 """
 
 from __future__ import annotations
@@ -69,9 +54,6 @@ class StudyConfig:
                                  flag="zero-out")
 
 
-STUDY_FIELDS = tuple(option.name for option in fields(StudyConfig))
-
-
 def is_study(config: StudyConfig) -> bool:
     """Whether a run's settings name a study option (then :class:`StudyModel` builds its model)."""
     return any(getattr(config, option.name) != option.default for option in fields(StudyConfig))
@@ -84,11 +66,7 @@ def check_study(config) -> None:
                          "'none' never passes: set message_warmup_epochs to 0 (TrainConfig.without_messages does)")
 
 
-# ------------------------------------------------------------------------------------------------
 # The attention's controls
-# ------------------------------------------------------------------------------------------------
-
-
 class StudyAttention(BatchAttention):
     """:class:`~mpn_tutorial.models.BatchAttention` with the studies' starts of its maps and a switch for
     a message warm-up (``passes_messages``, set by :func:`pass_messages`; off: every message is 0)."""
@@ -141,8 +119,8 @@ class UniformAttention(FixedAttention):
 
 class OracleAttention(FixedAttention):
     """a_ij = 1/n_c over the samples j of i's class (i included, or not with ``include_self=False``):
-    attention given by the labels. Training only: ``labels`` (N,) of the current batch must be set
-    before each forward pass (:func:`provide_labels`)."""
+    attention given by the labels, one fixed pattern (not a bound on learned attention). Training only:
+    ``labels`` (N,) of the current batch must be set before each forward pass (:func:`provide_labels`)."""
 
     def __init__(self, *args, include_self: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -206,11 +184,7 @@ class CosineClassifier(nn.Module):
         return F.normalize(embeddings, dim=-1) @ F.normalize(self.weight, dim=-1).T
 
 
-# ------------------------------------------------------------------------------------------------
 # The model of a study
-# ------------------------------------------------------------------------------------------------
-
-
 class StudyModel(MetricLearningModel):
     """The published model with the parts a run's :class:`StudyConfig` options replace, chosen when it is
     built. Its state dict has the published model's names, so a control's weights load into a twin."""
@@ -295,10 +269,3 @@ def similarity_twin(model: MetricLearningModel, embeddings: torch.Tensor, sharpn
     for layer in twin.layers:
         layer.attention.similarity = normalised @ normalised.T
     return twin(model.mpn_input(embeddings.float()))
-
-
-__all__ = ["ATTENTION", "ATTENTION_KINDS", "BACKBONE_CLASSIFIERS", "MPN_CLASSIFIERS", "STUDY_FIELDS",
-           "CosineClassifier", "FixedAttention", "NoMessages", "OracleAttention", "SimilarityAttention",
-           "StudyAttention", "StudyConfig", "StudyModel", "UniformAttention", "check_study", "is_study",
-           "pass_messages", "passes_messages", "provide_labels", "similarity_twin", "twin_network",
-           "without_messages"]

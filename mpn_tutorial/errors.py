@@ -1,22 +1,11 @@
 """The package's errors: one family, like ``requests.RequestException`` or ``sklearn.exceptions``.
 
-Every error the package raises on purpose derives from :class:`MPNTutorialError`, is declared here,
-and says what happened and what would work. Three branches say whose it is, and the command line
-ends each with one line:
-
-- :class:`UsageError`: the user's to fix (a setting out of range, a missing or foreign file, a
-  dataset to download by hand, a run that diverged): exit status 2 (``fetch`` says "download it by
-  hand" with 2 as well);
-- :class:`MachineError`: the machine's (out of memory, a full disk): says what was kept, exit 1;
-- :class:`FetchError`: a download failed (the network, a server, a damaged archive): says what
-  failed and what to retry, exit 1.
-
-Anything else that reaches the command line is a bug, whatever its type (a ``ValueError``
-included): its traceback and a line asking to report it, exit 1.
-
-Each class also derives from the built-in exception a caller would expect (``ValueError`` for a bad
-setting, ``FileNotFoundError`` for a missing file, ``OSError`` for a full disk), so ``except
-ValueError`` keeps working.
+Every error the package raises on purpose derives from :class:`MPNTutorialError` and says what
+happened and what would work. Three branches say whose it is (the command line's exit status):
+:class:`UsageError`, the user's to fix (2); :class:`MachineError`, the machine's, out of memory or a
+full disk (1); :class:`FetchError`, a failed download (1). Anything else is a bug. Each class also
+derives from the built-in exception a caller would expect (``ValueError`` for a bad setting,
+``FileNotFoundError`` for a missing file, ``OSError`` for a full disk).
 """
 
 from __future__ import annotations
@@ -27,11 +16,8 @@ class MPNTutorialError(Exception):
 
 
 # -- the user's to fix (exit 2) ------------------------------------------------------------------
-
-
 class UsageError(MPNTutorialError, ValueError):
-    """A setting, argument or input the package cannot use (a size of zero, heads that do not divide
-    the embedding, a tensor of the wrong shape...)."""
+    """A setting, argument or input the package cannot use (a size of zero, a tensor of the wrong shape...)."""
 
 
 class MissingFileError(UsageError, FileNotFoundError):
@@ -59,11 +45,8 @@ class TrainingDiverged(UsageError, FloatingPointError):
 
 
 # -- the machine's (exit 1) ----------------------------------------------------------------------
-
-
 class MachineError(MPNTutorialError):
-    """Not the user's fault and not a bug: the machine could not do what was asked (out of memory, a
-    full disk); the message says what happened and what was kept."""
+    """The machine could not do what was asked (out of memory, a full disk); the message says what was kept."""
 
 
 class DiskFullError(MachineError, OSError):
@@ -71,8 +54,6 @@ class DiskFullError(MachineError, OSError):
 
 
 # -- a download that failed (exit 1) -------------------------------------------------------------
-
-
 class FetchError(MPNTutorialError, RuntimeError):
     """Obtaining a dataset failed; the message says what failed and what to retry."""
 
@@ -94,11 +75,4 @@ class UnsafeArchiveError(FetchError):
 
 
 class WeightsUnavailableError(FetchError, FileNotFoundError):
-    """The ImageNet weights of a pretrained backbone could not be downloaded (and are not in torch's
-    cache); the message says what failed, where to put the file by hand, and how to retry."""
-
-
-__all__ = ["CheckpointError", "ChecksumMismatchError", "DatasetError", "DatasetNotFoundError", "DiskFullError",
-           "DownloadError", "DownloadInterrupted", "FetchError", "MPNTutorialError", "MachineError",
-           "ManualDownloadRequired", "MissingFileError", "TrainingDiverged", "UnsafeArchiveError", "UsageError",
-           "WeightsUnavailableError"]
+    """A pretrained backbone's ImageNet weights could not be downloaded; the message says how to get them."""

@@ -1,17 +1,6 @@
-"""Evaluating a model: embed a dataset, measure retrieval, and what the attention looks at.
-
-- :func:`evaluation_mode`: the one way to evaluate a model: eval mode (no dropout, BatchNorm's
-  running statistics), no autograd, and the model left as it was;
-- :func:`embed_dataset`: L2-normalised backbone embeddings of a whole dataset (what retrieval uses);
-- :func:`evaluate`: Recall@K, MAP@R, R-precision (and NMI) on a dataset, leave-one-out or query
-  vs. gallery; :func:`evaluate_on_test` with each benchmark's usual K;
-- :func:`refine_embeddings`: optional test-time refinement over k-reciprocal neighbourhoods, by the
-  trained MPN or by the non-learned baselines (query expansion) on the same neighbourhoods;
-- :func:`attention_diagnostics`: what the MPN's attention does on fixed P×K batches (same-class
-  share per layer and head, self-weight, score spread, the backbone-similarity reference);
-  :func:`attention_share` its share on held-out batches;
-- :func:`class_similarity`: the paper's Figure 1 measured: how similar same-class and other-class
-  embeddings of a batch are before the MPN and after each of its layers, with and without messages.
+"""Evaluating a model: embed a dataset (:func:`embed_dataset`), measure retrieval (:func:`evaluate`,
+optionally after test-time refinement), and what the attention looks at (:func:`attention_diagnostics`,
+:func:`class_similarity`), always inside :func:`evaluation_mode`.
 """
 
 from __future__ import annotations
@@ -24,16 +13,10 @@ import torch
 
 from mpn_tutorial import metrics
 from mpn_tutorial.backbones import fold_batchnorm
-from mpn_tutorial.controls import (
-    NoMessages,
-    pass_messages,
-    passes_messages,
-    provide_labels,
-    twin_network,
-    without_messages,
-)
+from mpn_tutorial.controls import NoMessages, pass_messages, passes_messages, provide_labels, twin_network
 from mpn_tutorial.data.build import Datasets, iterate_batches, sample_batch
 from mpn_tutorial.errors import UsageError
+from mpn_tutorial.miners import pair_masks
 from mpn_tutorial.models import MetricLearningModel
 
 # Images per forward when a dataset is embedded. Larger is not faster on a CPU: on 2 cores the glyph
@@ -63,17 +46,11 @@ def evaluation_mode(model: torch.nn.Module, messages: bool | None = None) -> Ite
         model.train(was_training)
 
 
-def embed_dataset(
-    model: MetricLearningModel,
-    dataset,
-    batch_size: int = EVAL_BATCH_SIZE,
-    device: torch.device | str | None = None,
-    num_workers: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_dataset(model: MetricLearningModel, dataset, batch_size: int = EVAL_BATCH_SIZE,
+                  device: torch.device | str | None = None, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised backbone embeddings of a whole dataset: ((N, D) float32, (N,) int64), on the CPU."""
     device = _device_of(model) if device is None else torch.device(device)
-    order = list(range(len(dataset)))
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    chunks = [list(range(i, min(i + batch_size, len(dataset)))) for i in range(0, len(dataset), batch_size)]
     embeddings, labels = [], []
     with evaluation_mode(model), torch.inference_mode():
         # the same function as model.retrieval_embeddings in eval mode, without BatchNorm's passes
@@ -112,14 +89,11 @@ def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tenso
 
     - ``"mpn"`` (the paper's "pseudo-test" variant): the trained MPN (eval mode, messages on) passes
       messages over each sample's neighbourhood; the sample's output replaces its embedding (D' is the
-      MPN's output size). For the messages-off control this is the same as the next one.
-    - ``"mpn_without_messages"``: the MPN applied to each sample alone, messages off: the change of
-      feature space alone, the neighbourhood unused (a control for ``"mpn"``).
-    - ``"mean"``: average query expansion, the plain mean of the neighbourhood (self included).
-    - ``"similarity_weighted"``: alpha-query expansion, the mean weighted by cos(e_i, e_j)^alpha
-      (self weight 1), non-negative similarities only.
-
-    The last two are non-learned baselines on the same neighbourhoods (``model`` may be None).
+      MPN's output size);
+    - ``"mpn_without_messages"``: the MPN on each sample alone, messages off (a control for ``"mpn"``);
+    - non-learned baselines on the same neighbourhoods (``model`` may be None): ``"mean"`` (average
+      query expansion, self included) and ``"similarity_weighted"`` (alpha-query expansion: weights
+      cos(e_i, e_j)^alpha, self weight 1, non-negative similarities only).
     """
     if method not in REFINEMENTS:
         raise UsageError(f"method must be one of {', '.join(REFINEMENTS)}, got {method!r}")
@@ -147,30 +121,18 @@ def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tenso
 
 def run_mpn(model: MetricLearningModel, embeddings: torch.Tensor, messages: bool = True) -> torch.Tensor:
     """The model's trained MPN (eval mode) on backbone embeddings (N, D) or (B, N, D) -> its output, with
-    the messages on, or every message 0 (``controls.without_messages``: each sample alone)."""
+    the messages on, or every message 0 (its :class:`~mpn_tutorial.controls.NoMessages` twin: each sample alone)."""
     with evaluation_mode(model, messages=True if messages else None):
         inputs = model.mpn_input(embeddings)
-        return model.mpn(inputs) if messages else without_messages(model, inputs)
+        return model.mpn(inputs) if messages else twin_network(model, NoMessages)(inputs)
 
 
-def evaluate(
-    model: MetricLearningModel,
-    dataset,
-    ks: Sequence[int] = (1, 2, 4, 8),
-    gallery=None,
-    compute_nmi: bool = False,
-    batch_size: int = EVAL_BATCH_SIZE,
-    num_workers: int = 0,
-    seed: int = 0,
-    refine_k: int = 0,
-    refine_method: str = "mpn",
-) -> dict[str, float]:
+def evaluate(model: MetricLearningModel, dataset, ks: Sequence[int] = (1, 2, 4, 8), gallery=None,
+             compute_nmi: bool = False, batch_size: int = EVAL_BATCH_SIZE, num_workers: int = 0, seed: int = 0,
+             refine_k: int = 0, refine_method: str = "mpn") -> dict[str, float]:
     """Retrieval metrics of a model on a dataset (leave-one-out), or on query ``dataset`` vs ``gallery``.
-
-    ``refine_k > 0`` turns on the optional test-time refinement (:func:`refine_embeddings`, off by
-    default): each set's embeddings are replaced by their refinement over their k-reciprocal
-    neighbourhoods (``refine_method``: the MPN by default, or a baseline).
-    """
+    ``refine_k > 0`` first refines each set's embeddings over their k-reciprocal neighbourhoods
+    (:func:`refine_embeddings` with ``refine_method``); off by default."""
     def embeddings_of(data) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings, labels = embed_dataset(model, data, batch_size, num_workers=num_workers)
         if refine_k:
@@ -178,36 +140,26 @@ def evaluate(
         return embeddings, labels
 
     embeddings, labels = embeddings_of(dataset)
-    if gallery is None:
-        result = metrics.retrieval_metrics(embeddings, labels, ks)
-    else:
-        result = metrics.retrieval_metrics(embeddings, labels, ks, *embeddings_of(gallery))
+    result = metrics.retrieval_metrics(embeddings, labels, ks, *(() if gallery is None else embeddings_of(gallery)))
     if compute_nmi:
         result["nmi"] = metrics.nmi(embeddings, labels, seed=seed)
     return result
 
 
-def default_ks(dataset: str) -> tuple[int, ...]:
-    """The K of Recall@K that the literature reports for each dataset."""
-    return {"sop": (1, 10, 100, 1000), "inshop": (1, 10, 20, 30, 40, 50)}.get(dataset, (1, 2, 4, 8))
-
-
-def evaluate_on_test(
-    model: MetricLearningModel, datasets: Datasets, dataset_name: str, compute_nmi: bool = False,
-    refine_k: int = 0, batch_size: int = EVAL_BATCH_SIZE, num_workers: int = 0, seed: int = 0,
-    refine_method: str = "mpn",
-) -> dict[str, float]:
-    """Test-class metrics with the dataset's usual K (query vs gallery for In-Shop)."""
-    options = dict(compute_nmi=compute_nmi, batch_size=batch_size, num_workers=num_workers, seed=seed,
-                   refine_k=refine_k, refine_method=refine_method)
-    return evaluate(model, datasets.evaluation, default_ks(dataset_name), gallery=datasets.gallery, **options)
+def evaluate_on_test(model: MetricLearningModel, datasets: Datasets, dataset_name: str, compute_nmi: bool = False,
+                     refine_k: int = 0, batch_size: int = EVAL_BATCH_SIZE, num_workers: int = 0, seed: int = 0,
+                     refine_method: str = "mpn") -> dict[str, float]:
+    """Test-class metrics with the K of Recall@K the literature reports (query vs gallery for In-Shop)."""
+    ks = {"sop": (1, 10, 100, 1000), "inshop": (1, 10, 20, 30, 40, 50)}.get(dataset_name, (1, 2, 4, 8))
+    return evaluate(model, datasets.evaluation, ks, datasets.gallery, compute_nmi=compute_nmi,
+                    batch_size=batch_size, num_workers=num_workers, seed=seed, refine_k=refine_k,
+                    refine_method=refine_method)
 
 
 def batch_attention(model: MetricLearningModel, images: torch.Tensor, labels) -> np.ndarray:
-    """The MPN's attention on one batch of images and their labels (N,), in eval mode (no dropout):
-    (num_layers, num_heads, N, N), where ``[l, h, i, j]`` is the weight sample i gives to sample j in
-    head h of layer l (the labels reach the oracle control only). During a message warm-up: the
-    weights the layers compute once the messages are on."""
+    """The MPN's attention on one batch of images and their labels (N,) (read by the oracle control only),
+    in eval mode with the messages on: (num_layers, num_heads, N, N), where ``[l, h, i, j]`` is the
+    weight sample i gives to sample j in head h of layer l."""
     return _attention_and_embeddings(model, images, labels)[0]
 
 
@@ -234,19 +186,14 @@ def diagnostic_batches(dataset, count: int, classes_per_batch: int = 8, samples_
 def attention_diagnostics(model: MetricLearningModel, batches) -> dict[str, float]:
     """What the MPN's attention does on some P×K batches (eval mode, no dropout), averaged over them:
 
-    - ``share``: the same-class share of the attention to other samples
-      (:func:`metrics.same_class_attention_share`), mean over layers, heads and queries; and
-      ``share_layer{l}_head{h}`` for each (from 1). Chance is (K - 1) / (P·K - 1).
-    - ``self_weight``: the mean weight a sample gives itself, a_ii (uniform: 1 / (P·K)).
-    - ``score_spread``: the standard deviation of the scores s_ij over j within a row (what the
-      softmax sees; rows are shift-invariant), mean over rows, heads and layers: about 0 means uniform
-      attention. Computed as the spread of log a_ij, equal to it for the softmax. Not for the oracle.
-    - ``similarity_share``: the share of a non-learned reference, the backbone's own cosine similarity
-      used as attention, softmax_j(beta cos(e_i, e_j)), with beta set per batch so that its rows are as
-      sharp (the same mean entropy) as the learned attention's: how much of the class the learned
+    - ``share``: the same-class share of the attention to other samples (chance: (K - 1) / (P·K - 1)),
+      mean over layers, heads and queries; and ``share_layer{l}_head{h}`` for each (from 1);
+    - ``self_weight``: the mean weight a sample gives itself, a_ii (uniform: 1 / (P·K));
+    - for learned attention only, ``score_spread``: the standard deviation over j of the scores s_ij
+      (computed as that of log a_ij, equal for the softmax), about 0 for uniform attention; and
+      ``similarity_share``: the share of softmax_j(beta cos(e_i, e_j)) of the backbone embeddings, beta
+      set per batch to match the learned rows' mean entropy: how much of the class the learned
       attention finds beyond what the embedding's similarity already gives.
-
-    The controls' fixed patterns (oracle, uniform) get share and self-weight only.
     """
     learned = model.config.mpn_attention == "learned"
     shares, self_weights, spreads, references = [], [], [], []
@@ -291,10 +238,8 @@ def similarity_attention_share(embeddings: np.ndarray, labels: np.ndarray, entro
     return float(metrics.same_class_attention_share(attention((low + high) / 2), labels))
 
 
-def attention_share(
-    model: MetricLearningModel, dataset, num_batches: int = 10, classes_per_batch: int = 8,
-    samples_per_class: int = 6, seed: int = 1000,
-) -> float:
+def attention_share(model: MetricLearningModel, dataset, num_batches: int = 10, classes_per_batch: int = 8,
+                    samples_per_class: int = 6, seed: int = 1000) -> float:
     """Mean same-class share of the MPN's attention on ``num_batches`` P×K batches of ``dataset``, e.g.
     held-out test classes (:func:`attention_diagnostics`). Chance is (K - 1) / (P·K - 1)."""
     batches = diagnostic_batches(dataset, num_batches, classes_per_batch, samples_per_class, seed)
@@ -313,18 +258,16 @@ def _same_and_other(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[flo
     """Mean cosine similarity of the same-class pairs (i != j) and of the other-class pairs of a batch."""
     normalised = torch.nn.functional.normalize(embeddings.float(), dim=1)
     cosine = normalised @ normalised.T
-    same = labels[:, None] == labels[None, :]
-    others = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    return float(cosine[same & others].mean()), float(cosine[~same].mean())
+    same, other = pair_masks(labels)
+    return float(cosine[same].mean()), float(cosine[other].mean())
 
 
 def class_similarity(model: MetricLearningModel, batches) -> dict[str, dict[str, float]]:
     """The paper's Figure 1 claim, measured: "after each message-passing step, the embeddings of images of
-    the same class become more similar". On P×K ``batches`` (images, labels), in eval mode, per stage of
-    the MPN the mean cosine similarity of same-class pairs (``same``, i != j) and of other-class pairs
-    (``other``), and ``gap`` = same - other, averaged over the batches. Stages: ``"backbone"`` (the MPN's
-    input, the normalised embedding), ``"input map"``, ``"layer l"`` for each layer, and ``"layer l,
-    messages off"``: the same trained layers with every message 0 (the control within the model)."""
+    the same class become more similar". On P×K ``batches`` (images, labels), per stage of the MPN, the
+    mean cosine similarity of same-class pairs (``same``, i != j), of other-class pairs (``other``) and
+    ``gap`` = same - other, averaged over the batches. Stages: ``"backbone"`` (the MPN's input),
+    ``"input map"``, ``"layer l"``, and ``"layer l, messages off"`` (the same layers, every message 0)."""
     if model.mpn is None:
         raise UsageError("class_similarity measures the MPN's layers: the model has no MPN (loss 'mpn')")
     device = _device_of(model)

@@ -1,11 +1,10 @@
 """Losses of deep metric learning: contrastive (pairs), triplet (with mining), smoothed cross-entropy,
 and the paper's objective (smoothed cross-entropy on the backbone logits and on the MPN logits).
 
-Pair and triplet losses take ``(embeddings (N, D), labels (N,))`` and return a scalar tensor. They
-L2-normalise the embeddings first and work with Euclidean distances between them
-(``d = sqrt(2 - 2 cos)``, between 0 and 2). Every loss is defined on any batch: when a batch has
-no valid pair or triplet, the loss is a zero that is still connected to the embeddings, so
-``loss.backward()`` works and gives zero gradients, never NaN.
+Pair and triplet losses take ``(embeddings (N, D), labels (N,))``, return a scalar tensor and work
+with Euclidean distances between the L2-normalised embeddings (``d = sqrt(2 - 2 cos)``, in [0, 2]).
+Every loss is defined on any batch: without a valid pair or triplet it is a zero still connected to
+the embeddings, so ``loss.backward()`` gives zero gradients, never NaN.
 """
 
 from __future__ import annotations
@@ -25,10 +24,8 @@ def _check_inputs(embeddings: torch.Tensor, labels: torch.Tensor, what: str) -> 
     if embeddings.dim() != 2:
         raise UsageError(f"{what} expects embeddings of shape (N, D), got {tuple(embeddings.shape)}")
     if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
-        raise UsageError(
-            f"{what}: labels must have shape ({embeddings.shape[0]},) to match the embeddings, "
-            f"got {tuple(labels.shape)}"
-        )
+        raise UsageError(f"{what}: labels must have shape ({embeddings.shape[0]},) to match the embeddings, "
+                         f"got {tuple(labels.shape)}")
 
 
 def _zero(embeddings: torch.Tensor) -> torch.Tensor:
@@ -41,9 +38,8 @@ class ContrastiveLoss(nn.Module):
 
         L = mean_{positive pairs} d_ij^2  +  mean_{negative pairs} max(0, margin - d_ij)^2
 
-    Positives are pulled together; negatives pushed apart until they are ``margin`` away. Each
-    term averages over its own pairs (ordered pairs i != j), so the balance does not depend on how
-    many negatives a batch holds; a term with no pairs contributes 0.
+    Positives are pulled together, negatives pushed until ``margin`` apart. Each term averages over its
+    own pairs (ordered, i != j), so the balance does not depend on how many negatives a batch holds.
     """
 
     def __init__(self, margin: float = 0.5) -> None:
@@ -66,10 +62,8 @@ class TripletLoss(nn.Module):
     """Triplet loss ``max(0, d(a, p) - d(a, n) + margin)``, averaged over the triplets a miner picks
     (``miners.py``): ``mining="hard"`` (batch hard: per anchor its farthest positive and closest
     negative), ``"semihard"`` (per positive pair the closest negative farther than the positive, within
-    the margin) or ``"all"`` (every triplet that still violates the margin).
-
-    ``mine(embeddings, labels)`` returns the chosen triplets as index tensors (anchor, positive,
-    negative) so a notebook can draw what each strategy picks.
+    the margin) or ``"all"`` (every triplet that still violates the margin). ``mine(embeddings,
+    labels)`` returns the chosen triplets, so a notebook can draw what each strategy picks.
     """
 
     def __init__(self, margin: float = 0.2, mining: str = "hard") -> None:
@@ -106,18 +100,15 @@ class SmoothedCrossEntropy(nn.Module):
             raise UsageError(f"eps must be in [0, 1), got {eps}")
         if temperature <= 0:
             raise UsageError(f"temperature must be positive, got {temperature}")
-        self.eps = eps
-        self.temperature = temperature
+        self.eps, self.temperature = eps, temperature
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         _check_inputs(logits, labels, "SmoothedCrossEntropy")
-        if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[1]):
-            raise UsageError(
-                f"SmoothedCrossEntropy: labels must lie in 0..{logits.shape[1] - 1} (the classifier has "
-                f"{logits.shape[1]} classes), got {int(labels.min())}..{int(labels.max())}"
-            )
         if len(labels) == 0:
             return _zero(logits)
+        if labels.min() < 0 or labels.max() >= logits.shape[1]:
+            raise UsageError(f"SmoothedCrossEntropy: labels must lie in 0..{logits.shape[1] - 1} (the classifier has "
+                             f"{logits.shape[1]} classes), got {int(labels.min())}..{int(labels.max())}")
         return F.cross_entropy(logits / self.temperature, labels, label_smoothing=self.eps)
 
 
@@ -133,14 +124,10 @@ class MessagePassingObjective(nn.Module):
 
         L = w_b · CE_eps(z_b / T, y) + w_m · CE_eps(z_m / T, y)
 
-    where ``z_b`` are the backbone classifier's logits (on the embedding), ``z_m`` the MPN's (on
-    the embeddings after message passing over the batch), ``T`` the temperature, ``eps`` the label
-    smoothing (0.1 published) and ``w_b = w_m = 1`` as published. The parameters have the names of
-    the run's settings (``TrainConfig``); temperature and smoothing have no default: a run's settings
-    give them (the temperature differs from preset to preset). The model returns raw logits: the
-    temperature lives here only.
-
-    ``forward(...)`` returns L; ``terms(...)`` the two unweighted terms and ``combine(terms)`` their
+    where ``z_b`` are the backbone classifier's logits, ``z_m`` the MPN's, ``T`` the temperature (here
+    only: the model returns raw logits; no default, it differs from preset to preset), ``eps`` the
+    label smoothing (0.1 published) and ``w_b = w_m = 1`` as published (the parameters are named as
+    the run's settings). ``terms(...)`` returns the two unweighted terms and ``combine(terms)`` their
     weighted sum, for a caller that also logs the terms.
     """
 
@@ -149,8 +136,7 @@ class MessagePassingObjective(nn.Module):
         super().__init__()
         check_loss_weights(backbone_loss_weight, mpn_loss_weight)
         self.cross_entropy = SmoothedCrossEntropy(eps=label_smoothing, temperature=temperature)
-        self.backbone_loss_weight = backbone_loss_weight
-        self.mpn_loss_weight = mpn_loss_weight
+        self.backbone_loss_weight, self.mpn_loss_weight = backbone_loss_weight, mpn_loss_weight
 
     def terms(self, backbone_logits: torch.Tensor, mpn_logits: torch.Tensor,
               labels: torch.Tensor) -> dict[str, torch.Tensor]:

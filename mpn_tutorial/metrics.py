@@ -1,15 +1,10 @@
 """Retrieval metrics of deep metric learning: Recall@K, MAP@R, R-precision, and clustering NMI;
-plus the two measurements the notebooks build on them: each sample's nearest neighbours, and how
-much of a model's attention stays within a sample's class.
+plus each sample's nearest neighbours, and how much of a model's attention stays within a class.
 
 All functions take torch tensors or numpy arrays, L2-normalise by default (so similarity is the
 cosine, and ranking by it equals ranking by Euclidean distance), and return plain floats in [0, 1].
-
-Two protocols:
-
-- **leave-one-out** (CUB, Cars, SOP, glyphs): every sample is a query and the rest of the set is
-  its gallery (a query never retrieves itself);
-- **query / gallery** (In-Shop): pass ``gallery=`` and ``gallery_labels=``.
+Two protocols: **leave-one-out** (CUB, Cars, SOP, glyphs: every sample is a query and the rest of
+the set its gallery) and **query / gallery** (In-Shop: pass ``gallery=`` and ``gallery_labels=``).
 
 For each query with ``R`` positives (gallery samples of its class), samples are ranked by
 similarity, most similar first:
@@ -19,19 +14,15 @@ similarity, most similar first:
 - MAP@R (Musgrave et al., "A Metric Learning Reality Check", 2020): ``1/R * sum_{i<=R} P(i) *
   rel(i)``, where P(i) is the precision among the first i and rel(i) is 1 if the i-th is a positive.
 
-**Exact and scalable.** No N×N matrix is ever held: similarities are computed block by block
-(4096 × 4096 by default) and only what the metrics need is kept per query: how many negatives are
-at least as similar as its best positive (its exact rank, for every K at once), and its R most
-similar negatives. In leave-one-out mode each block serves its rows and (transposed) its columns,
-so only half the similarity matrix is computed. Samples are sorted by label first, so the blocks
-that can hold positives are few and the others need no masking. Memory: O(block² + N × R_max).
+**Exact and scalable.** No N×N matrix is ever held: similarities are computed block by block (only
+half of them in leave-one-out mode, each block serving its rows and its columns) and per query only
+how many negatives are at least as similar as its best positive (its exact rank, for every K) and
+its R most similar negatives are kept. Memory: O(block² + N × R_max).
 
 **Ties and duplicates.** Ties are broken against the query: a negative exactly as similar as a
-positive is ranked before it. So duplicated points, or a collapsed embedding where everything is
-equally similar, never earn recall by luck of index order. A duplicate of a query in the same
-class is an ordinary positive (at similarity 1). Queries without any positive in their gallery
-(a class with a single sample in leave-one-out mode) cannot be answered and are left out of
-every average; :func:`retrieval_metrics` reports how many were left out.
+positive is ranked before it, so duplicated points or a collapsed embedding never earn recall by
+luck of index order. Queries without any positive in their gallery (a class with a single sample in
+leave-one-out mode) are left out of every average; :func:`retrieval_metrics` reports how many.
 """
 
 from __future__ import annotations
@@ -48,23 +39,17 @@ BLOCK_SIZE = 4096
 
 
 def _as_tensor(values, dtype: torch.dtype) -> torch.Tensor:
-    if isinstance(values, torch.Tensor):
-        tensor = values.detach().cpu()
-    else:
-        tensor = torch.from_numpy(np.asarray(values))
+    tensor = values.detach().cpu() if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
     return tensor.to(dtype)
 
 
 def _prepare(embeddings, labels, name: str, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    embeddings = _as_tensor(embeddings, torch.float32)
-    labels = _as_tensor(labels, torch.int64)
+    embeddings, labels = _as_tensor(embeddings, torch.float32), _as_tensor(labels, torch.int64)
     if embeddings.dim() != 2:
         raise UsageError(f"{name} must have shape (N, D), got {tuple(embeddings.shape)}")
     if labels.dim() != 1 or len(labels) != len(embeddings):
-        raise UsageError(
-            f"{name} labels must have shape ({len(embeddings)},) to match the embeddings, "
-            f"got {tuple(labels.shape)}"
-        )
+        raise UsageError(f"{name} labels must have shape ({len(embeddings)},) to match the embeddings, "
+                         f"got {tuple(labels.shape)}")
     if not torch.isfinite(embeddings).all():
         raise UsageError(f"{name} contain NaN or infinite values; check the model that produced them")
     if normalize:
@@ -77,13 +62,10 @@ def _class_ranges(labels: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Te
     return torch.searchsorted(labels, classes), torch.searchsorted(labels, classes, right=True)
 
 
-def _positive_similarities(
-    queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor, gallery_labels: torch.Tensor,
-    leave_one_out: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query: its positives' similarities sorted high to low, padded with -inf -> (M, R_max); and R (M,).
-
-    Inputs must be sorted by label: a class is then one run of rows and one run of columns."""
+def _positive_similarities(queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
+                           gallery_labels: torch.Tensor, leave_one_out: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query: its positives' similarities sorted high to low, padded with -inf -> (M, R_max); and R
+    (M,). Inputs must be sorted by label: a class is then one run of rows and one run of columns."""
     classes = torch.unique_consecutive(query_labels)
     row_starts, row_ends = _class_ranges(query_labels, classes)
     column_starts, column_ends = _class_ranges(gallery_labels, classes)
@@ -102,16 +84,13 @@ def _positive_similarities(
     return positives, num_positives
 
 
-def _negative_statistics(
-    queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor, gallery_labels: torch.Tensor,
-    best_positive: torch.Tensor, top_k: int, leave_one_out: bool, block_size: int, count: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
+def _negative_statistics(queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
+                         gallery_labels: torch.Tensor, best_positive: torch.Tensor, top_k: int, leave_one_out: bool,
+                         block_size: int, count: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """One pass over similarity blocks. Per query: the number of negatives with similarity >= its best
     positive (M,) (None with ``count=False``), and its ``top_k`` most similar negatives, high to low,
-    -inf padded (M, top_k).
-
-    Inputs must be sorted by label (then a block whose label ranges do not overlap has no positives).
-    """
+    -inf padded (M, top_k). Inputs must be sorted by label (then a block whose label ranges do not
+    overlap has no positives)."""
     m, n = len(queries), len(gallery)
     count_above = torch.zeros(m, dtype=torch.float64) if count else None
     top_negatives = torch.full((m, top_k), float("-inf"))
@@ -125,14 +104,12 @@ def _negative_statistics(
 
     for row_start in range(0, m, block_size):
         rows = slice(row_start, min(row_start + block_size, m))
-        column_starts = range(row_start if leave_one_out else 0, n, block_size)
-        for column_start in column_starts:
+        for column_start in range(row_start if leave_one_out else 0, n, block_size):
             columns = slice(column_start, min(column_start + block_size, n))
             size = (rows.stop - rows.start, columns.stop - columns.start)
             similarity = torch.mm(queries[rows], gallery[columns].T, out=block[: size[0], : size[1]])
             row_labels, column_labels = query_labels[rows], gallery_labels[columns]
-            may_share_a_class = row_labels[-1] >= column_labels[0] and column_labels[-1] >= row_labels[0]
-            if may_share_a_class:
+            if row_labels[-1] >= column_labels[0] and column_labels[-1] >= row_labels[0]:  # may share a class
                 similarity.masked_fill_(row_labels[:, None] == column_labels[None, :], float("-inf"))
             # (rows, columns) now holds negatives only; comparisons summed as floats are the
             # fastest exact way to count on CPU (a block row holds far fewer than 2**24 entries).
@@ -149,24 +126,12 @@ def _negative_statistics(
     return (count_above.round().to(torch.int64) if count else None), top_negatives
 
 
-def retrieval_metrics(
-    embeddings,
-    labels,
-    ks: Sequence[int] = (1, 2, 4, 8),
-    gallery=None,
-    gallery_labels=None,
-    normalize: bool = True,
-    block_size: int = BLOCK_SIZE,
-) -> dict[str, float]:
-    """Recall@K for every K, MAP@R and R-precision from one pass over the similarities.
-
-    Args:
-        embeddings: (M, D) queries (and gallery, in leave-one-out mode).
-        labels: (M,) int class labels.
-        ks: the K of Recall@K.
-        gallery, gallery_labels: (N, D) and (N,) for the query/gallery protocol.
-        normalize: L2-normalise rows first (cosine similarity).
-        block_size: side of the similarity blocks (memory ~ 2 * block_size² * 4 bytes).
+def retrieval_metrics(embeddings, labels, ks: Sequence[int] = (1, 2, 4, 8), gallery=None, gallery_labels=None,
+                      normalize: bool = True, block_size: int = BLOCK_SIZE) -> dict[str, float]:
+    """Recall@K for every K of ``ks``, MAP@R and R-precision from one pass over the similarities of
+    embeddings (M, D) with labels (M,) (queries, and gallery in leave-one-out mode), or against
+    ``gallery`` (N, D) and ``gallery_labels`` (N,). ``normalize``: L2-normalise rows first (cosine
+    similarity); ``block_size``: side of the similarity blocks (memory ~ 2 * block_size² * 4 bytes).
 
     Returns ``{"recall@1": ..., "recall@2": ..., "map@r": ..., "r_precision": ...,
     "queries": number evaluated, "queries_without_positive": number left out}``.
@@ -178,14 +143,10 @@ def retrieval_metrics(
     if leave_one_out != (gallery_labels is None):
         raise UsageError("pass both gallery= and gallery_labels=, or neither (leave-one-out)")
     queries, query_labels = _prepare(embeddings, labels, "embeddings", normalize)
-    if leave_one_out:
-        gallery, gallery_labels = queries, query_labels
-    else:
+    if not leave_one_out:
         gallery, gallery_labels = _prepare(gallery, gallery_labels, "gallery", normalize)
         if gallery.shape[1] != queries.shape[1]:
-            raise UsageError(
-                f"queries have {queries.shape[1]} dimensions but the gallery has {gallery.shape[1]}"
-            )
+            raise UsageError(f"queries have {queries.shape[1]} dimensions but the gallery has {gallery.shape[1]}")
 
     query_order = torch.argsort(query_labels, stable=True)
     queries, query_labels = queries[query_order], query_labels[query_order]
@@ -195,31 +156,25 @@ def retrieval_metrics(
         gallery_order = torch.argsort(gallery_labels, stable=True)
         gallery, gallery_labels = gallery[gallery_order], gallery_labels[gallery_order]
 
-    positives, num_positives = _positive_similarities(
-        queries, query_labels, gallery, gallery_labels, leave_one_out
-    )
+    positives, num_positives = _positive_similarities(queries, query_labels, gallery, gallery_labels, leave_one_out)
     answerable = num_positives > 0
     r_max = positives.shape[1]
     # With K <= R_max for every K, a query's R_max most similar negatives also decide its Recall@K:
     # the negatives at least as similar as its best positive are the first ones among them (all of
     # them when fewer than R_max; at least R_max >= K otherwise). Else they are counted in the pass.
     count_in_pass = max(ks) > r_max
-    count_above, top_negatives = _negative_statistics(
-        queries, query_labels, gallery, gallery_labels, positives[:, 0], r_max, leave_one_out, block_size,
-        count=count_in_pass,
-    )
+    count_above, top_negatives = _negative_statistics(queries, query_labels, gallery, gallery_labels, positives[:, 0],
+                                                      r_max, leave_one_out, block_size, count=count_in_pass)
     if not count_in_pass:
         count_above = (top_negatives >= positives[:, :1]).sum(dim=1)
     count_above, top_negatives = count_above[answerable], top_negatives[answerable]
     positives, num_positives = positives[answerable], num_positives[answerable]
     num_queries = int(answerable.sum())
-    result: dict[str, float] = {}
     if num_queries == 0:
         raise UsageError("no query has a positive in its gallery: every class has a single sample")
 
     # rank of the first positive = 1 + negatives at least as similar (ties against the query)
-    for k in ks:
-        result[f"recall@{k}"] = float((count_above < k).double().mean())
+    result: dict[str, float] = {f"recall@{k}": float((count_above < k).double().mean()) for k in ks}
 
     # Rank of the m-th positive = m + negatives at least as similar; only ranks <= R matter, and
     # those need no more than the R most similar negatives, which is what top_negatives holds.
@@ -230,17 +185,13 @@ def retrieval_metrics(
     in_top_r = is_real & (rank <= num_positives[:, None])
     precision_at_rank = position[None, :] / rank
     r = num_positives.double()
-    result["map@r"] = float(((precision_at_rank * in_top_r).sum(dim=1) / r).mean())
-    result["r_precision"] = float((in_top_r.sum(dim=1) / r).mean())
-    result["queries"] = num_queries
-    result["queries_without_positive"] = int((~answerable).sum())
-    return result
+    return {**result, "map@r": float(((precision_at_rank * in_top_r).sum(dim=1) / r).mean()),
+            "r_precision": float((in_top_r.sum(dim=1) / r).mean()), "queries": num_queries,
+            "queries_without_positive": int((~answerable).sum())}
 
 
-def recall_at_k(
-    embeddings, labels, ks: Sequence[int] = (1, 2, 4, 8), gallery=None, gallery_labels=None,
-    normalize: bool = True,
-) -> dict[int, float]:
+def recall_at_k(embeddings, labels, ks: Sequence[int] = (1, 2, 4, 8), gallery=None, gallery_labels=None,
+                normalize: bool = True) -> dict[int, float]:
     """Recall@K for each K: ``{k: float}``. See the module docstring for protocol and ties."""
     metrics = retrieval_metrics(embeddings, labels, ks, gallery, gallery_labels, normalize)
     return {int(k): metrics[f"recall@{k}"] for k in ks}
@@ -257,13 +208,10 @@ def r_precision(embeddings, labels, gallery=None, gallery_labels=None, normalize
 
 
 def nmi(embeddings, labels, n_clusters: int | None = None, seed: int = 0, normalize: bool = True) -> float:
-    """Normalised mutual information between k-means clusters and the labels.
-
-    ``n_clusters`` defaults to the number of classes *in the evaluated set* (the official release
-    used the training-class count instead, a known flaw). :func:`kmeans` (k-means++ seeded with
-    ``seed``, then Lloyd's iterations) runs on the L2-normalised embeddings; the score is
-    :func:`normalized_mutual_information`. It is the slowest metric at SOP scale (11,316 clusters).
-    """
+    """Normalised mutual information between the :func:`kmeans` clusters of the (L2-normalised)
+    embeddings and the labels. ``n_clusters`` defaults to the number of classes *in the evaluated set*
+    (the official release used the training-class count instead, a known flaw). The slowest metric
+    at SOP scale (11,316 clusters)."""
     points, labels = _prepare(embeddings, labels, "embeddings", normalize)
     n_clusters = int(len(torch.unique(labels))) if n_clusters is None else int(n_clusters)
     if not 1 <= n_clusters <= len(points):
@@ -305,15 +253,12 @@ def _squared_distances(points: torch.Tensor, squared_norms: torch.Tensor, center
 def kmeans(points, n_clusters: int, seed: int = 0, max_iter: int = 300, tol: float = 1e-4) -> torch.Tensor:
     """k-means clustering of (N, D) points -> (N,) int64 cluster of each point, 0 .. n_clusters - 1.
 
-    The algorithm of scikit-learn's ``KMeans(n_clusters, n_init=1, random_state=seed)``, its random
-    draws included (a numpy ``RandomState(seed)``): greedy k-means++ seeding (each new centre is the
-    best of 2 + ln k candidates drawn with probability proportional to the squared distance to the
-    nearest centre so far), then Lloyd's iterations (assign each point to its nearest centre, move
-    each centre to its points' mean; an emptied cluster takes the point farthest from its centre)
-    until no assignment changes or the centres move less than ``tol`` times the data's mean variance
-    (squared shift, summed), at most ``max_iter`` times. Distances are computed in float32 with matrix
-    products on the mean-centred data, so on near-ties an assignment may differ from scikit-learn's
-    float64 one.
+    scikit-learn's ``KMeans(n_clusters, n_init=1, random_state=seed)``, its random draws included:
+    greedy k-means++ seeding (each new centre the best of 2 + ln k candidates drawn with probability
+    proportional to the squared distance to the nearest centre), then Lloyd's iterations (an emptied
+    cluster takes the point farthest from its centre) until no assignment changes, the centres move
+    less than ``tol`` times the data's mean variance, or ``max_iter``. Distances are float32 matrix
+    products on the centred data: on near-ties an assignment may differ from scikit-learn's.
     """
     data = _as_tensor(points, torch.float64)
     if data.dim() != 2 or not 1 <= n_clusters <= len(data):
@@ -340,8 +285,7 @@ def kmeans(points, n_clusters: int, seed: int = 0, max_iter: int = 300, tol: flo
         closest, potential = distances[:, best].contiguous(), float(potentials[best])
     centers = x[chosen]
     # Lloyd's iterations
-    previous = None
-    converged_strictly = False
+    previous, converged_strictly = None, False
     for _ in range(max_iter):
         distances = _squared_distances(x, squared_norms, centers)
         assignment = distances.argmin(dim=1)
@@ -370,11 +314,9 @@ def kmeans(points, n_clusters: int, seed: int = 0, max_iter: int = 300, tol: flo
 
 def nearest_neighbours(embeddings, k: int, queries: Sequence[int] | None = None,
                        block_size: int = BLOCK_SIZE) -> torch.Tensor:
-    """Indices of each query's ``k`` most similar *other* samples (cosine), most similar first.
-
-    embeddings: (N, D); queries: indices into them (default: every sample). Returns
-    (len(queries), k) int64. Computed block by block, like the metrics above.
-    """
+    """Indices of each query's ``k`` most similar *other* samples (cosine), most similar first:
+    embeddings (N, D), ``queries`` indices into them (default: every sample) -> (len(queries), k)
+    int64. Computed block by block, like the metrics above."""
     points = F.normalize(_as_tensor(embeddings, torch.float32), dim=1)
     queries = torch.arange(len(points)) if queries is None else torch.as_tensor(list(queries), dtype=torch.long)
     if not 1 <= k < len(points):
@@ -394,8 +336,7 @@ def same_class_attention_share(attention, labels, per_query: bool = False) -> np
     attention: (L, H, N, N), (H, N, N) or (N, N), where ``[..., i, j]`` is the weight sample i gives
     to sample j; labels (N,). Returns (L, H) (or (H,), or a number): the mean over queries i of
     ``sum_{j != i, same class} a_ij / sum_{j != i} a_ij``; with ``per_query=True`` that ratio for
-    every query, (..., N). A head that ignores classes scores about (K - 1) / (N - 1) on a P×K batch
-    (chance); one that only looks at its class, 1.
+    every query, (..., N). Chance on a P×K batch is about (K - 1) / (N - 1); only its class, 1.
     """
     attention = np.asarray(attention, dtype=np.float64)
     labels = np.asarray(labels)

@@ -1,5 +1,4 @@
-"""Miners: which triplets of a batch a triplet loss learns from (as pytorch-metric-learning keeps them,
-apart from the loss).
+"""Miners: which triplets of a batch a triplet loss learns from.
 
 A miner takes the batch's pairwise distances (N, N) and labels (N,) and returns index tensors
 (anchors, positives, negatives), each (T,): triplet t is (anchors[t], positives[t], negatives[t]),
@@ -18,12 +17,9 @@ Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def pairwise_distances(embeddings: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances between L2-normalised rows: (N, D) -> (N, N), between 0 and 2.
-
-    Computed from cosine similarities (``d = sqrt(2 - 2 cos)``); clamped before the square root, and
-    the diagonal set to exactly zero, so the gradient is finite everywhere except at coinciding points
-    (where the masks below never look).
-    """
+    """Euclidean distances between L2-normalised rows, ``d = sqrt(2 - 2 cos)``: (N, D) -> (N, N), in [0, 2].
+    Clamped before the square root and the diagonal set to exactly zero, so the gradient is finite
+    everywhere except at coinciding points (where the masks below never look)."""
     normalized = F.normalize(embeddings, dim=1)
     squared = (2 - 2 * normalized @ normalized.T).clamp_min(1e-12)
     distances = squared.sqrt()
@@ -91,7 +87,3 @@ def make_miner(mining: str, margin: float):
     if mining not in MINING_STRATEGIES:
         raise UsageError(f"mining must be one of {MINING_STRATEGIES}, got {mining!r}")
     return {"all": AllTripletsMiner(margin), "hard": BatchHardMiner(), "semihard": SemiHardMiner(margin)}[mining]
-
-
-__all__ = ["MINING_STRATEGIES", "AllTripletsMiner", "BatchHardMiner", "SemiHardMiner", "Triplets", "make_miner",
-           "pair_masks", "pairwise_distances"]

@@ -12,20 +12,16 @@ every other node with multi-head dot-product attention, a transformer block over
     x_i <- LayerNorm(x_i + Dropout(W_2 Dropout(ReLU(W_1 x_i))))         (residual 2: feed-forward)
 
 :meth:`BatchAttention.forward` is the first four lines, :class:`FeedForward` the last one, and
-:meth:`MessagePassingLayer.forward` the two residual lines. The full model
-(:class:`MetricLearningModel`): backbone -> embedding e_i -> a linear classifier (the backbone
-logits) and, on the L2-normalised embedding, an input map, the layers and a BNNeck classifier (the
-MPN logits). A cross-entropy on each trains the backbone; at test time only the backbone embedding
-is used.
+:meth:`MessagePassingLayer.forward` the two residual lines. In the full model
+(:class:`MetricLearningModel`) a cross-entropy on the backbone's logits and one on the MPN's train
+the backbone; at test time only the backbone embedding is used.
 
-Softmax detail: the authors' release normalises with an implicit extra logit of zero,
-``a_ij = exp(s_ij) / (1 + sum_j' exp(s_ij'))``, so each row sums to slightly less than one (a node
-may "attend to nothing"). ``zero_logit=True`` computes that; the default is the standard softmax of
-the paper's equation. The benchmark presets set ``zero_logit=True``, as the release computes.
+Softmax detail: the authors' release (and the benchmark presets) set ``zero_logit=True``, an
+implicit extra logit of zero, ``a_ij = exp(s_ij) / (1 + sum_j' exp(s_ij'))``: rows sum to slightly
+less than one (a node may "attend to nothing"). The default is the paper's standard softmax.
 
-The studies' controls (uniform, oracle, no messages, a similarity twin) and initialisations live in
-``controls.py``: a model built for a study replaces some of the parts below when it is built
-(:meth:`MetricLearningModel.make_mpn` and the other ``make_`` methods), never while it runs.
+The studies' controls live in ``controls.py``: they replace parts below when a model is built (the
+``make_`` methods of :class:`MetricLearningModel`), never while it runs.
 """
 
 from __future__ import annotations
@@ -85,12 +81,10 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, zero_logit: bool = False
 
 class BatchAttention(nn.Module):
     """Multi-head dot-product attention over the batch: x (N, dim) -> messages m (N, dim) (or B
-    independent batches, (B, N, dim)).
-
-    ``forward(x, return_attention=True)`` computes the weights explicitly and also returns them,
-    a (num_heads, N, N), where ``a[h, i, j]`` is the weight sample i gives to sample j's value in head
-    h; without it the same computation runs in one fused kernel and the weights are None.
-    """
+    independent batches, (B, N, dim)). ``forward(x, return_attention=True)`` computes the weights
+    explicitly and also returns them, a (num_heads, N, N), where ``a[h, i, j]`` is the weight sample i
+    gives to sample j's value in head h; without it the same computation runs in one fused kernel and
+    the weights are None."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float = DROPOUT, zero_logit: bool = False) -> None:
         super().__init__()
@@ -141,8 +135,7 @@ class MessagePassingLayer(nn.Module):
     the batch (module docstring). x (N, dim) -> (N, dim); ``layer(x, return_attention=True)`` ->
     (x, weights (num_heads, N, N)). ``attention``: the class that computes the messages, built with
     ``(dim, num_heads, dropout, zero_logit)`` (the published :class:`BatchAttention`, or a control of
-    ``controls.py``).
-    """
+    ``controls.py``)."""
 
     def __init__(self, dim: int, num_heads: int, ff_dim: int = FF_DIM, dropout: float = DROPOUT,
                  zero_logit: bool = False, *, attention: type[nn.Module] = BatchAttention) -> None:
@@ -171,14 +164,12 @@ class MessagePassingLayer(nn.Module):
 
 
 class MessagePassingNetwork(nn.Module):
-    """The input map, then ``num_layers`` message-passing layers.
-
-    ``forward(x)``: embeddings (N, dim) -> refined embeddings (N, out_dim), where ``out_dim`` is
-    ``dim``, or ``dim * num_layers`` with ``concat_layers=True`` (the Cars196 preset: the classifier
-    sees every layer's output). ``forward(x, return_attention=True)`` -> (embeddings, list with one
-    (num_heads, N, N) tensor per layer, None for a layer that computes no weights). ``attention``: as
-    :class:`MessagePassingLayer`'s; ``input_map=False`` leaves the input map out (a study's option).
-    """
+    """The input map, then ``num_layers`` message-passing layers: embeddings (N, dim) -> refined
+    embeddings (N, out_dim), where ``out_dim`` is ``dim``, or ``dim * num_layers`` with
+    ``concat_layers=True`` (the Cars196 preset: the classifier sees every layer's output).
+    ``forward(x, return_attention=True)`` -> (embeddings, list with one (num_heads, N, N) tensor per
+    layer, None for a layer that computes no weights). ``attention``: as :class:`MessagePassingLayer`'s;
+    ``input_map=False`` leaves the input map out (a study's option)."""
 
     def __init__(self, dim: int, num_layers: int, num_heads: int, ff_dim: int = FF_DIM, dropout: float = DROPOUT,
                  zero_logit: bool = False, concat_layers: bool = False, *,
@@ -243,9 +234,7 @@ class ModelConfig:
 @dataclass
 class ModelOutput:
     """What the model's forward pass returns for training (all tensors have N rows, the batch size).
-
-    Logits are raw: the loss divides them by its temperature (``losses.MessagePassingObjective``).
-    """
+    Logits are raw: the loss divides them by its temperature (``losses.MessagePassingObjective``)."""
 
     embeddings: torch.Tensor  # (N, D) backbone embedding, not normalised
     backbone_logits: torch.Tensor | None = None  # (N, C) or None without a classifier
@@ -255,17 +244,16 @@ class ModelOutput:
 
 
 class MetricLearningModel(nn.Module):
-    """Backbone -> embedding -> (backbone classifier; normalised embedding -> MPN -> MPN classifier).
+    """Backbone -> embedding e_i -> a linear classifier (the backbone logits) and, on the L2-normalised
+    embedding, an input map, the message-passing layers and a BNNeck classifier (the MPN logits).
 
     Built from a :class:`ModelConfig`, the number of training classes (0: no classifier, for pair and
     triplet losses), the image channels, and whether it has the MPN head. ``model(images)``: a
-    :class:`ModelOutput` for training; ``embed``: the backbone embedding; ``retrieval_embeddings``:
-    its normalised form, what retrieval compares (no MPN). The ``make_`` methods build the parts a
-    study may replace (``controls.StudyModel``).
+    :class:`ModelOutput` for training; ``retrieval_embeddings``: what retrieval compares (no MPN).
+    The ``make_`` methods build the parts a study may replace (``controls.StudyModel``).
     """
 
-    def __init__(self, config: ModelConfig, num_classes: int = 0, in_channels: int = 1,
-                 mpn_head: bool = True) -> None:
+    def __init__(self, config: ModelConfig, num_classes: int = 0, in_channels: int = 1, mpn_head: bool = True) -> None:
         super().__init__()
         if mpn_head and num_classes <= 0:
             raise UsageError("message passing is trained through its classifier: set num_classes > 0")
@@ -303,18 +291,14 @@ class MetricLearningModel(nn.Module):
         return self.embedding(self.backbone(images))
 
     def retrieval_embeddings(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised backbone embedding, what retrieval compares: (N, C, H, W) -> (N, D).
-
-        Call it in eval mode (``evaluation.evaluation_mode``) so BatchNorm uses its running statistics.
-        """
+        """L2-normalised backbone embedding, what retrieval compares: (N, C, H, W) -> (N, D). Call it in
+        eval mode (``evaluation.evaluation_mode``) so BatchNorm uses its running statistics."""
         return F.normalize(self.embed(images), dim=1)
 
     def forward(self, images: torch.Tensor, return_attention: bool = False, gather=None) -> ModelOutput:
-        """Training outputs for a batch of images: (N, C, H, W) -> :class:`ModelOutput`.
-
-        ``gather`` (multi-GPU training): turns this process's embeddings into the global batch's, so
-        the classifiers and the MPN see every sample.
-        """
+        """Training outputs for a batch of images: (N, C, H, W) -> :class:`ModelOutput`. ``gather``
+        (multi-GPU training) turns this process's embeddings into the global batch's, so the
+        classifiers and the MPN see every sample."""
         embeddings = self.embed(images)
         if gather is not None:
             embeddings = gather(embeddings)
@@ -340,8 +324,3 @@ def _check_batch(x: torch.Tensor, dim: int, name: str) -> None:
         raise UsageError(f"{name} expects a batch of shape (N, {dim}) or (B, N, {dim}), got {tuple(x.shape)}")
     if x.shape[-2] < 2:
         raise UsageError(f"{name}: message passing needs a batch of at least 2 samples, got {x.shape[-2]}")
-
-
-__all__ = ["DROPOUT", "FF_DIM", "BNNeckClassifier", "BatchAttention", "FeedForward", "MessagePassingLayer",
-           "MessagePassingNetwork", "MetricLearningModel", "ModelConfig", "ModelOutput", "attention_weights",
-           "check_heads", "check_layers", "merge_heads", "split_heads"]

@@ -1,17 +1,12 @@
 """The notebooks' one-line set-up: ``tutorial = start(preset="glyphs")``.
 
-:func:`start` pins the CPU threads (``runtime.py``: the notebooks are an entry point), finds the
-data folder (the project's ``data/``, or a per-user folder when a notebook is opened outside the
-project, e.g. after ``pip install mpn_tutorial``), applies a preset, shows figures inline, and
-returns a :class:`Tutorial` that builds the datasets on first use (the glyphs are generated there
-the first time) and trains runs through the run store (``DATA/runs``), so a run trained by one
-notebook is loaded, not retrained, by the next (``$MPN_TUTORIAL_RUNS`` names another store;
-``$MPN_TUTORIAL_SHARED_RUNS`` a store that is only read, e.g. the one a teacher filled for a class:
-``run_store.py``). The studies' results ship with the package (:func:`load_study`).
+:func:`start` pins the CPU threads (the notebooks are an entry point), finds the data folder, applies a
+preset, shows figures inline, and returns a :class:`Tutorial` that builds the datasets on first use and
+trains runs through the run store (``DATA/runs``), so a run trained by one notebook is loaded, not
+retrained, by the next. The studies' results ship with the package (:func:`load_study`).
 
-Change the preset to a benchmark (``start(preset="cub")``) and every notebook runs as far as its
-data allows: without the data it stops at the first cell that needs it, with the reader's
-"not found" message that says how to get the dataset.
+With a benchmark's preset (``start(preset="cub")``) every notebook runs as far as its data allows: without
+the data it stops at the first cell that needs it, with the reader's message that says how to get it.
 """
 
 from __future__ import annotations
@@ -27,7 +22,7 @@ from mpn_tutorial.callbacks import Callback
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import DATA_FIELDS, Datasets, build_datasets
 from mpn_tutorial.errors import MissingFileError, UsageError
-from mpn_tutorial.presets import get_preset, with_budget
+from mpn_tutorial.presets import get_preset
 from mpn_tutorial.tools.run_store import train_cached
 from mpn_tutorial.tools.runtime import pin_threads, thread_count
 from mpn_tutorial.training import TrainResult
@@ -38,28 +33,20 @@ SHARED_RUNS_VARIABLE = "MPN_TUTORIAL_SHARED_RUNS"  # a store only read, e.g. the
 STUDIES = ("messages", "lesson")  # the studies whose results ship with the package (mpn_tutorial/results/)
 
 
-def user_data_folder() -> Path:
-    """The per-user data folder, for a notebook opened outside the project: ``$XDG_CACHE_HOME/mpn_tutorial``
-    (``~/.cache/mpn_tutorial`` by default)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mpn_tutorial"
-
-
 def find_data_folder(start_at: str | os.PathLike | None = None) -> tuple[Path, str]:
-    """Where a notebook keeps its data and run store, and why there:
-
-    1. ``$MPN_TUTORIAL_DATA`` when set;
-    2. the project's ``data`` folder: the nearest folder above (or at) the working directory that has
-       one next to a ``notebooks`` folder or a ``pyproject.toml`` (a clone of the repository);
-    3. otherwise (the package installed with pip, a notebook opened anywhere) the per-user folder
-       :func:`user_data_folder`, created on first use.
-    """
+    """Where a notebook keeps its data and run store, and why there: ``$MPN_TUTORIAL_DATA`` when set; else the
+    project's ``data`` folder, the nearest above (or at) the working directory that sits next to a ``notebooks``
+    folder or a ``pyproject.toml`` (a clone of the repository); else (the package installed with pip, a notebook
+    opened anywhere) the per-user folder ``$XDG_CACHE_HOME/mpn_tutorial`` (``~/.cache/mpn_tutorial`` by
+    default), created on first use."""
     if os.environ.get(DATA_VARIABLE):
         return Path(os.environ[DATA_VARIABLE]), f"${DATA_VARIABLE}"
     here = Path(start_at or Path.cwd()).absolute()
     for folder in (here, *here.parents):
         if (folder / "data").is_dir() and ((folder / "notebooks").is_dir() or (folder / "pyproject.toml").is_file()):
             return Path(os.path.relpath(folder / "data")), "the project's data folder"
-    return user_data_folder(), f"no project folder around {here}: the per-user data folder"
+    user_folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mpn_tutorial"
+    return user_folder, f"no project folder around {here}: the per-user data folder"
 
 
 def load_study(name: str = "messages") -> dict:
@@ -79,9 +66,7 @@ class Tutorial:
     """What a notebook works with: the preset's config, its datasets and the run store."""
 
     def __init__(self, config: TrainConfig, data: Path, found: str = "") -> None:
-        self.config = config
-        self.data = data
-        self.found = found
+        self.config, self.data, self.found = config, data, found
         self.runs = Path(os.environ.get(RUNS_VARIABLE) or data / "runs")
         shared = os.environ.get(SHARED_RUNS_VARIABLE)
         self.shared_runs = Path(shared) if shared else None  # read when self.runs lacks a run, never written
@@ -90,10 +75,6 @@ class Tutorial:
     def datasets(self) -> Datasets:
         """train / val / test of the preset (built on first use; the glyphs are generated once)."""
         return build_datasets(self.config)
-
-    def budget(self, name: str, config: TrainConfig | None = None) -> TrainConfig:
-        """The config (default: the preset's) shortened to a named budget of ``presets.BUDGETS``."""
-        return with_budget(self.config if config is None else config, name)
 
     def preset(self, name: str, **changes) -> TrainConfig:
         """Another preset, with this tutorial's data folder."""
@@ -136,10 +117,8 @@ def start(preset: str = "glyphs", **changes) -> Tutorial:
 
 
 def _show_figures_inline() -> None:
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython comes with JupyterLab
-        return
+    from IPython import get_ipython  # a dependency of JupyterLab
+
     shell = get_ipython()
     if shell is not None and hasattr(shell, "kernel"):
         shell.run_line_magic("matplotlib", "inline")

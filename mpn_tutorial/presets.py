@@ -1,49 +1,19 @@
 """Named training configurations: ``glyphs`` (the CPU default, minutes) and the published recipe.
 
-The four benchmark presets restate the hyperparameters of the official release (dvl-tum/intra_batch):
-ImageNet-pretrained ResNet-50, 512-d embedding, RAdam for 70 epochs with the learning rate
-divided by 10 after epoch 30, 227 px crops, the attention's softmax with an extra zero logit (the
-release's ``net/utils.py`` adds exp(0) to every denominator, in every configuration), the best model
-so far loaded again after epochs 30 and 50 (the release's ``trainer.py`` reloads its best checkpoint
-there), and per dataset:
+The four benchmark presets restate the official release (dvl-tum/intra_batch): ImageNet-pretrained
+ResNet-50, 512-d embedding, RAdam for 70 epochs with the learning rate divided by 10 after epoch 30,
+227 px crops, the attention's softmax with an extra zero logit (the release's ``net/utils.py``), the best
+model so far loaded again after epochs 30 and 50 (its ``trainer.py``), and per dataset the MPN's layers,
+heads, temperature, P × K, learning rate and weight decay. On purpose unlike the release: the best epoch
+is chosen on validation classes, never on test R@1; and ``sop`` trains the paper's objective, while
+``sop-release`` is the release's SOP configuration (the backbone's label-smoothed cross-entropy alone).
 
-=========  ============  ===========  =========  =========  ============
-preset     layers×heads  temperature  P × K      lr         weight decay
-=========  ============  ===========  =========  =========  ============
-cub        1 × 2         0.2          6 × 9      1.56e-4    6.1e-6
-cars       2 × 8 (cat)   0.111        10 × 7     3.67e-4    2.6e-9
-sop        1 × 8         0.605        15 × 6     2.47e-4    2.8e-13
-inshop     1 × 4         0.186        14 × 4     1.13e-4    1.1e-7
-=========  ============  ===========  =========  =========  ============
-
-(cat): the MPN classifier sees both layers' outputs concatenated.
-
-Where the package differs from the release, on purpose: the best epoch (and the model reloaded
-after epochs 30 and 50) is chosen on validation classes carved from the training classes, never on
-test R@1 as the release does; and the release's SOP configuration (``config_sop_train.yaml``:
-``fns: "lsce"``) trains the backbone's label-smoothed cross-entropy *alone*, without the MPN's loss,
-while ``sop`` trains the paper's objective, as the paper describes it. ``sop-release`` is the
-release's SOP variant (``loss="ce"``: the MPN is then not built at all, since without its loss it
-would change nothing).
-
-The glyph preset was tuned on the glyph *validation* classes (never the test classes); it keeps the
-standard softmax of the paper's equation, which the notebooks teach.
-
-``glyphs-attention`` is the glyph preset with the three changes the attention study
-(``bench/attention_study.py``, results in ``bench/attention_study.md``) found necessary for the
-batch attention to learn to look at a sample's own class at CPU scale: the MPN's input scaled up
-(× 2 sqrt(D), so scores start of order one), W_v and W_o initialised to the identity, and message
-passing switched on only after a warm-up of 5 of the 8 epochs in which the MPN head trains the
-backbone alone (the published recipe starts from an ImageNet-pretrained backbone instead). Scale and
-warm-up were chosen on the validation classes (study, section 1). The benchmark presets keep the
-published behaviour: their pretrained ResNet-50 starts with meaningful features, and nothing
-measured says that the published settings fail there (no benchmark was trained here).
-
-A glyph preset's 600 steps are a budget for the notebooks (a run in half a minute), short of where
-training plateaus: the messages study (``bench/messages_study.md``) measures its runs over budgets,
-multiples of the preset's epochs with the schedule and the warm-up moved in proportion
-(:func:`with_budget`; :data:`BUDGETS` names the notebooks' ones), and states its results where a
-longer budget no longer changes them.
+The glyph preset was tuned on the glyph *validation* classes and keeps the standard softmax the
+notebooks teach. ``glyphs-attention`` adds what the attention study (``bench/attention_study.md``)
+found necessary for the attention to look at a sample's own class at CPU scale: the MPN's input scaled
+up (× 2 sqrt(D), so scores start of order one), W_v and W_o initialised to the identity, and messages
+switched on only after a warm-up of 5 of the 8 epochs. A glyph preset's 600 steps are the notebooks'
+budget, short of where training plateaus: :func:`with_budget` trains a multiple of a preset's epochs.
 """
 
 from __future__ import annotations
@@ -114,8 +84,7 @@ INSHOP = TrainConfig(preset="inshop", dataset="inshop", mpn_layers=1, mpn_heads=
 
 SOP_RELEASE = SOP.replace(preset="sop-release", loss="ce")  # the release's SOP config: its backbone's cross-entropy
 
-PRESETS: dict[str, TrainConfig] = {c.preset: c for c in (GLYPHS, GLYPHS_ATTENTION, CUB, CARS, SOP, SOP_RELEASE,
-                                                          INSHOP)}
+PRESETS: dict[str, TrainConfig] = {c.preset: c for c in (GLYPHS, GLYPHS_ATTENTION, CUB, CARS, SOP, SOP_RELEASE, INSHOP)}
 
 # Named multiples of a preset's epochs. "short" is what the notebooks' many-seed comparisons use.
 BUDGETS: dict[str, float] = {"full": 1.0, "short": 0.5}
@@ -129,10 +98,9 @@ def get_preset(name: str, **changes) -> TrainConfig:
 
 
 def with_budget(config: TrainConfig, budget: str | float) -> TrainConfig:
-    """``config`` trained for a multiple of its epochs: a name of :data:`BUDGETS`, or a number (2: twice
-    as long). The learning-rate decay, the reloads of the best model and the message warm-up move
-    with it, in proportion (rounded down, at least epoch 1 and at most the last epoch but one); a
-    decay at epoch 0 is dropped."""
+    """``config`` trained for a multiple of its epochs: a name of :data:`BUDGETS`, or a number (2: twice as
+    long). The learning-rate decay, the reloads of the best model and the message warm-up move in proportion
+    (rounded down, at least epoch 1 and at most the last epoch but one; a decay at epoch 0 is dropped)."""
     if isinstance(budget, str):
         if budget not in BUDGETS:
             raise UsageError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}, or a number")

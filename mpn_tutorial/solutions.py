@@ -1,9 +1,7 @@
 """Reference solutions of the notebooks' "your turn" exercises (try first, then compare).
 
-Each function takes what the exercise's check passes to the learner's code
-(:data:`mpn_tutorial.exercises.EXERCISES`) and returns the expected answer. Its docstring says why
-it is right: the teachers' answer key (``make answer-key``) shows the code and that explanation in
-each notebook's exercise cell.
+Each takes what the exercise's check passes to the learner's code and returns the expected answer; its
+docstring says why it is right (the teachers' answer key, ``make answer-key``, shows both).
 """
 
 from __future__ import annotations

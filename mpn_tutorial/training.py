@@ -1,23 +1,12 @@
 """The one training loop, for every loss: contrastive, triplet, cross-entropy, and cross-entropy + MPN.
 
-``train(config)`` builds the datasets and the model of a :class:`~mpn_tutorial.config.TrainConfig`,
-trains for ``config.epochs`` epochs of P×K batches, evaluates the *validation classes* (carved from
-the training classes) after every epoch, keeps the best model by validation Recall@1 (never by a
-test number), and finally evaluates the best model on the test classes. An MPN run also measures
-its attention after every epoch (``evaluation.attention_diagnostics``, on fixed validation batches).
-
-Each epoch's numbers are one history row of plain dicts: ``{"epoch", "step", "train": {loss terms},
-"val": {metrics}, "attention": {diagnostics}, "lr", "seconds"}`` (``callbacks.flatten`` turns a row
-into the columns of ``metrics.csv``).
-
-With ``checkpoint_dir``, ``last.pt`` (everything needed to continue exactly) and ``best.pt`` are
-written after every epoch (``checkpoints.py``); ``resume=True`` continues from ``last.pt``, bit for
-bit on the CPU, even after the process was killed mid-epoch. A folder that holds another run is
-never overwritten unless ``overwrite=True``.
-
-One path for one process and many: with one process the "gather" of the global batch is the
-identity (``distributed.SingleProcess``). The step waits for the device once per
-:data:`LOG_INTERVAL` steps (loss and a finiteness flag are accumulated on the device).
+``train(config)`` trains for ``config.epochs`` epochs of P×K batches, evaluates the *validation
+classes* (carved from the training classes) after every epoch, keeps the best model by validation
+Recall@1 (never by a test number), and finally evaluates it on the test classes. Each epoch's
+numbers are one history row: ``{"epoch", "step", "train": {loss terms}, "val": {metrics},
+"attention": {diagnostics}, "lr", "seconds"}``. ``resume=True`` continues from ``last.pt``, bit for
+bit on the CPU. One path for one process and many (with one, the "gather" of the global batch is
+the identity); the step waits for the device once per :data:`LOG_INTERVAL` steps.
 """
 
 from __future__ import annotations
@@ -56,9 +45,6 @@ from mpn_tutorial.tools.runtime import resolve_device, seed_everything
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
 LOG_INTERVAL = 25  # steps between the waits for the device (progress bar, divergence check)
 
-__all__ = ["LOG_INTERVAL", "RUN_FILES", "TrainResult", "loss_function", "lr_factor", "make_optimizer",
-           "prepare_run_folder", "train"]
-
 
 @dataclass
 class TrainResult:
@@ -79,10 +65,7 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
     return OPTIMIZERS[config.optimizer](parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
-LossFunction = Callable[[ModelOutput, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-def loss_function(config: TrainConfig) -> LossFunction:
+def loss_function(config: TrainConfig) -> Callable[[ModelOutput, torch.Tensor], tuple[torch.Tensor, dict]]:
     """The loss a configuration trains with: (ModelOutput, labels) -> (scalar, {term: detached scalar})."""
     if config.loss in ("contrastive", "triplet"):
         pair_loss = (ContrastiveLoss(config.contrastive_margin) if config.loss == "contrastive"
@@ -123,10 +106,8 @@ def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], floa
 
 def prepare_run_folder(config: TrainConfig, folder: Path, resume: bool, overwrite: bool) -> dict | None:
     """Check that training into ``folder`` loses nothing; return the checkpoint to resume from, if any.
-
     A folder holding another run is refused unless ``overwrite``; ``resume`` continues the same run
-    only (the same settings, apart from where and how fast it computes).
-    """
+    only (the same settings, apart from where and how fast it computes)."""
     existing = [name for name in RUN_FILES if (folder / name).exists()]
     if not existing:
         return None
@@ -143,30 +124,19 @@ def prepare_run_folder(config: TrainConfig, folder: Path, resume: bool, overwrit
             return checkpoint if stored == last else None
         if not overwrite:
             listed = ", ".join(f"{name}={new!r} (the folder's run: {old!r})" for name, (new, old) in changed.items())
-            raise CheckpointError(
-                f"{folder} holds a different run; --resume continues the same settings only, and this run "
-                f"changes {listed}. Train into another --checkpoint-dir, or pass --overwrite to replace it."
-            )
+            raise CheckpointError(f"{folder} holds a different run; --resume continues the same settings only, and "
+                                  f"this run changes {listed}. Train into another --checkpoint-dir, or pass "
+                                  "--overwrite to replace it.")
     if not overwrite:
-        raise CheckpointError(
-            f"{folder} already holds a run ({', '.join(existing)}); nothing was changed. Use --resume to "
-            "continue that run, another --checkpoint-dir for a new one, or --overwrite to replace it."
-        )
+        raise CheckpointError(f"{folder} already holds a run ({', '.join(existing)}); nothing was changed. Use "
+                              "--resume to continue that run, another --checkpoint-dir for a new one, or --overwrite "
+                              "to replace it.")
     return None
 
 
-def train(
-    config: TrainConfig,
-    callbacks: Sequence[Callback] = (),
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    datasets: Datasets | None = None,
-    evaluate_test: bool = True,
-    compute_nmi: bool = False,
-    distributed=None,
-    overwrite: bool = False,
-) -> TrainResult:
+def train(config: TrainConfig, callbacks: Sequence[Callback] = (), checkpoint_dir: str | os.PathLike | None = None,
+          resume: bool = False, progress: bool = True, datasets: Datasets | None = None, evaluate_test: bool = True,
+          compute_nmi: bool = False, distributed=None, overwrite: bool = False) -> TrainResult:
     """Train a model as ``config`` says; return the best model by validation Recall@1.
 
     Args:
@@ -300,7 +270,5 @@ def _stop_if_diverged(diverged_at: torch.Tensor, epoch: int) -> None:
     """Stop a diverging run, saying where, instead of training on NaNs (checked every LOG_INTERVAL steps)."""
     step = int(diverged_at)
     if step:
-        raise TrainingDiverged(
-            f"training diverged at step {step} (epoch {epoch}): the loss or the embeddings became NaN or "
-            "infinite. Lower the learning rate (--lr) or check the input data."
-        )
+        raise TrainingDiverged(f"training diverged at step {step} (epoch {epoch}): the loss or the embeddings became "
+                               "NaN or infinite. Lower the learning rate (--lr) or check the input data.")

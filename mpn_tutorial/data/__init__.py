@@ -2,12 +2,11 @@
 
 - :class:`GlyphDataset`: the offline default, rendered from matplotlib's fonts (glyphs.py)
 - :class:`CUB200`, :class:`Cars196`, :class:`StanfordOnlineProducts`, :class:`InShop`: the four
-  benchmarks, read from their original archives (benchmarks.py; how to get them: fetch.py and
-  data/README.md)
+  benchmarks, read from their original archives (benchmarks.py; how to get them: data/README.md)
 - :class:`PKSampler`: batches of P classes × K samples (sampler.py)
 
-The benchmark readers are imported when first used (``from mpn_tutorial.data import CUB200``
-works as usual): they need torchvision and PIL, which a glyph run never loads (a second at start-up).
+The benchmark readers are imported on first use: they need torchvision and PIL, which a glyph run
+never loads (a second at start-up).
 """
 
 from __future__ import annotations

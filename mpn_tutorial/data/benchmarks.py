@@ -1,28 +1,15 @@
 """Readers of the four deep-metric-learning benchmarks, straight from their original archive files.
 
-Each reader takes ``root`` = the folder its archive extracts to, reads the archive's own index
-files in place (nothing is moved, copied or written) and applies the standard split of the metric
-learning literature: the classes are divided into two disjoint halves, so the test classes are
-never seen in training.
+Each reader takes ``root`` = the folder its archive extracts to, reads the archive's own index files
+in place (nothing is moved or written) and applies the literature's standard split into two disjoint
+halves of the classes (each reader's docstring says which), so the test classes are never seen in training.
 
-==========================  ===========================================  =========================
-reader                      ``root`` holds                               split
-==========================  ===========================================  =========================
-``CUB200``                  images.txt, image_class_labels.txt, images/  classes 1-100 / 101-200
-``Cars196``                 cars_annos.mat, car_ims/                     classes 1-98 / 99-196
-``StanfordOnlineProducts``  Ebay_train.txt, Ebay_test.txt, ``*_final/``  the two files
-``InShop``                  Eval/list_eval_partition.txt, Img/           train / query / gallery
-==========================  ===========================================  =========================
-
-Every reader: ``len(ds)``; ``ds[i] -> (image (C, H, W) float tensor, int label)``;
-``ds.labels`` (N,) int64; ``ds.num_classes``; ``ds.paths`` (absolute); ``ds.class_ids`` (the
-archive's class id of each label). Labels are contiguous ``0..num_classes-1`` within a split, in the
-order of the archive's class ids. In-Shop's query and gallery share one mapping, so an item has the
-same label in both (that is what makes query-to-gallery retrieval scoreable).
-
-Images are opened only in ``__getitem__`` (a dataset of 120k images costs a list of paths), but
-every listed file is checked to exist when the reader is built, so an incomplete extraction fails
-at once, not hours into training.
+Every reader: ``len(ds)``; ``ds[i] -> (image (C, H, W) float tensor, int label)``; ``ds.labels`` (N,)
+int64, contiguous ``0..num_classes-1`` in the order of the archive's class ids; ``ds.num_classes``;
+``ds.paths`` (absolute); ``ds.class_ids`` (the archive's class id of each label). In-Shop's query and
+gallery share one mapping, so an item has the same label in both (that makes retrieval scoreable).
+Images are opened only in ``__getitem__``, but every listed file is checked to exist when the reader
+is built, so an incomplete extraction fails at once, not hours into training.
 """
 
 from __future__ import annotations
@@ -74,12 +61,8 @@ class BenchmarkDataset(torch.utils.data.Dataset):
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
     LAST_TRAIN_CLASS: ClassVar[int]  # CUB and Cars only: classes 1..this train, the rest test
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str = "train",
-        transform: Callable[[Image.Image], torch.Tensor] | None = None,
-    ) -> None:
+    def __init__(self, root: str | os.PathLike, split: str = "train",
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
         if split not in self.splits:
             raise UsageError(f"{type(self).__name__}: split must be one of {self.splits}, got {split!r}")
         self.root = Path(root).expanduser().absolute()
@@ -89,9 +72,7 @@ class BenchmarkDataset(torch.utils.data.Dataset):
         records = self._read_index()
         own = [record for record in records if record.split == split]
         if not own:
-            raise DatasetError(
-                f"{self.title}: the index files in {self.root} list no image of split {split!r}"
-            )
+            raise DatasetError(f"{self.title}: the index files in {self.root} list no image of split {split!r}")
         self._check_images_exist(own)
         # Sorted archive ids -> 0..C-1. The mapping spans every returned record, which for In-Shop
         # query/gallery means both of them: one shared mapping.
@@ -200,13 +181,13 @@ class BenchmarkDataset(torch.utils.data.Dataset):
     def _malformed(self, path: Path, line: int, text: str, expected: str) -> DatasetError:
         return self._error_at(path, line, f"expected '{expected}', got {text!r}")
 
-    def _split_of_class(self, class_id: int) -> str:
+    def _add_if_own_split(self, records: list[_Record], path: Path, class_id: int, line: int) -> None:
         """CUB and Cars split by class: ``1..LAST_TRAIN_CLASS`` train, the rest test."""
-        return "train" if class_id <= self.LAST_TRAIN_CLASS else "test"
+        split = "train" if class_id <= self.LAST_TRAIN_CLASS else "test"
+        if split == self.split:
+            records.append(_Record(path, class_id, line, split))
 
-    def _read_id_table(
-        self, name: str, expected: str, parse: Callable[[str], Any]
-    ) -> dict[int, tuple[int, Any]]:
+    def _read_id_table(self, name: str, expected: str, parse: Callable[[str], Any]) -> dict[int, tuple[int, Any]]:
         """``<id> <value>`` lines -> ``{id: (line number, parse(value))}`` (CUB's format)."""
         path = self.root / name
         table: dict[int, tuple[int, Any]] = {}
@@ -246,17 +227,11 @@ class CUB200(BenchmarkDataset):
         records = []
         for image_id, (line, relative) in paths.items():
             if image_id not in classes:
-                raise self._error_at(
-                    self.root / "images.txt", line, f"image {image_id} has no class in {labels_path}"
-                )
+                raise self._error_at(self.root / "images.txt", line, f"image {image_id} has no class in {labels_path}")
             class_line, class_id = classes[image_id]
             if not 1 <= class_id <= self.NUM_CLASSES:
-                raise self._error_at(
-                    labels_path, class_line, f"class {class_id} is outside 1..{self.NUM_CLASSES}"
-                )
-            split = self._split_of_class(class_id)
-            if split == self.split:
-                records.append(_Record(self.root / "images" / relative, class_id, line, split))
+                raise self._error_at(labels_path, class_line, f"class {class_id} is outside 1..{self.NUM_CLASSES}")
+            self._add_if_own_split(records, self.root / "images" / relative, class_id, line)
         return records
 
 
@@ -290,9 +265,7 @@ class Cars196(BenchmarkDataset):
             # squeeze_me: each struct field becomes a plain scalar (str / int) instead of a 1x1 array
             mat = loadmat(path, squeeze_me=True)
         except Exception as exc:  # scipy raises ValueError, TypeError, MatReadError... for a bad file
-            raise DatasetError(
-                f"{self.title}: cannot read {path} as a MATLAB file ({exc}); download it again"
-            ) from exc
+            raise DatasetError(f"{self.title}: cannot read {path} as a MATLAB file ({exc}); download it again") from exc
         annotations = mat.get("annotations")
         fields = getattr(getattr(annotations, "dtype", None), "names", None) or ()
         if not {"relative_im_path", "class"} <= set(fields):
@@ -314,9 +287,7 @@ class Cars196(BenchmarkDataset):
                     f"a relative_im_path like 'car_ims/000001.jpg' and a class in 1..{self.NUM_CLASSES}, "
                     f"got {relative!r} and {raw_class!r}; download the file again"
                 )
-            split = self._split_of_class(class_id)
-            if split == self.split:
-                records.append(_Record(self.root / relative, class_id, entry_number, split))
+            self._add_if_own_split(records, self.root / relative, class_id, entry_number)
         return records
 
 
@@ -345,15 +316,13 @@ class StanfordOnlineProducts(BenchmarkDataset):
         number, header = next(lines, (1, ""))
         if tuple(header.split()) != self.HEADER:
             raise self._malformed(path, number, header, " ".join(self.HEADER))
-        expected = "<image_id> <class_id> <super_class_id> <path>"
         records = []
         for number, text in lines:
             fields = text.split(maxsplit=3)
             try:
-                class_id = int(fields[1])
-                relative = fields[3]
+                class_id, relative = int(fields[1]), fields[3]
             except (IndexError, ValueError):
-                raise self._malformed(path, number, text, expected) from None
+                raise self._malformed(path, number, text, "<image_id> <class_id> <super_class_id> <path>") from None
             records.append(_Record(self.root / relative, class_id, number, self.split))
         return records
 
@@ -361,11 +330,10 @@ class StanfordOnlineProducts(BenchmarkDataset):
 class InShop(BenchmarkDataset):
     """In-Shop Clothes Retrieval (DeepFashion): 52,712 images of 7,982 clothing items.
 
-    ``train``: 25,882 images of 3,997 items. The other 3,985 items are split into a ``query`` set
-    (14,218 images) and a ``gallery`` set (12,612 images): evaluation retrieves, for each query,
-    gallery images of the same item. Query and gallery share one label mapping (over the items of
-    both), so a query's label equals its item's label in the gallery; ``num_classes`` is the size
-    of that mapping. Item ids (``id_00000001``) are zero-padded, so sorting them as text is numeric.
+    ``train``: 25,882 images of 3,997 items. The images of the other 3,985 items form a ``query`` set
+    (14,218) and a ``gallery`` set (12,612): evaluation retrieves, for each query, gallery images of the
+    same item. Query and gallery share one label mapping over the items of both (``num_classes`` is its
+    size). Item ids (``id_00000001``) are zero-padded, so sorting them as text is numeric.
 
     Args:
         root: the folder holding ``Eval/list_eval_partition.txt`` and ``Img/`` (the index's image
@@ -405,7 +373,5 @@ class InShop(BenchmarkDataset):
             if status in group:
                 records.append(_Record(self.root / "Img" / name, item_id, number, status))
         if listed != announced:
-            raise self._error_at(
-                path, 1, f"announces {announced:,} images but the file lists {listed:,} (truncated?)"
-            )
+            raise self._error_at(path, 1, f"announces {announced:,} images but the file lists {listed:,} (truncated?)")
         return records

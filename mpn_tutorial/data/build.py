@@ -1,10 +1,8 @@
 """The datasets of a run, and batches from them.
 
-:func:`build_datasets` turns a run's data settings (:class:`DataConfig`, which
-:class:`~mpn_tutorial.config.TrainConfig` extends) into train / validation / test datasets: the validation
-classes are carved from the training classes, never from the test classes. :func:`load_batch`
-and :func:`iterate_batches` read batches from any dataset of this package, in one indexing
-operation for the in-memory glyphs and through a ``DataLoader`` for image files.
+:func:`build_datasets` turns a run's data settings (:class:`DataConfig`) into train / validation / test
+datasets, the validation classes carved from the training classes. Batches are read in one indexing
+operation from the in-memory glyphs, through a ``DataLoader`` from image files.
 """
 
 from __future__ import annotations
@@ -16,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mpn_tutorial.data.sampler import PKSampler
 from mpn_tutorial.errors import UsageError
+from mpn_tutorial.tools.registry import DATASETS
 from mpn_tutorial.tools.settings import setting
 
-BENCHMARKS = ("cub", "cars", "sop", "inshop")
-DATASET_NAMES = ("glyphs",) + BENCHMARKS
+DATASET_NAMES = ("glyphs", "cub", "cars", "sop", "inshop")
 
 
 @dataclass
@@ -71,21 +70,15 @@ def build_datasets(settings: DataConfig) -> Datasets:
     from mpn_tutorial.data import benchmarks, transforms
     from mpn_tutorial.data.splits import ClassSubset, carve_validation_classes
 
-    readers = {
-        "cub": benchmarks.CUB200,
-        "cars": benchmarks.Cars196,
-        "sop": benchmarks.StanfordOnlineProducts,
-        "inshop": benchmarks.InShop,
-    }
-    if settings.dataset not in readers:
+    if settings.dataset not in DATASET_NAMES:
         raise UsageError(f"dataset must be one of {DATASET_NAMES}, got {settings.dataset!r}")
-    reader = readers[settings.dataset]
+    reader = getattr(benchmarks, DATASETS[settings.dataset].reader)  # e.g. benchmarks.CUB200 for "cub"
     root = dataset_root(settings.dataset, settings.data_root)
+    test_transform = transforms.test_transform(settings.image_size)  # deterministic: one serves every view
     train_view = reader(root, "train", transform=transforms.train_transform(settings.image_size))
-    eval_view = reader(root, "train", transform=transforms.test_transform(settings.image_size))
+    eval_view = reader(root, "train", transform=test_transform)
     val_classes = carve_validation_classes(train_view.num_classes, settings.val_fraction, settings.data_seed)
     train_classes = np.setdiff1d(np.arange(train_view.num_classes), val_classes)
-    test_transform = transforms.test_transform(settings.image_size)
     datasets = Datasets(train=ClassSubset(train_view, train_classes), val=ClassSubset(eval_view, val_classes))
     if settings.dataset == "inshop":
         datasets.query = reader(root, "query", transform=test_transform)
@@ -98,8 +91,6 @@ def build_datasets(settings: DataConfig) -> Datasets:
 def dataset_root(dataset: str, data_root: str) -> Path:
     """The folder a benchmark reader takes: ``data_root`` itself, or the dataset's folder inside it
     where ``fetch`` puts it (``data/CUB_200_2011`` when ``data_root`` is ``data``)."""
-    from mpn_tutorial.tools.registry import DATASETS
-
     root = Path(data_root)
     nested = root / DATASETS[dataset].folder
     return nested if nested.is_dir() else root
@@ -113,26 +104,19 @@ def iterate_batches(
         for indices in index_lists:
             yield dataset.batch(indices)
         return
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=index_lists, num_workers=num_workers, pin_memory=pin_memory
-    )
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=index_lists, num_workers=num_workers,
+                                         pin_memory=pin_memory)
     for images, labels in loader:
         yield images, torch.as_tensor(labels)
-
-
-def load_batch(dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (B, C, H, W) and labels (B,) of some dataset indices, for any dataset of this package."""
-    if getattr(dataset, "in_memory", False):
-        return dataset.batch(indices)
-    items = [dataset[int(i)] for i in indices]
-    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
 
 
 def sample_batch(
     dataset, classes_per_batch: int = 8, samples_per_class: int = 6, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One P×K batch of a dataset, as the training loop would draw it: (images, labels)."""
-    from mpn_tutorial.data.sampler import PKSampler
-
+    """One P×K batch of any dataset of this package, as the training loop would draw it: images
+    (B, C, H, W) and labels (B,)."""
     indices = next(iter(PKSampler(dataset.labels, classes_per_batch, samples_per_class, seed=seed, num_batches=1)))
-    return load_batch(dataset, indices)
+    if getattr(dataset, "in_memory", False):
+        return dataset.batch(indices)
+    items = [dataset[int(i)] for i in indices]
+    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])

@@ -1,24 +1,21 @@
 """The embedded offline dataset: characters rendered from the fonts that ship with matplotlib.
 
-One class per character; the images of a class are the character drawn in different font faces
-(DejaVu Sans / Sans Mono / Serif and STIXGeneral, 16 faces) with random geometric and stroke
-augmentation. It mirrors the benchmark protocol of deep metric learning: the classes are split in
-two disjoint halves, and retrieval is evaluated on classes the model never saw during training.
+One class per character; its images are the character drawn in the 16 faces of DejaVu Sans / Sans
+Mono / Serif and STIXGeneral, with random geometric and stroke augmentation. As in the benchmarks,
+the classes are split in two disjoint halves: retrieval is evaluated on classes never seen in training.
 
-How the classes are chosen (all decided by rendering, nothing by a hand-written list):
+The classes are chosen by rendering, not by a hand-written list:
 
-1. characters from a few Unicode blocks (Latin, Greek, Cyrillic, arrows, math operators, geometric
-   shapes) that at least ``MIN_FACES`` faces have in their character map (glyph index != 0, so a
-   missing character is never drawn as the font's "missing glyph" box);
-2. drop renders with almost no ink or that leave the canvas;
-3. merge characters that look the same: two characters are one class when, in any face that has
-   both, their 32 px renders differ by less than ``DUPLICATE_THRESHOLD`` (sum of absolute pixel
-   differences over the sum of the pixel-wise maximum, i.e. relative to the ink). That merges Latin
-   A, Greek Alpha and Cyrillic A, and keeps O / 0 / o apart.
+1. characters of a few Unicode blocks that at least ``MIN_FACES`` faces have in their character map
+   (glyph index != 0, so a character is never drawn as the font's "missing glyph" box);
+2. renders with almost no ink, or that leave the canvas, are dropped;
+3. characters that look the same are one class: in some face that has both, their 32 px renders
+   differ by less than ``DUPLICATE_THRESHOLD`` (sum of absolute pixel differences over the sum of the
+   pixel-wise maximum, i.e. relative to the ink). That merges Latin A, Greek Alpha and Cyrillic A,
+   and keeps O / 0 / o apart.
 
-Generation is deterministic for a seed and takes a few seconds on 2 cores; the result is cached as
-one ``.npz`` file under ``root/glyphs/`` (written to a temporary file, then renamed, so a concurrent
-reader never sees half a file).
+Generation is deterministic for a seed (a few seconds on 2 cores) and cached atomically as one ``.npz``
+under ``root/glyphs/``.
 """
 
 from __future__ import annotations
@@ -148,10 +145,6 @@ class GlyphClass:
     merged: tuple[int, ...]
     faces: tuple[int, ...]
 
-    @property
-    def character(self) -> str:
-        return chr(self.codepoint)
-
 
 @lru_cache(maxsize=2)
 def glyph_classes(image_size: int = 32) -> tuple[tuple[GlyphClass, ...], np.ndarray]:
@@ -254,13 +247,11 @@ def generate_glyphs(
     images_per_class: int = 48,
     augmentation: Augmentation = Augmentation(),
 ) -> dict[str, np.ndarray]:
-    """Render the whole dataset. Returns arrays:
+    """Render the whole dataset (not split: :func:`mpn_tutorial.data.splits.split_classes` draws that).
 
-    - ``images``: (num_classes * images_per_class, image_size, image_size) uint8
-    - ``labels``: (N,) int64 global class index; ``faces``: (N,) int64 face used per image
-    - ``codepoints``: (num_classes,) int64 representative character of each class
-
-    The class split is not part of it: :func:`mpn_tutorial.data.splits.split_classes` draws it.
+    Returns ``images`` (N = num_classes * images_per_class, image_size, image_size) uint8, ``labels``
+    (N,) int64 global class index, ``faces`` (N,) int64 face used per image and ``codepoints``
+    (num_classes,) int64, the representative character of each class.
     """
     classes, renders = glyph_classes(image_size)
     generator = torch.Generator().manual_seed(seed)
@@ -339,9 +330,6 @@ def cache_path(root: str | os.PathLike, seed: int, image_size: int, images_per_c
     return Path(root) / "glyphs" / name
 
 
-_CACHE_KEYS = ("images", "labels", "faces", "codepoints")
-
-
 def load_glyphs(
     root: str | os.PathLike = "data", seed: int = 0, image_size: int = 32, images_per_class: int = 48
 ) -> dict[str, np.ndarray]:
@@ -351,7 +339,7 @@ def load_glyphs(
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in _CACHE_KEYS}
+                arrays = {key: archive[key] for key in ("images", "labels", "faces", "codepoints")}
             if arrays["images"].shape[1:] == (image_size, image_size):
                 return arrays
             warnings.warn(f"glyph cache {path} has the wrong image size; regenerating it", stacklevel=2)
@@ -371,25 +359,16 @@ class GlyphDataset(torch.utils.data.Dataset):
         root: folder for the cache (``root/glyphs/*.npz``).
         seed: decides the class split and every augmentation.
         image_size: side of the square images.
-        images_per_class: at least 48 by default.
-        transform: optional callable applied to each ``(1, H, W)`` float image (by ``ds[i]`` and by
-            :meth:`batch`, image by image).
+        images_per_class: images rendered per class.
+        transform: optional callable applied to each ``(1, H, W)`` float image (also by :meth:`batch`).
         val_fraction: share of the training half's classes held out as the validation split.
 
     ``ds[i]`` is ``(image (1, H, W) float32 in [0, 1], label int)``; ``ds.labels`` is (len,) int64,
     contiguous in ``0 .. ds.num_classes - 1``; ``ds.characters[label]`` is the class's character.
     """
 
-    def __init__(
-        self,
-        split: str = "train",
-        root: str | os.PathLike = "data",
-        seed: int = 0,
-        image_size: int = 32,
-        images_per_class: int = 48,
-        transform=None,
-        val_fraction: float = 0.2,
-    ) -> None:
+    def __init__(self, split: str = "train", root: str | os.PathLike = "data", seed: int = 0, image_size: int = 32,
+                 images_per_class: int = 48, transform=None, val_fraction: float = 0.2) -> None:
         if split not in SPLITS:
             raise UsageError(f"split must be one of {SPLITS}, got {split!r}")
         arrays = load_glyphs(root, seed, image_size, images_per_class)
@@ -403,7 +382,6 @@ class GlyphDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.images = torch.from_numpy(arrays["images"][keep])  # (N, H, W) uint8
         self.labels = torch.from_numpy(relabel[arrays["labels"][keep]])
-        self.faces = torch.from_numpy(arrays["faces"][keep])
         self.codepoints = arrays["codepoints"][chosen_classes]
         self.characters = [chr(c) for c in self.codepoints]
         self.num_classes = len(chosen_classes)

@@ -1,8 +1,5 @@
-"""The P×K batch sampler: every batch holds P classes with K samples each.
-
-Metric-learning losses need positives (same class) and negatives (other classes) inside each
-batch, and message passing needs them to have anything worth attending to. A P×K batch
-guarantees both.
+"""The P×K batch sampler: every batch holds P classes with K samples each, so that the losses (and the
+message passing) always find positives (same class) and negatives (other classes) inside the batch.
 """
 
 from __future__ import annotations
@@ -18,15 +15,11 @@ from mpn_tutorial.errors import UsageError
 class PKSampler(torch.utils.data.Sampler[list[int]]):
     """Yields lists of ``classes_per_batch * samples_per_class`` dataset indices.
 
-    Each batch: ``classes_per_batch`` (P) distinct classes drawn at random, then
-    ``samples_per_class`` (K) indices from each. A class with at least K samples gives K distinct
-    samples; a class with fewer is drawn **with replacement** (so the batch shape never changes).
-    Indices are grouped by class in the batch: ``batch[p*K:(p+1)*K]`` share one label.
-
-    Epoch length: by default ``len(labels) // (P*K)`` batches, so an epoch draws about as many
-    samples as the dataset holds (``num_batches`` overrides it). Classes are drawn so that every
-    class appears about equally often over an epoch: classes are taken from a shuffled cycle over
-    all classes, reshuffled each time it runs out.
+    Each batch: P distinct classes, then K indices from each, grouped by class (``batch[p*K:(p+1)*K]``
+    share one label). A class with fewer than K samples is drawn **with replacement** (the batch shape
+    never changes). The classes come from a shuffled cycle over all classes, reshuffled each time it
+    runs out, so every class appears about equally often over an epoch of ``len(labels) // (P*K)``
+    batches (about as many samples as the dataset holds).
 
     The batches of epoch ``e`` depend only on ``(seed, e)``: call :meth:`set_epoch` before each
     epoch (the training loop does); this makes resuming from a checkpoint exact.

@@ -1,8 +1,6 @@
-"""Class-level splits and subsets: the validation classes carved from the training classes.
-
-Metric learning is evaluated on classes never seen in training, so model selection must be too:
-the validation split holds some *classes* of the training half, never test classes and never
-images of classes the model trains on.
+"""Class-level splits and subsets. Metric learning is evaluated on classes never seen in training, so
+model selection is too: the validation split holds some *classes* of the training half, never test classes
+and never images of classes the model trains on.
 """
 
 from __future__ import annotations
@@ -26,11 +24,9 @@ def carve_validation_classes(num_classes: int, fraction: float, seed: int) -> np
 
 
 def split_classes(num_classes: int, seed: int, val_fraction: float = 0.2) -> np.ndarray:
-    """For a dataset without a given split (the glyphs): a random half of the classes for testing,
-    and validation classes carved from the other half as for the benchmarks.
-
-    Returns (num_classes,) int64 with 0 = train, 1 = val, 2 = test.
-    """
+    """For a dataset without a given split (the glyphs): a random half of the classes for testing, and
+    validation classes carved from the other half as for the benchmarks. Returns (num_classes,) int64
+    with 0 = train, 1 = val, 2 = test."""
     order = np.random.default_rng(seed).permutation(num_classes)
     test, training_half = order[: num_classes // 2], order[num_classes // 2 :]
     split = np.zeros(num_classes, dtype=np.int64)

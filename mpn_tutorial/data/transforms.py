@@ -1,16 +1,11 @@
-"""Image transforms of the published recipe (the official release, dvl-tum/intra_batch), for the four benchmarks.
+"""Image transforms of the published recipe (the official release, dvl-tum/intra_batch), for the four benchmarks:
+an RGB ``PIL.Image`` -> a normalised ``(3, image_size, image_size) float32`` tensor.
 
-Both transforms take an RGB ``PIL.Image`` (the benchmark readers convert every image to RGB) and
-return a normalised ``(3, image_size, image_size) float32`` tensor.
+Training crops 227 px with ``RandomResizedCrop``; testing resizes the shorter side to 256 px and takes
+the central 227 px (other crop sizes keep that proportion). 227 rather than 224 is inherited from
+earlier metric-learning code; ResNet-50's global pooling makes it indifferent to the exact input size.
 
-The sizes are the official release's: training crops 227 px with ``RandomResizedCrop``; testing
-resizes the shorter side to 256 px and takes the central 227 px (other crop sizes keep that
-proportion). 227 rather than 224 is inherited
-from earlier metric-learning code; ResNet-50 accepts either, since global pooling makes it
-indifferent to the exact input size.
-
-Note for test files: import the module (``from mpn_tutorial.data import transforms``) rather than
-``test_transform`` itself, or pytest collects the function as a test.
+Test files import the module, not ``test_transform`` itself, or pytest collects the function as a test.
 """
 
 from __future__ import annotations
@@ -49,10 +44,9 @@ RESIZE_PER_CROP = 256 / 227
 def test_transform(image_size: int = 227, resize: int | None = None) -> transforms.Compose:
     """Deterministic transform for evaluation: PIL RGB image -> ``(3, image_size, image_size) float32``.
 
-    Resize the shorter side to ``resize`` (aspect ratio kept), take the central ``image_size``
-    square, normalise with the ImageNet statistics. ``resize`` defaults to ``image_size`` × 256/227,
-    the release's proportion, so every crop size sees the same field of view (256 px for 227,
-    72 px for 64): a small quick-run crop shows the whole object, not the middle sixteenth of it.
+    Resize the shorter side to ``resize`` (aspect ratio kept), take the central ``image_size`` square,
+    normalise with the ImageNet statistics. ``resize`` defaults to ``image_size`` × 256/227, so every
+    crop size sees the release's field of view (72 px for 64): a small crop shows the whole object.
     """
     resize = round(image_size * RESIZE_PER_CROP) if resize is None else resize
     if resize < image_size:

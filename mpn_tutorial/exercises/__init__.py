@@ -1,25 +1,20 @@
 """The notebooks' "your turn" exercises: a check for each, and the feedback a learner sees.
 
-A notebook's exercise cell holds a placeholder (``return None  # your code``); its check cell
-calls :func:`check` with the learner's function and what the exercise works on. The feedback is
-"not tried yet" (with a hint) while the placeholder is there, "correct" for a right answer, and
-otherwise says what is off.
+A notebook's exercise cell holds a placeholder (``return None  # your code``); its check cell calls
+:func:`check` with the learner's function and what the exercise works on. The feedback is "not tried"
+(with a hint) while the placeholder is there, "correct" for a right answer, and otherwise says what is off.
 
-A check calls the learner's function twice: on the notebook's inputs, and on **fresh inputs it draws
-itself** (another size, other labels, groups of unequal size, runs of other seeds), and compares both
-with the library. So an answer hard-coded from the notebook's data, or read from a variable the
-notebook holds, is not correct: it fits the notebook's batch and not the check's.
+A check calls the learner's function on the notebook's inputs and on **fresh inputs it draws itself**
+(another size, other labels, runs of other seeds), and compares both with the library, so an answer
+hard-coded from the notebook's data, or read from its variables, is not correct.
 
-Each exercise lists its **common mistakes** (``Exercise.mistakes``): the tests feed every one to the
-check and require "not correct" with the hint given there, and the teachers' answer key prints them
-with the feedback the check really gives. The reference solutions are in :mod:`mpn_tutorial.solutions`
-(look there after trying). Feedback is plain text, printed as is under a check cell: it names code
-as it is written (``keepdim=True``, ``pair_masks``) and never uses Markdown marks.
+Each exercise lists its **common mistakes** (``Exercise.mistakes``): the tests require "not correct" with
+the hint given there for every one, and the teachers' answer key prints them with the check's feedback.
+Feedback is plain text: it names code as written (``keepdim=True``) and never uses Markdown marks. The
+reference solutions are in :mod:`mpn_tutorial.solutions`.
 
-One module per notebook: ``retrieval`` (01), ``mining`` (02), ``message_passing`` (03: one head's
-weights, a layer's forward, the objective; the zero-logit softmax as an extra), ``attention`` (04),
-``embeddings`` (05), ``seeds`` (06: the messages' effect seed by seed; Welch's t as an extra),
-``recipe`` (07, an extra); ``base`` holds what every check shares.
+One module per notebook: ``retrieval`` (01), ``mining`` (02), ``message_passing`` (03), ``attention``
+(04), ``embeddings`` (05), ``seeds`` (06), ``recipe`` (07); ``base`` holds what every check shares.
 """
 
 from __future__ import annotations
@@ -28,9 +23,8 @@ from mpn_tutorial.errors import UsageError
 from mpn_tutorial.exercises import attention, embeddings, message_passing, mining, recipe, retrieval, seeds
 from mpn_tutorial.exercises.base import RETURNED, Exercise, Feedback, Mistake, NotTried
 
-EXERCISES: dict[str, Exercise] = {name: exercise for module in (retrieval, mining, message_passing, attention,
-                                                                 embeddings, seeds, recipe)
-                                  for name, exercise in module.EXERCISES.items()}
+EXERCISES: dict[str, Exercise] = {**retrieval.EXERCISES, **mining.EXERCISES, **message_passing.EXERCISES,
+                                  **attention.EXERCISES, **embeddings.EXERCISES, **seeds.EXERCISES, **recipe.EXERCISES}
 
 
 def check(exercise: str, answer, *inputs) -> Feedback:

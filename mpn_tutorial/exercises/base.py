@@ -21,9 +21,6 @@ class Feedback:
     status: str
     message: str
 
-    def __bool__(self) -> bool:
-        return self.status == "correct"
-
     def __repr__(self) -> str:
         mark = {"not tried": "…", "correct": "✔", "wrong": "✘"}[self.status]
         return textwrap.fill(f"{mark} {self.exercise}: {self.status}. {self.message}", WIDTH, subsequent_indent="  ",
@@ -86,10 +83,8 @@ def on_fresh_inputs(compare: Callable[[], None], what: str) -> None:
 
 
 def as_array(value, name: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
     try:
-        return np.asarray(value, dtype=np.float64)
+        return np.asarray(plain(value), dtype=np.float64)
     except (TypeError, ValueError):
         raise AssertionError(f"{name} should be numbers (a tensor or an array), got {type(value).__name__}") from None
 
@@ -120,9 +115,8 @@ def constant(value):
 
 @dataclass(frozen=True)
 class Exercise:
-    """An exercise: its notebook, the hint "not tried yet" gives, its check (the learner's function and the
-    notebook's inputs -> the "correct" message, or AssertionError saying what is off), example inputs like
-    the notebook's (for the tests and the answer key) and its common mistakes."""
+    """An exercise: its notebook, the hint "not tried" gives, its check (the learner's function and the notebook's
+    inputs -> the "correct" message, or AssertionError saying what is off), example inputs and common mistakes."""
 
     notebook: str
     hint: str
@@ -142,3 +136,7 @@ def solved(name: str, arguments: Callable[[tuple], tuple] = lambda inputs: input
     return build
 
 
+def copied(what: str, name: str) -> Mistake:
+    """The shortcut every check catches: a function that returns the notebook's answer (the reference
+    solution ``name`` on the example inputs) whatever its arguments."""
+    return Mistake(what, lambda inputs: constant(solved(name)(inputs)), "returns the notebook's answer")

@@ -14,11 +14,11 @@ from mpn_tutorial.exercises.base import (
     Mistake,
     as_array,
     constant,
+    copied,
     evaluated,
     generator,
     on_fresh_inputs,
     same_shape,
-    solved,
 )
 from mpn_tutorial.models import MessagePassingLayer, attention_weights, merge_heads, split_heads
 
@@ -28,9 +28,7 @@ def _close(yours: np.ndarray, other) -> bool:
     return yours.shape == other.shape and np.allclose(yours, other, atol=1e-5)
 
 
-# ---------------------------------------------------------------------------------------------
 # One head's attention weights
-# ---------------------------------------------------------------------------------------------
 
 
 def _weights(x, W_q, b_q, W_k, b_k, scale: float | None = None, dim: int = -1, biases: bool = True):
@@ -47,17 +45,17 @@ def _compare_head(answer, x, W_q, b_q, W_k, b_k) -> np.ndarray:
     same_shape(yours, expected, "the weights (one row per sample, one column per sample)")
     d = q.shape[-1]
     hints = (
-        (_weights(x, W_q, b_q, W_k, b_k, scale=1.0), f"the scores are not scaled: divide q_i · k_j by sqrt(d) = "
-                                                     f"sqrt({d}), the head's dimension"),
-        (_weights(x, W_q, b_q, W_k, b_k, scale=d), "divide the scores by sqrt(d), not by d"),
-        (_weights(x, W_q, b_q, W_k, b_k, scale=math.sqrt(x.shape[-1])),
+        (dict(scale=1.0), f"the scores are not scaled: divide q_i · k_j by sqrt(d) = sqrt({d}), the head's dimension"),
+        (dict(scale=d), "divide the scores by sqrt(d), not by d"),
+        (dict(scale=math.sqrt(x.shape[-1])),
          f"d is the head's dimension ({d}, the rows of W_q), not the embedding's ({x.shape[-1]})"),
-        (_weights(x, W_q, b_q, W_k, b_k, dim=0), "each row must sum to 1: take the softmax over the samples j a "
-                                                 "query attends to (dim=-1), not over the queries (dim=0)"),
-        (_weights(x, W_q, b_q, W_k, b_k, biases=False), "q = x W_q^T + b_q and k = x W_k^T + b_k: add the biases"),
+        (dict(dim=0), "each row must sum to 1: take the softmax over the samples j a query attends to (dim=-1), "
+                      "not over the queries (dim=0)"),
+        (dict(biases=False), "q = x W_q^T + b_q and k = x W_k^T + b_k: add the biases"),
     )
-    for mistaken, hint in hints:
-        if not _close(as_array(expected, ""), mistaken) and _close(yours, mistaken):
+    for mistake, hint in hints:
+        mistaken = _weights(x, W_q, b_q, W_k, b_k, **mistake)
+        if not _close(expected, mistaken) and _close(yours, mistaken):
             raise AssertionError(hint)
     if not np.allclose(yours, expected, atol=1e-5):
         raise AssertionError("your weights differ from the library's (models.attention_weights on the same q and k): "
@@ -84,9 +82,7 @@ def _example_head():
             torch.randn(4, 8, generator=g), torch.zeros(4))
 
 
-# ---------------------------------------------------------------------------------------------
 # A message-passing layer's forward
-# ---------------------------------------------------------------------------------------------
 
 
 def _forward(x, layer, *, residual1=True, residual2=True, scale=True, out_map=True, relu=True, merge=merge_heads):
@@ -156,9 +152,7 @@ def _example_layer():
     return torch.randn(6, 8, generator=generator(0)), layer
 
 
-# ---------------------------------------------------------------------------------------------
 # The objective
-# ---------------------------------------------------------------------------------------------
 
 
 def _compare_objective(answer, backbone_logits, mpn_logits, labels, temperature, smoothing) -> float:
@@ -189,16 +183,12 @@ def _compare_objective(answer, backbone_logits, mpn_logits, labels, temperature,
     return yours
 
 
-def _fresh_logits():
-    g = generator()
-    return (torch.randn(10, 7, generator=g) * 3, torch.randn(10, 7, generator=g) * 3,
-            torch.randint(0, 7, (10,), generator=g), 0.3, 0.2)
-
-
 def _objective(answer, backbone_logits, mpn_logits, labels, temperature, smoothing) -> str:
     yours = _compare_objective(answer, backbone_logits, mpn_logits, labels, temperature, smoothing)
-    on_fresh_inputs(lambda: _compare_objective(answer, *_fresh_logits()), "10 samples of 7 classes, T = 0.3 and "
-                    "smoothing 0.2")
+    g = generator()
+    fresh = (torch.randn(10, 7, generator=g) * 3, torch.randn(10, 7, generator=g) * 3,
+             torch.randint(0, 7, (10,), generator=g), 0.3, 0.2)
+    on_fresh_inputs(lambda: _compare_objective(answer, *fresh), "10 samples of 7 classes, T = 0.3 and smoothing 0.2")
     return f"L = {yours:.4f}, as MessagePassingObjective computes it (and on logits of the check's own)"
 
 
@@ -207,9 +197,7 @@ def _example_logits():
     return torch.randn(12, 5, generator=g), torch.randn(12, 5, generator=g), torch.arange(5).repeat(3)[:12], 0.2, 0.1
 
 
-# ---------------------------------------------------------------------------------------------
 # An extra: the release's softmax with an implicit extra zero logit
-# ---------------------------------------------------------------------------------------------
 
 
 def _compare_zero_logit(answer, scores, expected) -> np.ndarray:
@@ -268,8 +256,7 @@ EXERCISES = {
                     lambda inputs: lambda *a: _weights(*a, scale=a[1].shape[0]), "not by d"),
             Mistake("the softmax over the queries (dim=0)", lambda inputs: lambda *a: _weights(*a, dim=0), "dim=0"),
             Mistake("the biases left out", lambda inputs: lambda *a: _weights(*a, biases=False), "add the biases"),
-            Mistake("the notebook's weights, returned for any batch",
-                    lambda inputs: constant(solved("head_weights")(inputs)), "returns the notebook's answer"),
+            copied("the notebook's weights, returned for any batch", "head_weights"),
         )),
     "layer_forward": Exercise(
         "03", "follow the equations: split_heads of q, k, v; softmax(q k^T / sqrt(d)); weights @ v; merge_heads; "
@@ -281,8 +268,7 @@ EXERCISES = {
                     _mistaken_layer(merge=lambda heads: heads.reshape(heads.shape[-2], -1)), "merge_heads"),
             Mistake("W_o left out", _mistaken_layer(out_map=False), "W_o"),
             Mistake("no ReLU in the feed-forward block", _mistaken_layer(relu=False), "ReLU"),
-            Mistake("the notebook's output, returned for any batch",
-                    lambda inputs: constant(solved("layer_forward")(inputs)), "returns the notebook's answer"),
+            copied("the notebook's output, returned for any batch", "layer_forward"),
         )),
     "objective": Exercise(
         "03", "F.cross_entropy(logits / temperature, labels, label_smoothing=smoothing) for each classifier's logits, "
@@ -293,8 +279,7 @@ EXERCISES = {
             Mistake("the two terms averaged", _mistaken_objective(halve=True), "don't average"),
             Mistake("the backbone's term alone", lambda inputs: lambda b, m, y, t, e: F.cross_entropy(
                 b / t, y, label_smoothing=e), "two terms"),
-            Mistake("the notebook's loss, returned for any logits",
-                    lambda inputs: constant(solved("objective")(inputs)), "returns the notebook's answer"),
+            copied("the notebook's loss, returned for any logits", "objective"),
         )),
     "zero_logit_softmax": Exercise(
         "03", "exponentiate the scores and divide by 1 + the row sums", _zero_logit_softmax, _example_scores, (

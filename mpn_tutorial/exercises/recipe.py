@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from mpn_tutorial.exercises.base import (
-    Exercise,
-    Mistake,
-    constant,
-    evaluated,
-    on_fresh_inputs,
-)
+from mpn_tutorial.exercises.base import Exercise, Mistake, constant, evaluated, on_fresh_inputs
 
 # CUB-200-2011's training classes hold 5,864 images; with 10 of the 100 classes held out for validation,
 # about 5,280 train the model (the figure notebook 07 gives). The check uses these, never the learner's variables.

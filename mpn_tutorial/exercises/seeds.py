@@ -6,11 +6,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from mpn_tutorial.exercises.base import Exercise, Mistake, constant, evaluated, on_fresh_inputs, solved
+from mpn_tutorial.exercises.base import Exercise, Mistake, copied, evaluated, on_fresh_inputs
 
-# ---------------------------------------------------------------------------------------------
 # Messages on against off, seed by seed
-# ---------------------------------------------------------------------------------------------
 
 
 class _Runs:
@@ -29,11 +27,11 @@ class _Runs:
         return SimpleNamespace(config=config, test_metrics=metrics)
 
 
-def _expected(train, config, seeds, key: str = "recall@1", sign: int = 1) -> list[float]:
-    def value(variant):
-        return train(variant).test_metrics[key]
-    return [sign * (value(config.replace(seed=seed)) - value(config.without_messages().replace(seed=seed)))
-            for seed in seeds]
+def _expected(train, config, seeds, key: str = "recall@1", sign: int = 1, same_seed: bool = False) -> list[float]:
+    """On minus off (times ``sign``) seed by seed, as the check computes it and as the declared mistakes do."""
+    def value(variant, seed):
+        return train(variant if same_seed else variant.replace(seed=seed)).test_metrics[key]
+    return [sign * (value(config, seed) - value(config.without_messages(), seed)) for seed in seeds]
 
 
 def _compare_effect(answer, train, config, seeds) -> list[float]:
@@ -75,22 +73,15 @@ def _example_effect():
     return _Runs(), get_preset("glyphs-attention"), (0, 1)
 
 
-def _effect(sign: int = 1, key: str = "recall@1", same_seed: bool = False, mean: bool = False,
-            order=lambda seeds: seeds):
-    """A mistaken messages_effect."""
+def _effect(mean: bool = False, order=lambda seeds: seeds, **mistake):
+    """A mistaken messages_effect: ``mistake`` as :func:`_expected` takes it, the seeds in ``order``, or their mean."""
     def effect(train, config, seeds):
-        differences = []
-        for seed in order(seeds):
-            on = config if same_seed else config.replace(seed=seed)
-            off = config.without_messages() if same_seed else config.without_messages().replace(seed=seed)
-            differences.append(sign * (train(on).test_metrics[key] - train(off).test_metrics[key]))
+        differences = _expected(train, config, order(seeds), **mistake)
         return float(np.mean(differences)) if mean else differences
     return lambda inputs: effect
 
 
-# ---------------------------------------------------------------------------------------------
 # An extra: Welch's t
-# ---------------------------------------------------------------------------------------------
 
 
 def _compare_welch(answer, first, second) -> float:
@@ -117,9 +108,8 @@ def _compare_welch(answer, first, second) -> float:
 def _welch_t(answer, first, second) -> str:
     yours = _compare_welch(answer, first, second)
     # unequal sizes and spreads: Student's pooled t differs from Welch's here
-    on_fresh_inputs(lambda: _compare_welch(answer, [0.61, 0.64, 0.58, 0.66], [0.50, 0.59, 0.41, 0.62, 0.47, 0.55,
-                                                                             0.38]),
-                    "groups of 4 and 7 seeds")
+    first, second = [0.61, 0.64, 0.58, 0.66], [0.50, 0.59, 0.41, 0.62, 0.47, 0.55, 0.38]
+    on_fresh_inputs(lambda: _compare_welch(answer, first, second), "groups of 4 and 7 seeds")
     return f"t = {yours:+.2f}"
 
 
@@ -140,8 +130,7 @@ EXERCISES = {
             Mistake("every run with the config's own seed", _effect(same_seed=True), "config.replace(seed=seed)"),
             Mistake("the mean of the differences only", _effect(mean=True), "not their mean"),
             Mistake("the seeds in sorted order", _effect(order=sorted), "in the order of seeds"),
-            Mistake("the notebook's differences, returned for any runs",
-                    lambda inputs: constant(solved("messages_effect")(inputs)), "returns the notebook's answer"),
+            copied("the notebook's differences, returned for any runs", "messages_effect"),
         )),
     "welch_t": Exercise(
         "06", "difference of the means over sqrt(var_a / n_a + var_b / n_b), with ddof=1", _welch_t,
@@ -151,7 +140,6 @@ EXERCISES = {
             Mistake("the paired t", lambda inputs: _scipy_test("ttest_rel"), "paired t"),
             Mistake("Student's pooled t (equal_var=True), equal to Welch's for groups of equal size",
                     lambda inputs: _scipy_test("ttest_ind", equal_var=True), "pooled t"),
-            Mistake("the t the notebook printed, returned for any groups",
-                    lambda inputs: constant(solved("welch_t")(inputs)), "returns the notebook's answer"),
+            copied("the t the notebook printed, returned for any groups", "welch_t"),
         ), optional=True),
 }

@@ -1,20 +1,10 @@
 """The teachers' answer key: the notebooks with each exercise's solution in place, executed.
 
-``python -m mpn_tutorial answer-key --output answer_key`` (or ``make answer-key``) takes every
-numbered notebook **as committed** (``git show HEAD:...`` when the notebooks are in a git checkout,
-so a learner's edits in ``notebooks/`` never reach the key), and in each:
-
-- writes the reference solution (:mod:`mpn_tutorial.solutions`) into the exercise cell, between
-  nbgrader's ``### BEGIN SOLUTION`` / ``### END SOLUTION`` markers (the cell is marked as an nbgrader
-  solution cell, so a teacher who uses nbgrader can release the student version from it), with the
-  imports it needs that the notebook has not made already (each import appears once);
-- adds a cell after the check: why the solution is right (the solution's docstring), and the
-  exercise's common mistakes with the feedback the check gives each (``exercises.common_mistakes``,
-  generated from the checks themselves, never copied by hand);
-- executes the notebook top to bottom in a fresh kernel, so its check cell shows the feedback on the
-  reference answer, which must be "correct". The kernel talks to this process over local sockets
-  (IPC transport, not TCP) where the system has them, so it neither opens ports nor warns that TCP
-  is unencrypted.
+``python -m mpn_tutorial answer-key`` takes every numbered notebook **as committed** (so a learner's
+edits never reach the key), writes the reference solution (:mod:`mpn_tutorial.solutions`) into each
+exercise cell as an nbgrader solution, with the imports it needs, adds a cell after the check (why the
+solution is right, and the common mistakes with the check's feedback), and executes the notebook in a
+fresh kernel: each check must say "correct".
 """
 
 from __future__ import annotations
@@ -102,9 +92,8 @@ def explanation(name: str) -> str:
 
 
 def fill_in(notebook) -> list[str]:
-    """Put the reference solution into each of a notebook's exercise cells (the code cell before a check),
-    mark it as nbgrader's solution cell, and add the explanation after the check; returns the exercises'
-    names in the notebook's order."""
+    """Put the reference solution into each exercise cell (the code cell before a check) as nbgrader's solution
+    cell, and the explanation after the check; returns the exercises' names in the notebook's order."""
     import nbformat
 
     names = []
@@ -119,9 +108,7 @@ def fill_in(notebook) -> list[str]:
             raise UsageError(f"the exercise cell before check({name!r}) should define {name}() with the placeholder "
                              f"`{PLACEHOLDER}`")
         # what the notebook imports before the solution runs: earlier cells and the exercise cell itself
-        imported = {}
-        for earlier in code[:position]:
-            imported.update(imported_names(earlier.source))
+        imported = {key: value for earlier in code[:position] for key, value in imported_names(earlier.source).items()}
         imports, body = solution_body(name, imported)
         indent = re.search(rf"^( *){re.escape(PLACEHOLDER)}", exercise.source, re.MULTILINE).group(1)
         solution = textwrap.indent(f"### BEGIN SOLUTION\n{body}\n### END SOLUTION", indent)
@@ -138,7 +125,7 @@ def fill_in(notebook) -> list[str]:
 
 
 def write_answer_key(notebooks: str | os.PathLike, output: str | os.PathLike, data: str | os.PathLike | None = None,
-                     timeout: int = 1800, only: tuple[str, ...] = ()) -> dict[str, str]:
+                     only: tuple[str, ...] = ()) -> dict[str, str]:
     """Write the key of every ``NN_*.ipynb`` of ``notebooks`` (or those whose name starts with one of
     ``only``), executed, into ``output``. ``data``: the data folder the copies use (default: the one a
     notebook in ``notebooks`` finds). Returns ``{notebook file: {exercise: its check's feedback}}``."""
@@ -162,7 +149,7 @@ def write_answer_key(notebooks: str | os.PathLike, output: str | os.PathLike, da
             notebook = nbformat.reads(committed_source(path), as_version=4)
             exercises = fill_in(notebook)
             with tempfile.TemporaryDirectory(prefix="mpn-key-") as sockets:
-                NotebookClient(notebook, kernel_name="python3", timeout=timeout, config=kernel_transport(sockets),
+                NotebookClient(notebook, kernel_name="python3", timeout=1800, config=kernel_transport(sockets),
                                resources={"metadata": {"path": str(output)}}).execute()
             nbformat.write(notebook, output / path.name)
             feedback[path.name] = {exercise: _check_output(notebook, exercise) for exercise in exercises}
@@ -177,10 +164,8 @@ def write_answer_key(notebooks: str | os.PathLike, output: str | os.PathLike, da
 
 
 def kernel_transport(folder: str | os.PathLike):
-    """The kernel managers' settings for the key's kernels: Unix sockets in ``folder`` (IPC transport) instead of
-    TCP ports on localhost, so nothing listens on a port and the kernel has no reason to warn that TCP is
-    unencrypted. A short private folder keeps the sockets' paths under the system's length limit for them.
-    Windows has no IPC transport: its kernels keep TCP."""
+    """The key's kernels talk over Unix sockets in ``folder`` (short and private: socket paths have a length limit)
+    instead of TCP ports, so nothing listens on a port or warns that TCP is unencrypted. Windows keeps TCP."""
     from traitlets.config import Config
 
     config = Config()

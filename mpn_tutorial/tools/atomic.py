@@ -1,9 +1,6 @@
-"""Writing a file so that readers only ever see the old version or the complete new one.
-
-Caches (the glyph dataset) and checkpoints are written to a temporary file in the same folder,
-flushed to disk, and renamed over the target in one step (``os.replace`` is atomic on POSIX and
-Windows). A process killed mid-write leaves the previous file intact and, at worst, a stray
-``*.partial`` file next to it.
+"""Writing a file so that readers only ever see the old version or the complete new one: a temporary
+file in the same folder, flushed to disk, then renamed over the target (``os.replace`` is atomic on POSIX
+and Windows). A process killed mid-write leaves the previous file intact, and at worst a stray ``*.partial``.
 """
 
 from __future__ import annotations
@@ -20,10 +17,8 @@ from mpn_tutorial.errors import DiskFullError
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``.
-
-    A full disk raises :class:`DiskFullError`, which names the file and the free space.
-    """
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``. A full disk
+    raises :class:`DiskFullError`, which names the file and the free space."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")

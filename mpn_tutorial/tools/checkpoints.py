@@ -1,16 +1,9 @@
 """Checkpoints: written atomically, loaded safely, and complete enough to resume a run exactly.
 
-This module owns the format: :func:`save_checkpoint` is its one writer (training's ``best.pt`` and
-``last.pt``, the run store's entries) and :func:`load_checkpoint` its one reader. A checkpoint is
-serialised in memory, then written to a temporary file and renamed (``atomic.py``), so a process
-killed while saving, or a disk that fills up, leaves the previous checkpoint intact. ``load_checkpoint`` uses
-``torch.load(weights_only=True)``: a checkpoint is tensors, numbers, strings and containers of them,
-never pickled code. A file that is not a checkpoint of this package gets one clear error.
-
-A training checkpoint (``last.pt``) holds the model, optimizer and scheduler states, the history,
-the best model so far and every random number generator's state (:func:`rng_state`), so that
-resuming reproduces an uninterrupted run bit for bit on the CPU. ``best.pt`` holds the best model
-by validation Recall@1 with its config; :func:`load_model` rebuilds it.
+:func:`save_checkpoint` is the format's one writer and :func:`load_checkpoint` its one reader
+(``torch.load(weights_only=True)``: never pickled code). ``last.pt`` holds everything resuming needs to
+reproduce an uninterrupted run bit for bit on the CPU (the random number generators' states included,
+:func:`rng_state`); ``best.pt`` the best model by validation Recall@1 (:func:`load_model` rebuilds it).
 """
 
 from __future__ import annotations
@@ -28,19 +21,14 @@ from mpn_tutorial.errors import CheckpointError, MissingFileError
 from mpn_tutorial.models import MetricLearningModel
 from mpn_tutorial.tools.atomic import write_atomically
 
-# 2: the layers' attention and feed-forward parameters moved into their own modules; nested metrics.
-# 3: messages off is an attention kind (mpn_attention "none"); the learning rate is scheduled per step.
-# 4: the MPN's classifier belongs to the model (mpn_classifier), not to the network.
-CHECKPOINT_FORMAT = 4
+CHECKPOINT_FORMAT = 4  # 4: the MPN's classifier belongs to the model (mpn_classifier), not to the network
 
 
 def save_checkpoint(path: str | os.PathLike, config: TrainConfig, model: torch.nn.Module | dict, num_classes: int,
                     **contents) -> Path:
-    """The one writer of the format: ``{"format", "config", "num_classes", "model", **contents}``,
-    written atomically. ``model``: a module or a state dict; ``contents``: what this kind of
-    checkpoint adds (``last.pt``: optimizer, scheduler, RNG state, history...; ``best.pt``: epoch and
-    validation metrics; a run-store entry: history, metrics and recordings). Tensors, numbers,
-    strings and containers of them only, so that :func:`load_checkpoint` can read it safely."""
+    """Write ``{"format", "config", "num_classes", "model", **contents}`` atomically. ``model``: a module or a
+    state dict; ``contents``: what this kind of checkpoint adds (``last.pt``: optimizer, RNG state, history...;
+    ``best.pt``: epoch and metrics), tensors, numbers, strings and containers of them only."""
     state = model if isinstance(model, dict) else model_state(model)
     payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "num_classes": int(num_classes),
                "model": state, **contents}
@@ -49,30 +37,25 @@ def save_checkpoint(path: str | os.PathLike, config: TrainConfig, model: torch.n
     return write_atomically(path, lambda file: file.write(buffer.getbuffer()))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike) -> dict:
     """The one reader: a checkpoint written by :func:`save_checkpoint`, loaded safely (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a damaged zip, a truncated file, a pickle of arbitrary objects, ...
         # torch's own message suggests weights_only=False, which would run code from the file: never relay it
-        raise CheckpointError(
-            f"{path} is not a readable mpn_tutorial checkpoint: it is damaged (e.g. an interrupted copy) or "
-            "holds objects other than tensors and numbers. Use a best.pt or last.pt written by "
-            "`python -m mpn_tutorial train`."
-        ) from None
+        raise CheckpointError(f"{path} is not a readable mpn_tutorial checkpoint: it is damaged (e.g. an interrupted "
+                              "copy) or holds objects other than tensors and numbers. Use a best.pt or last.pt "
+                              "written by `python -m mpn_tutorial train`.") from None
     if isinstance(payload, dict) and isinstance(payload.get("format"), int) and payload["format"] < CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} was written by an older version of mpn_tutorial (checkpoint format {payload['format']}, this "
-            f"version reads {CHECKPOINT_FORMAT}); train it again, or evaluate it with the version that wrote it"
-        )
+        raise CheckpointError(f"{path} was written by an older version of mpn_tutorial (checkpoint format "
+                              f"{payload['format']}, this version reads {CHECKPOINT_FORMAT}); train it again, or "
+                              "evaluate it with the version that wrote it")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "config" not in payload:
-        raise CheckpointError(
-            f"{path} is not an mpn_tutorial checkpoint (format {CHECKPOINT_FORMAT}); use a best.pt or last.pt "
-            "written by `python -m mpn_tutorial train`"
-        )
+        raise CheckpointError(f"{path} is not an mpn_tutorial checkpoint (format {CHECKPOINT_FORMAT}); use a best.pt "
+                              "or last.pt written by `python -m mpn_tutorial train`")
     return payload
 
 
@@ -84,11 +67,9 @@ def config_of(checkpoint: dict, path: str | os.PathLike) -> TrainConfig:
         raise CheckpointError(f"{path} holds settings this version cannot read ({error})") from None
 
 
-def load_model(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[MetricLearningModel, TrainConfig]:
-    """Rebuild the model saved in a ``best.pt`` / ``last.pt`` checkpoint (in eval mode)."""
-    checkpoint = load_checkpoint(path, map_location)
+def load_model(path: str | os.PathLike) -> tuple[MetricLearningModel, TrainConfig]:
+    """Rebuild the model saved in a ``best.pt`` / ``last.pt`` checkpoint (in eval mode), on the CPU."""
+    checkpoint = load_checkpoint(path)
     config = config_of(checkpoint, path)
     return model_from(checkpoint, config, path), config
 

@@ -1,22 +1,10 @@
 """Command line: ``python -m mpn_tutorial COMMAND --help``.
 
 Commands: ``train``, ``compare`` (variants × seeds of a preset, the seed-paired table), ``evaluate``,
-``make-data glyphs``, ``fetch``, ``answer-key``.
-
-The flags that change a run are not declared here: :func:`add_setting_flags` makes one flag per
-field of :class:`~mpn_tutorial.config.TrainConfig` from the field's declaration (its flag, help,
-range and type), and ``commands.py`` maps each flag back to its field by name.
-
-Exit statuses by cause (``errors.py`` declares the family). The user's mistakes
-(``errors.UsageError``: a bad setting, a missing or foreign file, a folder holding another run, a
-diverging run, a dataset to download by hand) and argparse's: one line that says what was wrong and
-what would work, exit status 2. A full disk or an out-of-memory error (CPU or GPU) is the
-machine's (``errors.MachineError``): one line that says what happened and what was kept, exit
-status 1; so is another operating-system error (a permission, a read-only folder). A download
-that failed (``errors.FetchError``: the network, a server, a damaged archive) says what failed and
-what to retry, exit status 1; ``fetch`` returns 0 when the data is ready.
-Anything else is a bug, whatever its type: its traceback and a line asking to report it, exit
-status 1. ``MPN_TUTORIAL_DEBUG=1`` shows the traceback of every error.
+``make-data glyphs``, ``fetch``, ``answer-key``. The flags that change a run are made from the fields of
+:class:`~mpn_tutorial.config.TrainConfig` (:func:`add_setting_flags`). An error is one line: exit status
+2 for the user's mistakes, 1 for the machine's or a failed download (``errors.py``); a bug shows its
+traceback and exits 1. ``MPN_TUTORIAL_DEBUG=1`` shows the traceback of every error.
 """
 
 from __future__ import annotations
@@ -44,16 +32,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def whole_number(low: int, high: int | None = None):
-    """An argparse type: an integer from ``low`` (to ``high``), for the flags that are not settings."""
+def whole_number(low: int):
+    """An argparse type: an integer of at least ``low``, for the flags that are not settings."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            allowed = f"from {low} to {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
     parse.__name__ = "whole number"
     return parse
@@ -84,11 +71,8 @@ def _parse_setting(field: dataclasses.Field):
             value = element(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {describe_range(field)}, got {text!r}") from None
-        path = field.metadata.get("path")
-        if path == "file" and not Path(text).is_file():
-            raise argparse.ArgumentTypeError(f"{text} is not an existing file")
-        if path == "folder":
-            folder(text)
+        if field.metadata.get("path"):  # "file" or "folder"
+            (existing_file if field.metadata["path"] == "file" else folder)(text)
         if choices_of(field) is not None:
             return value  # argparse checks the choices, and lists them
         problem = value_error(field, value, element_only=True)  # a tuple's range applies to each element
@@ -230,12 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         return _error_line(error, USAGE_ERROR)
     except MachineError as error:  # the machine's: what happened, and what was kept
         return _error_line(error.strerror if isinstance(error, OSError) else error, MACHINE_ERROR, error)
-    except FetchError as error:  # a download failed: what, and what to retry
-        return _error_line(error, MACHINE_ERROR)
     except MemoryError as error:  # outside a run's training (which says what it kept: commands.py)
         return _error_line("the machine ran out of memory; what this command had finished before (run folders, "
                            "written files) is kept", MACHINE_ERROR, error)
-    except OSError as error:  # permission denied, a read-only folder, ...
+    except (FetchError, OSError) as error:  # a failed download (what to retry), permission denied, a read-only folder
         return _error_line(error, MACHINE_ERROR)
     except Exception as error:
         if type(error).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError outside a run's training

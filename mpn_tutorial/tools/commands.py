@@ -1,5 +1,4 @@
-"""What each command of the command line does (``python -m mpn_tutorial COMMAND``; the parser, the
-flags and the exit statuses are in ``__main__.py``)."""
+"""What each command of the command line does (the parser, the flags and the exit statuses: ``cli.py``)."""
 
 from __future__ import annotations
 
@@ -15,20 +14,11 @@ from mpn_tutorial.errors import UsageError
 
 def _format_metrics(values: dict[str, float]) -> str:
     names = {"map@r": "MAP@R", "r_precision": "RP", "nmi": "NMI"}
-    shown = []
-    for name, value in values.items():
-        if name.startswith("recall@"):
-            shown.append(f"R@{name[len('recall@'):]} {100 * value:.2f}")
-        elif name in names:
-            shown.append(f"{names[name]} {100 * value:.2f}")
-    return "  ".join(shown)
+    labels = {name: f"R@{name[len('recall@'):]}" if name.startswith("recall@") else names.get(name) for name in values}
+    return "  ".join(f"{label} {100 * values[name]:.2f}" for name, label in labels.items() if label)
 
 
-# --------------------------------------------------------------------------------------------
-# make-data
-# --------------------------------------------------------------------------------------------
-
-
+# -- make-data -------------------------------------------------------------------------------
 def make_data(args: argparse.Namespace) -> int:
     from mpn_tutorial.data.glyphs import cache_path, load_glyphs
     from mpn_tutorial.data.splits import split_classes
@@ -49,35 +39,24 @@ def make_data(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------------
-# train
-# --------------------------------------------------------------------------------------------
-
-def _changes(args: argparse.Namespace) -> dict:
-    """``{field: value}`` for every setting flag given (each flag's ``dest`` is its field's name)."""
-    from mpn_tutorial.config import TrainConfig
-
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-            if f.name != "preset" and getattr(args, f.name, None) is not None}
-
-
+# -- train -----------------------------------------------------------------------------------
 def _config(args: argparse.Namespace):
-    """The preset changed by the flags, validated; and the fields the flags set."""
+    """The preset changed by the flags, validated; and ``{field: value}`` for every setting flag given (each
+    flag's ``dest`` is its field's name)."""
+    from mpn_tutorial.config import TrainConfig
     from mpn_tutorial.presets import get_preset
 
-    changes = _changes(args)
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+               if f.name != "preset" and getattr(args, f.name, None) is not None}
     config = get_preset(args.preset or "glyphs", **changes)
     config.validate()
     return config, changes
 
 
 def run_name(config, changes: dict) -> str:
-    """The default run folder's name: preset, loss, every flag that changed what the preset computes, seed.
-
-    ``runs/glyphs-mpn-seed0``; ``runs/glyphs-mpn-lr0.1-seed0`` after ``--lr 0.1``. Loss and seed have
-    their own places; a flag is left out when it changes nothing, or only where or how fast the run
-    computes, or names a file (``config.names_run``). ``changes``: ``{field: value}``.
-    """
+    """The default run folder's name: preset, loss, every flag in ``changes`` (``{field: value}``) that changed
+    what the preset computes (``config.names_run``: not where or how fast, not a file), seed:
+    ``runs/glyphs-mpn-seed0``; ``runs/glyphs-mpn-lr0.1-seed0`` after ``--lr 0.1``."""
     from mpn_tutorial.config import TrainConfig, names_run
     from mpn_tutorial.presets import get_preset
     from mpn_tutorial.tools.settings import flag_of
@@ -96,13 +75,6 @@ def run_name(config, changes: dict) -> str:
         else:
             parts.append(flag + (f"{value:g}" if isinstance(value, float) else str(value)))
     return "-".join(parts + [f"seed{config.seed}"])
-
-
-def _print_history(history: list[dict]) -> None:
-    for row in history:
-        attention = row.get("attention")
-        shown = f"  attention share {attention['share']:.3f}" if attention else ""
-        print(f"epoch {row['epoch']:3d}  val {_format_metrics(row['val'])}{shown}")
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -127,14 +99,17 @@ def train_command(args: argparse.Namespace) -> int:
         if distributed is not None:
             distributed.close()
     if is_main:
-        _print_history(result.history)
+        for row in result.history:
+            attention = row.get("attention")
+            shown = f"  attention share {attention['share']:.3f}" if attention else ""
+            print(f"epoch {row['epoch']:3d}  val {_format_metrics(row['val'])}{shown}")
         print(f"best epoch {result.best_epoch} (by validation R@1); {result.seconds:.1f} s")
         print(f"test  {_format_metrics(result.test_metrics)}")
         print(f"saved in {checkpoint_dir}: best.pt, last.pt, metrics.csv")
     return 0
 
 
-def kept(folder: Path, resume: str = "run the same command with --resume to continue from it") -> str:
+def kept(folder: Path, resume: str) -> str:
     """What a run folder holds now, in words: the checkpoint the run can continue from (how: ``resume``), or
     that nothing of it is saved."""
     from mpn_tutorial.tools.checkpoints import CheckpointError, load_checkpoint
@@ -172,20 +147,14 @@ def _loggers(folder: Path) -> list:
     from mpn_tutorial.callbacks import CSVLogger, TensorBoardLogger
 
     loggers = [CSVLogger(folder / "metrics.csv")]
-    try:
+    with contextlib.suppress(ImportError):  # TensorBoard is optional; metrics.csv has the same numbers
         loggers.append(TensorBoardLogger(folder / "tensorboard"))
-    except ImportError:
-        pass  # TensorBoard is optional; metrics.csv has the same numbers
     return loggers
 
 
-# --------------------------------------------------------------------------------------------
-# compare
-# --------------------------------------------------------------------------------------------
-
+# -- compare ---------------------------------------------------------------------------------
 # named flag sets; NAME=FLAGS on the command line defines others
-VARIANTS = {"messages": "", "no-messages": "--attention none --message-warmup-epochs 0",
-            "oracle": "--attention oracle"}
+VARIANTS = {"messages": "", "no-messages": "--attention none --message-warmup-epochs 0", "oracle": "--attention oracle"}
 
 
 def variant(text: str) -> tuple[str, str]:
@@ -216,7 +185,7 @@ def compare(args: argparse.Namespace) -> int:
                          "apply here: use --seeds")
     if len(set(names)) != len(names):
         raise UsageError(f"variant names must differ, got {names}")
-    configs, flags = {}, {}
+    configs, flags = {}, dict(args.variants)
     for name, text in args.variants:
         namespace = copy.copy(args)
         try:
@@ -225,7 +194,6 @@ def compare(args: argparse.Namespace) -> int:
             raise UsageError(f"variant {name}: {text!r} is not a set of train flags ({error}; see train --help)") \
                 from None
         configs[name], _ = _config(namespace)
-        flags[name] = text
     if dist_module.from_environment(configs[names[0]]) is not None:
         raise UsageError("compare trains its runs one after another in one process; run it without torchrun")
     args.preset = args.preset or "glyphs"
@@ -265,11 +233,7 @@ def _machine() -> str:
     return f"{device}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads"
 
 
-# --------------------------------------------------------------------------------------------
-# evaluate
-# --------------------------------------------------------------------------------------------
-
-
+# -- evaluate --------------------------------------------------------------------------------
 def evaluate(args: argparse.Namespace) -> int:
     from mpn_tutorial.data.build import build_datasets
     from mpn_tutorial.evaluation import attention_diagnostics, diagnostic_batches, evaluate_on_test
@@ -279,16 +243,13 @@ def evaluate(args: argparse.Namespace) -> int:
 
     model, config = load_model(args.checkpoint)
     if args.preset is not None and args.preset != config.preset:
-        raise CheckpointError(
-            f"checkpoint {args.checkpoint} was trained with preset {config.preset!r}, not {args.preset!r}"
-        )
+        raise CheckpointError(f"checkpoint {args.checkpoint} was trained with preset {config.preset!r}, not "
+                              f"{args.preset!r}")
     if args.refine_k and args.refine_method.startswith("mpn") and model.mpn is None:
         raise UsageError(f"--refine-k with --refine-method {args.refine_method} needs a model trained with message "
                          f"passing; {args.checkpoint} has loss {config.loss!r} (--refine-method mean works for any)")
-    if args.data_root is not None:
-        config = config.replace(data_root=args.data_root)
-    if args.device is not None:
-        config = config.replace(device=args.device)
+    config = config.replace(**{name: getattr(args, name) for name in ("data_root", "device")
+                               if getattr(args, name) is not None})
     model.to(resolve_device(config.device))
     datasets = build_datasets(config)
     metrics = evaluate_on_test(model, datasets, config.dataset, compute_nmi=not args.no_nmi, refine_k=args.refine_k,
@@ -313,11 +274,7 @@ def _format_attention(diagnostics: dict[str, float]) -> str:
     return ", ".join(shown) + (f" (per head: {', '.join(heads)})" if len(heads) > 1 else "")
 
 
-# --------------------------------------------------------------------------------------------
-# fetch
-# --------------------------------------------------------------------------------------------
-
-
+# -- fetch -----------------------------------------------------------------------------------
 class _ProgressPrinter:
     """Prints a line to stderr every 5 % (or every 256 MiB when the size is unknown)."""
 
@@ -352,8 +309,6 @@ def fetch(args: argparse.Namespace) -> int:
     splits = " | ".join(f'"{split}"' for split in source.splits)
     print(f'{source.title} is ready in {ready}\n  {source.reader}(root="{ready}", split={splits})')
     return 0
-
-
 
 
 def answer_key(args: argparse.Namespace) -> int:

@@ -1,23 +1,14 @@
 """Training on several GPUs while message passing still sees the whole batch.
 
-The MPN needs every sample of the batch: each sample attends to all others. With plain
-data-parallel training each GPU would hold only its slice of the batch and the MPN would pass
-messages within slices, which silently changes the method. Here:
-
-1. :class:`ShardedBatchSampler` hands rank r its slice of one global P×K batch;
-2. each rank embeds its slice with the backbone (wrapped in ``DistributedDataParallel``);
-3. :func:`gather_with_gradients` all-gathers the embeddings (and labels) so every rank runs the
-   classifier and the MPN on the *global* batch; in the backward pass each rank receives the
-   summed gradient for its own slice;
-4. BatchNorm statistics of the backbone are computed over the global batch too (PyTorch's
-   ``SyncBatchNorm`` on GPUs, :class:`GlobalBatchNorm` on CPU/gloo), as on one GPU.
-
-Every rank uses the same seed, so the MPN's dropout masks agree across ranks and every rank
-computes the same loss as one process would on the concatenated batch; DDP averages the
-gradients, which then equal the single-process gradients (tests/test_distributed.py checks
-this with 2 CPU processes). With one process, :class:`SingleProcess` stands in: its gather is the
-identity, so the training loop has a single path.
-
+The MPN needs every sample of the batch; plain data-parallel training would pass messages within each
+GPU's slice only, which silently changes the method. Here :class:`ShardedBatchSampler` hands rank r its
+slice of one global P×K batch; each rank embeds its slice with the backbone (in
+``DistributedDataParallel``); :func:`gather_with_gradients` all-gathers the embeddings (and labels), so
+every rank runs the classifier and the MPN on the *global* batch, and in the backward pass each rank
+receives the summed gradient of its own slice; BatchNorm statistics cover the global batch too
+(``SyncBatchNorm`` on GPUs, :class:`GlobalBatchNorm` on CPU/gloo). Every rank uses the same seed, so
+the dropout masks agree and DDP's averaged gradients equal the single-process ones
+(tests/test_distributed.py). With one process, :class:`SingleProcess` stands in (its gather is the identity).
 Launch: ``torchrun --nproc_per_node=K -m mpn_tutorial train --preset cub --data-root DIR``.
 """
 
@@ -38,11 +29,8 @@ class _GatherWithGradients(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        world_size, rank = dist.get_world_size(), dist.get_rank()
-        pieces = [torch.empty_like(tensor) for _ in range(world_size)]
-        dist.all_gather(pieces, tensor.contiguous())
-        ctx.rank, ctx.size = rank, tensor.shape[0]
-        return torch.cat(pieces)
+        ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
+        return gather_labels(tensor)
 
     @staticmethod
     def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
@@ -57,18 +45,16 @@ def gather_with_gradients(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def gather_labels(labels: torch.Tensor) -> torch.Tensor:
-    """(n,) on each rank -> (W*n,) on every rank (no gradients)."""
+    """(n, ...) on each of W ranks -> (W*n, ...) on every rank, rank order; no gradients (the labels)."""
     pieces = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
     dist.all_gather(pieces, labels.contiguous())
     return torch.cat(pieces)
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training statistics cover the global batch, on any backend (gloo included).
-
-    PyTorch's ``SyncBatchNorm`` runs on GPUs only; this does the same with two differentiable
-    all-reduces of per-channel sums. Outside distributed training it is ordinary BatchNorm.
-    """
+    """BatchNorm whose training statistics cover the global batch, on any backend (gloo included): PyTorch's
+    ``SyncBatchNorm`` runs on GPUs only; this uses two differentiable all-reduces of per-channel sums.
+    Outside distributed training it is ordinary BatchNorm."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -105,8 +91,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def convert(cls, module: nn.Module) -> nn.Module:
         """Replace every BatchNorm layer of ``module`` (recursively), keeping its parameters and buffers."""
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
-            converted = cls(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats)
+            converted = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
             converted.load_state_dict(module.state_dict())
             converted.train(module.training)
             if module.affine:
@@ -119,19 +104,15 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 class ShardedBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Rank r's slice of each global batch of another batch sampler (e.g. a :class:`PKSampler`).
-
-    Every rank builds the same global batches (same seed, same epoch) and keeps
-    ``batch[r*n : (r+1)*n]`` with ``n = len(batch) // world_size``; the slices, gathered in rank
-    order, are the global batch again.
-    """
+    """Rank r's slice of each global batch of another batch sampler (e.g. a :class:`PKSampler`): every rank
+    builds the same global batches (same seed, same epoch) and keeps ``batch[r*n : (r+1)*n]``, ``n = len(batch)
+    // world_size``; the slices, gathered in rank order, are the global batch again."""
 
     def __init__(self, sampler, rank: int, world_size: int) -> None:
         if sampler.batch_size % world_size != 0:
-            raise UsageError(
-                f"the global batch of {sampler.batch_size} samples cannot be split evenly over {world_size} "
-                "processes; choose classes_per_batch * samples_per_class divisible by the number of GPUs"
-            )
+            raise UsageError(f"the global batch of {sampler.batch_size} samples cannot be split evenly over "
+                             f"{world_size} processes; choose classes_per_batch * samples_per_class divisible by the "
+                             "number of GPUs")
         self.sampler, self.rank, self.world_size = sampler, rank, world_size
         self.batch_size = sampler.batch_size // world_size
 
@@ -159,25 +140,15 @@ class DistributedContext:
 
     def wrap(self, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
         """Global-batch BatchNorm, then DistributedDataParallel (gradient averaging across ranks).
-
         ``find_unused_parameters``: needed when some parameters get no gradient in a step (message
-        passing switched off: its attention maps are then unused).
-        """
-        if self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            model = GlobalBatchNorm.convert(model)
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+        passing switched off: its attention maps are then unused)."""
+        cuda = self.device.type == "cuda"
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if cuda else GlobalBatchNorm.convert(model)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if cuda else None,
                                                    find_unused_parameters=find_unused_parameters)
 
-    @staticmethod
-    def gather(embeddings: torch.Tensor) -> torch.Tensor:
-        return gather_with_gradients(embeddings)
-
-    @staticmethod
-    def gather_labels(labels: torch.Tensor) -> torch.Tensor:
-        return gather_labels(labels)
+    gather = staticmethod(gather_with_gradients)
+    gather_labels = staticmethod(gather_labels)
 
     def close(self) -> None:
         if dist.is_initialized():
@@ -199,16 +170,7 @@ class SingleProcess:
     def wrap(self, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
         return model
 
-    @staticmethod
-    def gather(embeddings: torch.Tensor) -> torch.Tensor:
-        return embeddings
-
-    @staticmethod
-    def gather_labels(labels: torch.Tensor) -> torch.Tensor:
-        return labels
-
-    def close(self) -> None:
-        pass
+    gather = gather_labels = staticmethod(lambda tensor: tensor)
 
 
 # What torchrun sets for every process it starts; a WORLD_SIZE alone (left over in a shell, or set by
@@ -230,22 +192,9 @@ def from_environment(config) -> DistributedContext | None:
         return None
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     use_cuda = torch.cuda.is_available() and config.device != "cpu"
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
-        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return DistributedContext(rank, world_size, device)
-
-
-__all__ = [
-    "DistributedContext",
-    "GlobalBatchNorm",
-    "ShardedBatchSampler",
-    "SingleProcess",
-    "from_environment",
-    "gather_labels",
-    "gather_with_gradients",
-]

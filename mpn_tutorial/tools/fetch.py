@@ -1,22 +1,10 @@
-"""Obtaining the four benchmarks: a resumable verified download, and an extraction that refuses
-archive members escaping the target folder. What to download (addresses, checksums, folders) is in
-``registry.py``; the command line that calls this module is in ``mpn_tutorial/__main__.py``.
+"""Obtaining the four benchmarks: ``python -m mpn_tutorial fetch NAME --root DIR`` (see data/README.md).
 
-``python -m mpn_tutorial fetch NAME --root DIR`` (NAME: cub, cars, sop, inshop) downloads, verifies
-and extracts what can be downloaded, and otherwise prints exactly which file to download by hand,
-from where, and where to save it; running the same command again then verifies and extracts it.
-It ends by naming the folder to pass as the readers' ``root`` (see data/README.md).
-
-Three guarantees, because benchmark archives are large (1-3 GB) and come from third parties:
-
-* **Resumable.** Bytes go to ``<file>.partial``; an interrupted download resumes with an HTTP
-  ``Range`` request instead of starting over.
-* **Never a complete-looking bad file.** The final name appears only through an atomic rename after
-  the SHA-256 matched; a mismatching download is deleted and the error names both hashes.
-* **Safe extraction.** A member with an absolute path, a ``..`` that climbs out of the target, or a
-  symbolic/hard link pointing outside it makes :func:`safe_extract` raise instead of writing there.
-
-Only the standard library is used for HTTP (``urllib``), so fetching needs no extra dependency.
+What to download is in ``registry.py``. The archives are large (1-3 GB) and come from third parties,
+so a download resumes where it was interrupted and gets its final name only once its SHA-256 matched
+(:func:`download`), and extraction refuses members that would land outside the target
+(:func:`safe_extract`). A file that must be downloaded by hand is named, with where to get it and
+where to save it. HTTP uses only the standard library (``urllib``).
 """
 
 from __future__ import annotations
@@ -31,7 +19,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable
-from pathlib import Path, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from mpn_tutorial.errors import (
     ChecksumMismatchError,
@@ -44,28 +32,24 @@ from mpn_tutorial.errors import (
 from mpn_tutorial.tools.registry import DatasetSource, RemoteFile, dataset_source
 
 USER_AGENT = "mpn_tutorial-fetch/0.1 (python urllib)"
+CHUNK_SIZE = 1 << 20  # bytes per read, from the network and from disk
 ProgressCallback = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
 
 
-# --------------------------------------------------------------------------------------------
-# Download
-# --------------------------------------------------------------------------------------------
+# -- download ---------------------------------------------------------------------------------
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file, read in chunks (archives are larger than memory should hold)."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
-        while chunk := file.read(chunk_size):
+        while chunk := file.read(CHUNK_SIZE):
             digest.update(chunk)
     return digest.hexdigest()
 
 
 def verify_sha256(path: str | os.PathLike, expected: str) -> None:
-    """Raise :class:`ChecksumMismatchError` naming both hashes unless ``path`` hashes to ``expected``.
-
-    The file is left in place: it may be the user's own download.
-    """
+    """Raise :class:`ChecksumMismatchError` unless ``path`` hashes to ``expected``; the file is kept."""
     actual = sha256_file(path)
     if actual != expected.lower():
         raise ChecksumMismatchError(
@@ -84,31 +68,22 @@ def download(
     url: str,
     destination: str | os.PathLike,
     sha256: str | None = None,
-    chunk_size: int = 1 << 20,
     *,
     retries: int = 3,
     timeout: float = 60.0,
     progress: ProgressCallback | None = None,
 ) -> Path:
-    """Download ``url`` to ``destination`` with resume and checksum verification; returns ``destination``.
+    """Download ``url`` (http or https) to ``destination``, resumably and verified; returns ``destination``.
 
-    Bytes are appended to ``destination + ".partial"``. If that file exists (an earlier call was
-    interrupted) the request asks only for the rest (``Range: bytes=<size>-``); a server that
-    ignores ranges sends the whole file, which then replaces the partial one. A connection that
-    breaks mid-file is retried ``retries`` times, each retry resuming; after that
-    :class:`DownloadInterrupted` is raised and the partial file is kept for the next call.
-
-    When the transfer is complete the partial file is hashed: on a mismatch with ``sha256`` it is
-    deleted and :class:`ChecksumMismatchError` names the expected and actual hashes; on a match
-    (or when ``sha256`` is None) it is renamed to ``destination`` in one atomic step. So a file at
-    ``destination`` is always complete, and an existing one is returned without downloading.
+    Bytes are appended to :func:`partial_path`; when it exists (an earlier call was interrupted) only
+    the rest is requested (``Range: bytes=<size>-``). A broken connection is resumed up to ``retries``
+    times, then :class:`DownloadInterrupted` is raised and the partial file kept for the next call.
+    The complete file is deleted if its hash is not ``sha256`` (:class:`ChecksumMismatchError`), else
+    renamed to ``destination`` in one atomic step. An existing ``destination`` is returned as is.
 
     Args:
-        url: http(s) address.
         destination: final file path; its folder is created if needed.
         sha256: expected hex SHA-256, or None to skip verification.
-        chunk_size: bytes read per network read.
-        retries: how many times an interrupted transfer is resumed within this call.
         timeout: seconds a connect or a read may stall before it counts as an interruption.
         progress: called as ``progress(bytes_so_far, total_bytes_or_None)`` after each chunk.
     """
@@ -119,7 +94,7 @@ def download(
     partial = partial_path(destination)
     for attempt in range(retries + 1):
         try:
-            _transfer(url, partial, chunk_size, timeout, progress)
+            _transfer(url, partial, timeout, progress)
             break
         except DownloadInterrupted:
             if attempt == retries:
@@ -137,9 +112,7 @@ def download(
     return destination
 
 
-def _transfer(
-    url: str, partial: Path, chunk_size: int, timeout: float, progress: ProgressCallback | None
-) -> None:
+def _transfer(url: str, partial: Path, timeout: float, progress: ProgressCallback | None) -> None:
     """One HTTP request that appends the missing bytes of ``url`` to ``partial``."""
     offset = partial.stat().st_size if partial.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
@@ -154,9 +127,7 @@ def _transfer(
             total = exc.headers.get("Content-Range", "").rpartition("/")[2]
             if total.isdigit() and int(total) != offset:
                 partial.unlink()
-                raise DownloadInterrupted(
-                    f"{partial} was longer than {url} ({total} bytes); starting over"
-                ) from exc
+                raise DownloadInterrupted(f"{partial} was longer than {url} ({total} bytes); starting over") from exc
             return
         raise DownloadError(f"downloading {url} failed: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
@@ -180,7 +151,7 @@ def _transfer(
         with open(partial, mode) as file:
             while True:
                 try:
-                    chunk = response.read(chunk_size)
+                    chunk = response.read(CHUNK_SIZE)
                 except (OSError, http.client.HTTPException) as exc:  # reset, timeout, bad chunking
                     raise _interrupted(url, partial, received, total, exc) from exc
                 if not chunk:
@@ -194,9 +165,7 @@ def _transfer(
         raise _interrupted(url, partial, received, total, "connection closed early")
 
 
-def _interrupted(
-    url: str, partial: Path, received: int, total: int | None, reason: object
-) -> DownloadInterrupted:
+def _interrupted(url: str, partial: Path, received: int, total: int | None, reason: object) -> DownloadInterrupted:
     of_total = f" of {total:,}" if total is not None else ""
     return DownloadInterrupted(
         f"download of {url} interrupted after {received:,}{of_total} bytes ({reason}); the bytes so far "
@@ -216,34 +185,23 @@ def _parse_content_range(header: str | None) -> tuple[int, int | None]:
         raise DownloadError(f"unexpected Content-Range header {header!r} in a resumed download") from None
 
 
-# --------------------------------------------------------------------------------------------
-# Extraction
-# --------------------------------------------------------------------------------------------
+# -- extraction -------------------------------------------------------------------------------
 
 
 def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Extract a .tgz / .tar.gz / .tar / .zip archive into ``target``; returns ``target``.
 
-    Every member is checked before it is written. :class:`UnsafeArchiveError` is raised (and
-    nothing further extracted) for a member that
-
-    * has an absolute path (``/etc/passwd``, ``C:\\x``),
-    * resolves outside ``target`` (``../evil``, or a path through a link already on disk),
-    * is a symbolic or hard link whose target lies outside ``target`` (or is absolute),
-    * is a device file or FIFO (tar only).
-
-    A zip archive is checked completely before anything is written (its member list is at the
-    end of the file); a tar archive is a stream, so members before the offending one are already
-    extracted (all of them inside ``target``). Python's ``zipfile`` writes a zip symlink member as a
-    small file holding the link text, so no zip link is ever followed; escaping ones are refused all
-    the same, since they betray a hostile archive.
+    :class:`UnsafeArchiveError` is raised, and nothing further extracted, for a member with an
+    absolute path (``/etc/passwd``, ``C:\\x``), one that resolves outside ``target`` (``../evil``, or
+    through a link already on disk), a link pointing outside ``target``, or a tar device file or FIFO.
+    A zip is checked completely first; a tar is a stream, so the members before the offending one are
+    already extracted (inside ``target``). ``zipfile`` writes a zip symlink as a file holding the link
+    text, so none is followed, but escaping ones are refused all the same: they betray a hostile archive.
     """
     archive, target = Path(archive), Path(target)
     name = archive.name.lower()
     if not name.endswith((".tgz", ".tar.gz", ".tar", ".zip")):
-        raise FetchError(
-            f"cannot extract {archive}: unknown archive type (expected .tgz, .tar.gz, .tar or .zip)"
-        )
+        raise FetchError(f"cannot extract {archive}: unknown archive type (expected .tgz, .tar.gz, .tar or .zip)")
     target.mkdir(parents=True, exist_ok=True)
     try:
         if name.endswith(".zip"):
@@ -262,33 +220,19 @@ def _refuse(archive: Path, member: str, target: Path, reason: str) -> UnsafeArch
     )
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+def _resolve_inside(archive: Path, member: str, path: str, base: Path, root: Path, link: bool = False) -> Path:
+    """``base / path`` resolved; raises unless ``path`` is relative and stays inside ``root`` (resolved).
 
-
-def _is_absolute(name: str) -> bool:
-    return name.startswith(("/", "\\")) or bool(PureWindowsPath(name).drive)
-
-
-def _checked_destination(archive: Path, name: str, root: Path) -> Path:
-    """Where member ``name`` lands under ``root`` (already resolved); raises if it escapes."""
-    if _is_absolute(name):
-        raise _refuse(archive, name, root, "has an absolute path")
-    # resolve() also follows links already on disk, so a path through an earlier extracted link
-    # (``link/../../x``) is judged by where it really goes.
-    destination = (root / name.replace("\\", "/")).resolve()
-    if not _inside(destination, root):
-        raise _refuse(archive, name, root, f"resolves to {destination}")
-    return destination
-
-
-def _check_link(archive: Path, name: str, link: str, base: Path, root: Path) -> None:
-    """Refuse a link whose target ``link`` (relative to ``base``) is absolute or leaves ``root``."""
-    if _is_absolute(link):
-        raise _refuse(archive, name, root, f"links to the absolute path {link!r}")
-    resolved = (base / link.replace("\\", "/")).resolve()
-    if not _inside(resolved, root):
-        raise _refuse(archive, name, root, f"links to {resolved}")
+    ``path`` is the name of ``member`` or, with ``link``, the target of that link member. resolve()
+    also follows links already on disk, so a path through an earlier extracted link
+    (``link/../../x``) is judged by where it really goes.
+    """
+    if path.startswith(("/", "\\")) or PureWindowsPath(path).drive:
+        raise _refuse(archive, member, root, f"links to the absolute path {path!r}" if link else "has an absolute path")
+    resolved = (base / path.replace("\\", "/")).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise _refuse(archive, member, root, f"links to {resolved}" if link else f"resolves to {resolved}")
+    return resolved
 
 
 def _extract_tar(archive: Path, target: Path) -> None:
@@ -298,20 +242,16 @@ def _extract_tar(archive: Path, target: Path) -> None:
     filter_argument = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     with tarfile.open(archive, "r:*") as tar:
         for member in tar:
-            _checked_destination(archive, member.name, root)
+            _resolve_inside(archive, member.name, member.name, root, root)
             if member.issym():
                 # A symlink's target is relative to the folder holding the link.
-                _check_link(archive, member.name, member.linkname, (root / member.name).parent, root)
+                _resolve_inside(archive, member.name, member.linkname, (root / member.name).parent, root, link=True)
             elif member.islnk():
                 # A hard link's target is another member, named relative to the archive root.
-                _check_link(archive, member.name, member.linkname, root, root)
+                _resolve_inside(archive, member.name, member.linkname, root, root, link=True)
             elif not (member.isfile() or member.isdir()):
                 raise _refuse(archive, member.name, root, "is a device file or FIFO, which has no place")
             tar.extract(member, root, set_attrs=False, **filter_argument)
-
-
-def _is_zip_symlink(info: zipfile.ZipInfo) -> bool:
-    return (info.external_attr >> 16) & 0o170000 == 0o120000  # S_IFLNK in the Unix mode bits
 
 
 def _extract_zip(archive: Path, target: Path) -> None:
@@ -319,44 +259,36 @@ def _extract_zip(archive: Path, target: Path) -> None:
     with zipfile.ZipFile(archive) as zip_file:
         members = zip_file.infolist()
         for info in members:  # check everything first: nothing is written from a hostile zip
-            destination = _checked_destination(archive, info.filename, root)
-            if _is_zip_symlink(info):
-                link = zip_file.read(info).decode("utf-8", errors="replace")
-                _check_link(archive, info.filename, link, destination.parent, root)
+            destination = _resolve_inside(archive, info.filename, info.filename, root, root)
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:  # a symlink: S_IFLNK in the Unix mode bits
+                target = zip_file.read(info).decode("utf-8", errors="replace")
+                _resolve_inside(archive, info.filename, target, destination.parent, root, link=True)
         for info in members:
             zip_file.extract(info, root)
 
 
-# --------------------------------------------------------------------------------------------
-# Fetching a dataset
-# --------------------------------------------------------------------------------------------
+# -- fetching a dataset -----------------------------------------------------------------------
 
 
 def extracted_marker(archive: str | os.PathLike) -> Path:
-    """The empty file written next to ``archive`` once it has been extracted completely.
-
-    It lets a repeated fetch skip work, and lets you delete the archive to save space afterwards.
-    Delete the marker to force a new extraction.
-    """
+    """The empty file written next to ``archive`` once it has been extracted completely: a repeated
+    fetch skips the archive (which you may then delete to save space). Delete the marker to extract again."""
     archive = Path(archive)
     return archive.with_name(archive.name + ".extracted")
 
 
-def fetch_dataset(
-    name: str, root: str | os.PathLike = "data", progress: ProgressCallback | None = None
-) -> Path:
+def fetch_dataset(name: str, root: str | os.PathLike = "data", progress: ProgressCallback | None = None) -> Path:
     """Download (where possible), verify and extract dataset ``name`` under ``root``.
 
     Returns the folder to pass as the reader's ``root`` (e.g. ``root/CUB_200_2011`` for CUB200).
-    Files are placed at ``root/<RemoteFile.path>``; an archive is extracted once (see
-    :func:`extracted_marker`). A file that is already there (e.g. downloaded by hand) is verified
-    against the registry's SHA-256 when one is known, and never deleted.
+    Files go to ``root/<RemoteFile.path>``; an archive is extracted once (:func:`extracted_marker`).
+    A file already there (e.g. downloaded by hand) is verified against the registry's SHA-256 when
+    one is known, and never deleted.
 
     Raises:
-        ManualDownloadRequired: some file cannot be downloaded automatically and is not there yet;
-            the message lists each such file, where to get it, and the exact path to save it at.
-        DownloadError, ChecksumMismatchError, UnsafeArchiveError: see :func:`download` and
-            :func:`safe_extract`.
+        ManualDownloadRequired: a file that cannot be downloaded automatically is not there yet; the
+            message says where to get each such file and the exact path to save it at.
+        DownloadError, ChecksumMismatchError, UnsafeArchiveError: see :func:`download`, :func:`safe_extract`.
     """
     source = dataset_source(name)
     root = Path(root).expanduser().absolute()
@@ -399,10 +331,6 @@ def _is_done(root: Path, file: RemoteFile) -> bool:
     return (root / file.path).exists() and file.sha256 is None
 
 
-def _format_size(size: int | None) -> str:
-    return "" if size is None else f" ({size / 2**30:.1f} GiB, {size:,} bytes)"
-
-
 def manual_instructions(source: DatasetSource, root: Path, files: list[RemoteFile]) -> str:
     """Step-by-step text for the files of ``source`` that must be downloaded by hand."""
     reason = f" ({source.note})" if source.note else ""
@@ -411,8 +339,9 @@ def manual_instructions(source: DatasetSource, root: Path, files: list[RemoteFil
         "Download these files by hand and save each one at exactly the path given:",
     ]
     for number, file in enumerate(files, start=1):
+        size = "" if file.size is None else f" ({file.size / 2**30:.1f} GiB, {file.size:,} bytes)"
         lines += [
-            f"  {number}. {file.name}{_format_size(file.size)}",
+            f"  {number}. {PurePosixPath(file.path).name}{size}",
             f"     from:    {file.manual}",
             f"     save as: {root / file.path}",
         ]

@@ -7,7 +7,6 @@ Readers (``benchmarks.py``) look up folder names here for their messages; the do
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from mpn_tutorial.errors import UsageError
 
@@ -21,8 +20,7 @@ class RemoteFile:
         url: direct download address; None when it must be downloaded by hand.
         sha256: expected SHA-256 (hex); None when no trustworthy published value is known.
         size: size in bytes, for messages only (None when unknown).
-        extract_to: folder (relative to the fetch root) the archive is extracted into; None for a
-            file that is used as it is.
+        extract_to: folder (relative to the fetch root) to extract the archive into; None: used as it is.
         manual: where to get the file by hand (also the fallback when ``url`` fails).
     """
 
@@ -32,10 +30,6 @@ class RemoteFile:
     size: int | None = None
     extract_to: str | None = None
     manual: str = ""
-
-    @property
-    def name(self) -> str:
-        return PurePosixPath(self.path).name
 
 
 @dataclass(frozen=True)
@@ -85,8 +79,7 @@ DATASETS: dict[str, DatasetSource] = {
         licence="research / non-commercial use (Stanford); images from the web, copyrights with their owners",
         files=(
             RemoteFile(
-                path="cars196/car_ims.tgz",
-                size=None,  # about 1.9 GB
+                path="cars196/car_ims.tgz",  # about 1.9 GB, size unknown
                 extract_to="cars196",  # the archive holds car_ims/000001.jpg ... 016185.jpg
                 manual=(
                     "the 'all images' release car_ims.tgz (16,185 images; "

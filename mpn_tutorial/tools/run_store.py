@@ -1,20 +1,13 @@
 """The notebooks' store of finished runs: train once, and every later notebook (or a re-run) loads it.
 
-Training is deterministic for a configuration, a thread count (``runtime.py``), the versions of
-torch and numpy and the library's training code, and the key of a stored run (:func:`cache_key`)
-holds all of them, so a stored run is exactly what training again would give: edit any module the
-training depends on (:func:`training_modules`) and the next call trains anew. An
-entry holds the best model, its history and metrics, and the recordings of the callbacks that
-watched it (``EmbeddingSnapshots``, ``AttentionCapture``, ``EpochEvaluation`` of ``callbacks.py``),
-so notebook 04 can show the attention notebook 03 recorded. Entries are written atomically; delete
-the folder to start afresh. A teacher can fill the store before class by running the notebooks once.
+A stored run's key (:func:`cache_key`) holds everything training depends on (the configuration, the
+thread count, torch's and numpy's versions, the library's training code), so a stored run is exactly
+what training again would give. An entry holds the best model, its history and metrics, and the
+recordings of the callbacks that watched it, so notebook 04 can show the attention notebook 03 recorded.
 
-**A shared store** (``shared_dir``): a second folder, e.g. the store a teacher filled before class,
-that every student reads and nobody writes (it may be read-only). A run missing from a student's own
-store is looked up there; a run trained anew (the shared entry missing, damaged, foreign, or without a
-recording asked for) is written to the student's own store only. Nothing in the shared folder is
-ever written, replaced or deleted, and since every entry is written atomically (renamed into place
-once complete), a reader sees a whole entry or none.
+A **shared store** (``shared_dir``), e.g. one a teacher filled before class, is only read: a run missing
+from a student's own store is looked up there, and a run trained anew goes to the student's own store.
+Entries are written atomically, so a reader sees a whole entry or none.
 """
 
 from __future__ import annotations
@@ -34,7 +27,7 @@ from mpn_tutorial.callbacks import AttentionCapture, Callback, EmbeddingSnapshot
 from mpn_tutorial.config import TrainConfig
 from mpn_tutorial.data.build import Datasets, sample_batch
 from mpn_tutorial.data.splits import ClassSubset
-from mpn_tutorial.errors import UsageError
+from mpn_tutorial.errors import MissingFileError, UsageError
 from mpn_tutorial.tools.checkpoints import CheckpointError, load_checkpoint, model_from, save_checkpoint
 from mpn_tutorial.tools.runtime import thread_count
 from mpn_tutorial.training import TrainResult, train
@@ -43,10 +36,9 @@ PACKAGE = Path(__file__).resolve().parents[1]  # the mpn_tutorial folder
 
 
 def training_modules() -> list[Path]:
-    """The library's source files a stored run depends on: this module and everything it imports from
-    the package, directly or through other modules (the training loop, the model, the data, ...),
-    found by reading their import statements. Not the notebooks' helpers, the exercises, the figures
-    or the command line: editing those keeps the stored runs."""
+    """The library's source files a stored run depends on: this module and everything it imports from the
+    package, directly or not, found by reading their import statements. Not the notebooks' helpers, the
+    exercises, the figures or the command line: editing those keeps the stored runs."""
     seen: dict[str, Path] = {}
     pending = ["mpn_tutorial.tools.run_store"]
     while pending:
@@ -75,9 +67,8 @@ def training_modules() -> list[Path]:
 
 @lru_cache(maxsize=1)
 def library_fingerprint() -> str:
-    """A hash of the source of :func:`training_modules`, read once per process (so it describes the
-    code this process runs). Part of every run's key: a learner who edits the model gets a new run,
-    never the old one."""
+    """A hash of the source of :func:`training_modules`, read once per process (the code this process runs):
+    part of every run's key, so a learner who edits the model gets a new run, never the old one."""
     digest = hashlib.sha256()
     for path in training_modules():
         digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
@@ -85,9 +76,8 @@ def library_fingerprint() -> str:
 
 
 def cache_key(config: TrainConfig) -> str:
-    """A stable name for a configuration's run: its computed settings (``TrainConfig.computed_settings``),
-    the thread count (CPU results depend on it, see runtime.py), the versions of torch and numpy, and the
-    source of the library's training code (:func:`library_fingerprint`)."""
+    """A stable name for a configuration's run, from its computed settings, the thread count (CPU results depend
+    on it), torch's and numpy's versions and the library's training code (:func:`library_fingerprint`)."""
     settings = config.computed_settings()
     settings.update(threads=thread_count(), library=library_fingerprint(), torch=torch.__version__,
                     numpy=np.__version__)
@@ -117,22 +107,12 @@ def recording_key(callback: Callback) -> str:
                     f"not of {type(callback).__name__}")
 
 
-def train_cached(
-    config: TrainConfig,
-    cache_dir: str | os.PathLike,
-    callbacks: Sequence[Callback] = (),
-    datasets: Datasets | None = None,
-    progress: bool = True,
-    shared_dir: str | os.PathLike | None = None,
-) -> TrainResult:
-    """:func:`~mpn_tutorial.training.train`, or its stored result when the same configuration ran before.
-
-    The entry is looked up in ``cache_dir`` (the caller's own store), then in ``shared_dir`` (a store
-    that is only read, see the module docstring). A callback whose recordings are missing from the
-    stored entry makes the run train again (the new entry then keeps the recordings it had); an
-    unreadable entry is trained again. Whatever is trained is written to ``cache_dir``, never to
-    ``shared_dir``.
-    """
+def train_cached(config: TrainConfig, cache_dir: str | os.PathLike, callbacks: Sequence[Callback] = (),
+                 datasets: Datasets | None = None, progress: bool = True,
+                 shared_dir: str | os.PathLike | None = None) -> TrainResult:
+    """:func:`~mpn_tutorial.training.train`, or its stored result when the same configuration ran before:
+    looked up in ``cache_dir`` (the caller's own store), then in ``shared_dir`` (only read). A missing recording
+    of a callback, or an unreadable entry, trains the run again into ``cache_dir`` (keeping the old recordings)."""
     name = f"{cache_key(config)}.pt"
     own = Path(cache_dir) / name
     stores = [own]
@@ -165,26 +145,21 @@ _ENTRY_FIELDS = {"history", "best_epoch", "val_metrics", "test_metrics", "second
 def _stored_run(path: Path, config: TrainConfig) -> dict | None:
     """The entry at ``path`` when it is a readable run of ``config``; None when it is missing,
     damaged, foreign or unreadable (the file is left as it is)."""
-    if not path.is_file():
-        return None
     try:
         entry = load_checkpoint(path)
-    except CheckpointError:
+    except (CheckpointError, MissingFileError):
         return None
     if not _ENTRY_FIELDS <= set(entry) or config.differences(entry["config"]):
         return None  # a checkpoint of another kind (a best.pt copied here) or of another run
     return entry
 
 
-def tutorial_recorders(datasets: Datasets, num_classes: int = 20, classes_per_batch: int = 8,
-                       samples_per_class: int = 6, seed: int = 0) -> dict[str, Callback]:
+def tutorial_recorders(datasets: Datasets) -> dict[str, Callback]:
     """The recordings the notebooks make while training an MPN (so later notebooks share one run):
-
-    - ``"attention"``: :class:`AttentionCapture` on one fixed P×K batch of **test** classes (held
-      out: what the attention does on classes the model never trained on);
-    - ``"embeddings"``: :class:`EmbeddingSnapshots` of the first ``num_classes`` test classes.
-    """
+    ``"attention"``, :class:`AttentionCapture` on one fixed 8×6 batch of **test** classes (what the attention
+    does on classes the model never trained on); ``"embeddings"``, :class:`EmbeddingSnapshots` of the first
+    20 test classes."""
     test = datasets.evaluation
-    images, labels = sample_batch(test, classes_per_batch, samples_per_class, seed=seed)
-    subset = ClassSubset(test, np.arange(min(num_classes, test.num_classes)))
+    images, labels = sample_batch(test, 8, 6, seed=0)
+    subset = ClassSubset(test, np.arange(min(20, test.num_classes)))
     return {"attention": AttentionCapture(images, torch.as_tensor(labels)), "embeddings": EmbeddingSnapshots(subset)}

@@ -1,23 +1,16 @@
 """Where and how fast a run computes: CPU threads, seeds and the device.
 
-**Threads: the one place they are documented.** Importing any module of the package changes
-nothing: not torch's thread counts, not an environment variable. The entry points pin them by
-calling :func:`pin_threads`: ``start()`` in the notebooks, the command line (``python -m
-mpn_tutorial``), the test suite (``tests/conftest.py``) and the bench/ scripts. Why pin: CPU
-results of torch (matrix products, reductions) depend on how work is split across threads, and two
-processes that each use every core slow each other down many times over.
-
-The count is ``$MPN_TUTORIAL_THREADS`` when set, else :data:`DEFAULT_THREADS` (2, or fewer on a
-machine with fewer cores). To use 8 cores: ``MPN_TUTORIAL_THREADS=8 make lab`` (or ``export`` it
-before starting Python). The Makefile sets 2, with which the committed notebook outputs were
-produced; a run store entry records its thread count in its key (``run_store.cache_key``).
-
-Settings that only say where or how fast a run computes (the device, data-loading workers...) are
-declared so on their field (``settings.setting(..., machinery=True)``).
+**Threads.** Importing the package changes no thread count and no environment variable; the entry
+points (``start()`` in the notebooks, the command line, ``tests/conftest.py``, bench/) call
+:func:`pin_threads`. Why: CPU results of torch depend on how work is split across threads, and two
+processes that each use every core slow each other down many times over. The count is
+``$MPN_TUTORIAL_THREADS`` when set, else :data:`DEFAULT_THREADS` (2, or fewer on a machine with fewer
+cores); the committed notebook outputs were produced with 2, and a stored run's key holds the count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -53,16 +46,12 @@ def pin_threads(count: int | None = None) -> int:
     for name in LIBRARY_THREAD_VARIABLES:
         os.environ[name] = str(count)
     torch.set_num_threads(count)
-    try:
+    with contextlib.suppress(RuntimeError):  # can be set only once per process, before any parallel work
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # can only be set once per process, before any parallel work; harmless to skip
-    try:  # BLAS pools already loaded (numpy's, scipy's) are limited at run time
-        from threadpoolctl import threadpool_limits
+    with contextlib.suppress(ImportError):  # BLAS pools already loaded (numpy's, scipy's) are limited at run time
+        from threadpoolctl import threadpool_limits  # comes with scikit-learn
 
         threadpool_limits(count)
-    except ImportError:  # pragma: no cover - comes with scikit-learn
-        pass
     return count
 
 
@@ -85,8 +74,8 @@ def resolve_device(name: str = "auto"):
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type not in ("cpu", "cuda"):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -1,28 +1,18 @@
 """Comparisons over seeds: the runner, the statistics, the rule for a difference that counts, and the tables.
 
-One implementation for every comparison the package makes: ``python -m mpn_tutorial compare`` (run
-folders, on GPUs), the notebooks (the run store) and the glyph studies in bench/. They differ only in
-how a run is obtained (a function ``config -> measurements``); the measurements, the statistics and
-the tables are these.
-
-- **A seed summary** (:func:`summary`): mean and standard deviation (n - 1) over a variant's seeds.
-- **A seed-paired difference** (:func:`paired_difference`): two variants run with the same seeds are
-  compared seed by seed, d_s = x_s(variant) - x_s(control); its mean, standard deviation and
-  t = mean / (std / sqrt(n)), with the two-sided p of the paired t (n - 1 degrees of freedom).
-- **A family** (:func:`compare`): several comparisons made together; their p values are corrected
-  for how many were made (Holm), per metric.
-- **The noise band** (:func:`noise_band`): the spread of seed-paired differences between runs that
-  compute the same function; a mean of n paired differences stands out of it beyond 2 · band / √n
-  (:func:`beyond_noise`).
-- **A difference counts** (:func:`counts`) when it is significant after Holm (p < 0.05) *and* beyond
-  the noise band; the tables mark exactly that with ``*``. Without a measured noise band nothing is
-  marked: a difference counts only next to its band.
-- **One table** (:func:`table`): per variant the summary of some metrics, its control, and the
-  seed-paired Δ of test R@1 and MAP@R with t and Holm p.
+One implementation for every comparison (``python -m mpn_tutorial compare``, the notebooks, bench/);
+they differ only in how a run is obtained. Two variants run with the same seeds are compared seed by
+seed (:func:`paired_difference`: d_s = x_s(variant) - x_s(control), its mean, std and paired t); a
+family of comparisons (:func:`compare`) has its p values Holm-corrected per metric. The noise band
+(:func:`noise_band`) is the spread of seed-paired differences between runs that compute the same
+function. A difference counts (:func:`counts`, ``*`` in the tables) when it is significant after Holm
+(p < 0.05) *and* its mean of n paired differences lies beyond 2 · band / √n; without a measured
+band nothing counts.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
@@ -43,16 +33,11 @@ PAIRED_KEYS = ("test_recall@1", "test_map@r")  # what every comparison pairs by 
 SPACE = "\u00a0"  # non-breaking: a table cell wraps between its parts, never inside one
 
 
-# --------------------------------------------------------------------------------------------
 # Runs: obtain and measure
-# --------------------------------------------------------------------------------------------
-
-
 def measure(result: TrainResult, test_dataset=None, share_batches: int = SHARE_BATCHES) -> dict:
-    """What every run of a comparison reports: seed, test metrics, validation R@1 and best epoch, and
-    for an MPN with layers its attention on held-out batches of ``test_dataset`` (default: the run's
-    test classes) (``evaluation.attention_diagnostics``: share, self-weight, score spread, and the
-    backbone-similarity reference)."""
+    """What every run of a comparison reports: seed, test metrics, validation R@1 and best epoch, and for
+    an MPN with layers its ``evaluation.attention_diagnostics`` on held-out batches of ``test_dataset``
+    (default: the run's test classes)."""
     config, model = result.config, result.model
     measured = {"seed": config.seed, "best_epoch": result.best_epoch, "val_recall@1": result.val_metrics["recall@1"],
                 "train_seconds": round(result.seconds, 1)}
@@ -68,12 +53,9 @@ def measure(result: TrainResult, test_dataset=None, share_batches: int = SHARE_B
 
 def run_comparison(variants: dict[str, TrainConfig], seeds: Sequence[int], run: Callable[[str, TrainConfig], dict],
                    report: Callable[[str, dict], None] | None = None) -> dict[str, list[dict]]:
-    """Every variant with every seed: ``{variant: [one dict of measurements per seed]}``.
-
-    ``run(variant, config)`` obtains a finished run (trains it, or loads it from a store or a run
-    folder) and returns its measurements, usually :func:`measure` of its result plus whatever the
-    caller adds; ``report(variant, measured)`` is called after each run (e.g. to print a line).
-    """
+    """Every variant with every seed: ``{variant: [one dict of measurements per seed]}``. ``run(variant,
+    config)`` obtains a finished run (trains it, or loads it) and returns its measurements, usually
+    :func:`measure` of its result; ``report(variant, measured)`` is called after each run."""
     results: dict[str, list[dict]] = {name: [] for name in variants}
     for name, config in variants.items():
         for seed in seeds:
@@ -84,11 +66,7 @@ def run_comparison(variants: dict[str, TrainConfig], seeds: Sequence[int], run: 
     return results
 
 
-# --------------------------------------------------------------------------------------------
 # Statistics
-# --------------------------------------------------------------------------------------------
-
-
 def summary(runs: list[dict], key: str) -> tuple[float, float, int] | None:
     """Mean, standard deviation (n - 1; 0 for one run) and n of ``key`` over a variant's runs (None when
     no run has it)."""
@@ -135,11 +113,8 @@ def noise_band(groups: Sequence[Sequence[list[dict]]], key: str) -> float:
     """The noise band of ``key``: the pooled standard deviation of the seed-paired differences between
     runs of configurations that compute the same function. ``groups``: lists of such configurations'
     per-seed results; every pair within a group contributes its differences."""
-    differences = []
-    for group in groups:
-        for first in range(len(group)):
-            for second in range(first + 1, len(group)):
-                differences += paired_difference(group[first], group[second], key).differences
+    differences = [difference for group in groups for first, second in itertools.combinations(group, 2)
+                   for difference in paired_difference(first, second, key).differences]
     if len(differences) < 2:
         raise UsageError("the noise band needs at least two paired differences")
     # the differences of same-function pairs have mean 0 in expectation: their spread is the root mean square
@@ -214,16 +189,12 @@ def collapsed_runs(section: dict, margin: float = 0.05, key: str = "test_recall@
             if run[key] < floor - margin]
 
 
-# --------------------------------------------------------------------------------------------
 # The table
-# --------------------------------------------------------------------------------------------
-
 COUNTS = ("steps", "best_epoch")  # shown as whole numbers (their mean over seeds), not in percent
 HEADINGS = {"steps": "steps", "best_epoch": "best epoch", "val_recall@1": "val R@1", "test_recall@1": "test R@1",
-            "test_map@r": "test MAP@R",
-            "test_share": "share", "test_self_weight": "self-weight", "test_score_spread": "score spread",
-            "test_similarity_share": "backbone-similarity share", "recall@1": "R@1", "map@r": "MAP@R",
-            "share": "share"}
+            "test_map@r": "test MAP@R", "test_share": "share", "test_self_weight": "self-weight",
+            "test_score_spread": "score spread", "test_similarity_share": "backbone-similarity share",
+            "recall@1": "R@1", "map@r": "MAP@R", "share": "share"}
 
 
 def cell(runs: list[dict], key: str) -> str:
@@ -274,13 +245,12 @@ FOOTNOTE = ("Mean ± standard deviation over seeds. Δ: the seed-paired differen
             "* marks a difference that counts: Holm p < 0.05 and beyond the noise band (2 · band / √n).")
 
 
-def write_comparison(path: str | Path, results: dict[str, list[dict]], header: dict,
-                     reference: str | None = None) -> tuple[Path, Path]:
-    """Write ``PATH.md`` (every variant against ``reference``, default the first) and ``PATH.json``
-    (``header``, every run's numbers and the comparisons)."""
+def write_comparison(path: str | Path, results: dict[str, list[dict]], header: dict) -> tuple[Path, Path]:
+    """Write ``PATH.md`` (every variant against the first) and ``PATH.json`` (``header``, every run's
+    numbers and the comparisons)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    reference = reference or next(iter(results))
+    reference = next(iter(results))
     comparisons = compare(results, {name: reference for name in results if name != reference})
     keys = ("test_recall@1", "test_map@r", "test_share")
     lines = [f"# {header.get('title', 'Comparison')}", ""]
@@ -291,8 +261,3 @@ def write_comparison(path: str | Path, results: dict[str, list[dict]], header: d
     markdown.write_text("\n".join(lines))
     data.write_text(json.dumps({**header, "results": results, "comparisons": comparisons}, indent=1, default=str))
     return markdown, data
-
-
-__all__ = ["FOOTNOTE", "HEADINGS", "PAIRED_KEYS", "SHARE_BATCHES", "Paired", "beyond_noise", "cell", "collapsed_runs",
-           "compare", "counts", "delta", "describe", "holm", "measure", "noise_band", "paired_difference",
-           "run_comparison", "summary", "table", "verdict", "write_comparison"]

@@ -1,8 +1,6 @@
 """Attention maps: which samples of a batch each query attends to, per layer and head.
 
-:func:`attention_view` selects what to show (a pure function the explorer calls); the ``plot_*``
-functions draw it. The share of attention that stays within a query's class is
-:func:`mpn_tutorial.metrics.same_class_attention_share`.
+:func:`attention_view` selects what to show (a pure function the explorer calls); ``plot_*`` draw it.
 """
 
 from __future__ import annotations
@@ -38,16 +36,13 @@ class AttentionView:
 def attention_view(attention, labels, layer: int = 0, head: int = 0, query: int = 0, top_k: int = 5) -> AttentionView:
     """Select one head of one layer from (L, H, N, N) attention and describe it for a query."""
     attention = np.asarray(attention)
-    if attention.ndim == 3:
-        attention = attention[None]
     num_layers, num_heads, n, _ = attention.shape
     if not (0 <= layer < num_layers and 0 <= head < num_heads and 0 <= query < n):
         raise UsageError(f"layer {layer}, head {head}, query {query} out of range for attention of shape "
                          f"{attention.shape}")
-    labels = np.asarray(labels)
-    weights = attention[layer, head]
+    labels, weights = np.asarray(labels), attention[layer, head]
     order, boundaries = class_order(labels)
-    row = weights[query].copy()
+    row = weights[query]
     top = np.argsort(-row, kind="stable")[:top_k]
     shares = same_class_attention_share(weights, labels, per_query=True) if n > 1 else np.zeros(n)
     share, query_share = float(shares.mean()), float(shares[query])
@@ -77,19 +72,15 @@ def plot_attention_view(view: AttentionView, images, labels, title: str = "") ->
     ticks = [tick for tick in (1, *range(8, n + 1, 8)) if tick <= n]  # rows and columns count from 1, as the sliders
     heat.set_xticks([tick - 1 for tick in ticks], ticks)
     heat.set_yticks([tick - 1 for tick in ticks], ticks)
-    heat.set_xlabel("attended sample j (sorted by class)")
-    heat.set_ylabel("query row i (sorted by class)")
+    heat.set(xlabel="attended sample j (sorted by class)", ylabel="query row i (sorted by class)")
     heat.set_title(title or f"attention weights $a_{{ij}}$, layer {view.layer + 1}, head {view.head + 1}",
                    fontsize=10)
-    colour_axis = figure.add_subplot(grid[:, 1])
-    figure.colorbar(shown, cax=colour_axis)
-    query_axis = figure.add_subplot(grid[0, 3])
-    draw_thumbnail(query_axis, images[view.query], f"query (row {row_position + 1})", frame="cyan")
+    figure.colorbar(shown, cax=figure.add_subplot(grid[:, 1]))
+    draw_thumbnail(figure.add_subplot(grid[0, 3]), images[view.query], f"query (row {row_position + 1})", frame="cyan")
     for position, (index, weight) in enumerate(zip(view.top, view.top_weights)):
-        axis = figure.add_subplot(grid[1, 3 + position])
-        same = labels[index] == labels[view.query]
-        draw_thumbnail(axis, images[int(index)], f"{weight:.3f}" + (" (self)" if index == view.query else ""),
-                   frame="tab:green" if same else "tab:red")
+        draw_thumbnail(figure.add_subplot(grid[1, 3 + position]), images[int(index)],
+                       f"{weight:.3f}" + (" (self)" if index == view.query else ""),
+                       frame="tab:green" if labels[index] == labels[view.query] else "tab:red")
     figure.text(0.66, 0.06, "most attended (weight; green: same class)", fontsize=9)
     return figure
 
@@ -105,10 +96,8 @@ def plot_same_class_share(snapshots, labels, chance: float | None = None) -> Fig
                       label=f"layer {layer + 1}, head {head + 1}" if shares.shape[1] > 1 else f"head {head + 1}")
     if chance is not None:
         axis.axhline(100 * chance, color="gray", linestyle="--", label="attention spread evenly")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("attention to own class (%)")
-    axis.set_ylim(0, 100)
-    axis.set_title("how much each head attends to samples of the query's class")
+    axis.set(xlabel="epoch", ylabel="attention to own class (%)", ylim=(0, 100),
+             title="how much each head attends to samples of the query's class")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=10)
     figure.tight_layout()
@@ -137,9 +126,8 @@ def plot_message(images, labels, weights, values, query: int, top_k: int = 8) ->
     bars = figure.add_subplot(panels[0, 0])
     bars.bar(np.arange(len(order)), weights[order], color=np.where(same[order], "tab:green", "0.6"), width=0.9)
     bars.axhline(1 / len(weights), color="black", linestyle="--", linewidth=1, label="1/N: every sample alike")
-    bars.set_xlabel("sample j of the batch, sorted by class (green: the query's class)")
-    bars.set_ylabel("weight $a_{ij}$")
-    bars.set_title(f"the query's weights over the batch (top row: its {top_k} largest)")
+    bars.set(xlabel="sample j of the batch, sorted by class (green: the query's class)", ylabel="weight $a_{ij}$",
+             title=f"the query's weights over the batch (top row: its {top_k} largest)")
     bars.legend()
     centred = values - values.mean(axis=0)
     directions = np.linalg.svd(centred, full_matrices=False)[2][:2].T  # the two principal directions
@@ -149,8 +137,6 @@ def plot_message(images, labels, weights, values, query: int, top_k: int = 8) ->
         plane.scatter(points[chosen, 0], points[chosen, 1], s=400 * weights[chosen] + 8, c=colour, label=name)
     plane.scatter(*points[query], marker="x", s=140, c="tab:cyan", linewidths=3, label="the query's own value")
     plane.scatter(*message, marker="*", s=340, c="black", label="its message: the weighted mean")
-    plane.set_title("values $v_j$ (marker size: weight) and the message")
-    plane.set_xticks([])
-    plane.set_yticks([])
+    plane.set(title="values $v_j$ (marker size: weight) and the message", xticks=[], yticks=[])
     plane.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=9)
     return figure

@@ -9,22 +9,20 @@ from matplotlib.figure import Figure
 from mpn_tutorial.viz.figures import CLASS_COLOURS
 
 
-def umap_across_training(snapshots, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
-                         reference: int = -1) -> list[tuple[int, np.ndarray]]:
-    """2-D UMAP coordinates of every snapshot on one fixed map.
+def umap_across_training(snapshots, seed: int = 0, reference: int = -1) -> list[tuple[int, np.ndarray]]:
+    """2-D UMAP coordinates of every snapshot on one fixed map: ``[(epoch, (N, 2))]``.
 
-    The map is fit **once**, on snapshot ``reference`` (default: the last, where the classes are
-    best separated), and every snapshot is placed on it with ``transform``, so positions can be
-    compared across epochs. Snapshots very unlike the reference (an untrained network's) land in a
-    few blobs: the map has no place for them. (Fitting on all snapshots together instead makes each
-    epoch an island of its own, because the whole embedding drifts during training.)
-    Deterministic: a fixed ``random_state`` makes UMAP single-threaded. Returns ``[(epoch, (N, 2))]``.
+    The map is fit **once**, on snapshot ``reference`` (default: the last, where the classes are best
+    separated), and every snapshot is placed on it with ``transform``, so positions compare across epochs
+    (a map fit on all snapshots together makes each epoch an island: the whole embedding drifts during
+    training). Snapshots very unlike the reference (an untrained network's) land in a few blobs.
+    Deterministic: a fixed ``random_state`` makes UMAP single-threaded.
     """
     import umap
 
     snapshots = [(epoch, np.asarray(embeddings, dtype=np.float32)) for epoch, embeddings in snapshots]
-    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric="cosine", random_state=seed,
-                        transform_seed=seed, n_jobs=1)
+    reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed, transform_seed=seed,
+                        n_jobs=1)
     reducer.fit(snapshots[reference][1])
     return [(epoch, reducer.transform(embeddings)) for epoch, embeddings in snapshots]
 
@@ -45,15 +43,13 @@ def plot_embedding_frame(coordinates, labels, epoch: int, limits=None, note: str
     """Scatter of 2-D coordinates coloured by class, for one epoch, with a legend of the classes
     (``names[label]``, e.g. the glyphs' characters; default: the label numbers)."""
     labels = np.asarray(labels)
-    figure = None
     if axis is None:
-        figure, axis = plt.subplots(figsize=FRAME_SIZE)
+        _, axis = plt.subplots(figsize=FRAME_SIZE)
     classes = np.unique(labels)
     colours = CLASS_COLOURS(np.searchsorted(classes, labels) % 20)
     axis.scatter(coordinates[:, 0], coordinates[:, 1], c=colours, s=12, alpha=0.8, linewidths=0)
     if limits is not None:
-        axis.set_xlim(*limits[0])
-        axis.set_ylim(*limits[1])
+        axis.set(xlim=limits[0], ylim=limits[1])
     axis.set_xlabel("UMAP 1", fontsize=11)
     axis.set_ylabel("UMAP 2", fontsize=11)
     axis.set_title(f"test-class embeddings, epoch {epoch}" + (f"\n{note}" if note else ""), fontsize=12)
@@ -63,11 +59,10 @@ def plot_embedding_frame(coordinates, labels, epoch: int, limits=None, note: str
                    for index, label in enumerate(classes)]
         axis.legend(handles=handles, title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=10,
                     ncol=2 if len(classes) > 12 else 1, frameon=False, handletextpad=0.2, columnspacing=0.6)
-    return figure if figure is not None else axis.figure
+    return axis.figure
 
 
-def plot_embedding_frames(coordinates: dict[str, np.ndarray], labels, epoch: int, limits=None, names=None,
-                          notes: dict[str, str] | None = None) -> Figure:
+def plot_embedding_frames(coordinates: dict[str, np.ndarray], labels, epoch: int, limits=None, names=None) -> Figure:
     """One epoch of several runs on one map, side by side: ``{title: (N, 2) coordinates}`` (one title "": a
     single frame), the legend of the classes beside the last."""
     titles = list(coordinates)
@@ -76,9 +71,6 @@ def plot_embedding_frames(coordinates: dict[str, np.ndarray], labels, epoch: int
     figure, axes = plt.subplots(1, len(titles), figsize=(scale * width, scale * FRAME_SIZE[1]), squeeze=False,
                                 layout="constrained")
     for axis, title in zip(axes[0], titles):
-        note = (notes or {}).get(title, "")
-        plot_embedding_frame(coordinates[title], labels, epoch, limits, " · ".join(filter(None, (title, note))),
-                             axis=axis, names=names, legend=title == titles[-1])
+        plot_embedding_frame(coordinates[title], labels, epoch, limits, title, axis=axis, names=names,
+                             legend=title == titles[-1])
     return figure
-
-

@@ -1,11 +1,14 @@
-"""Widget explorers: sliders over what the figures show. The only module of the package that
-imports ipywidgets.
+"""Widget explorers: sliders over what the figures show (the only module that imports ipywidgets).
 
-Each explorer computes what it shows with a library function and keeps it in ``current``; the
-widget callbacks only call :meth:`update`. Tests set a slider's value and check ``current``.
+Each explorer computes what it shows with a library function and keeps it in ``current``; the widget
+callbacks only call :meth:`update`. Tests set a slider's value and check ``current``.
 """
 
 from __future__ import annotations
+
+import base64
+import io
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -13,26 +16,18 @@ from matplotlib.figure import Figure
 
 from mpn_tutorial.viz.attention import AttentionView, attention_view, plot_attention_view
 from mpn_tutorial.viz.embeddings import frame_limits, plot_embedding_frames
-from mpn_tutorial.viz.figures import class_order, figure_to_png, png_size
-
-
-def _require_widgets():
-    try:
-        import ipywidgets
-    except ImportError as error:  # pragma: no cover - ipywidgets is a dependency
-        raise ImportError("the explorers need ipywidgets: pip install ipywidgets") from error
-    return ipywidgets
+from mpn_tutorial.viz.figures import class_order
 
 
 class _Explorer:
     """Shared widget plumbing: sliders on top, an HTML caption, the figure as a PNG image.
 
-    Subclasses create their sliders, call :meth:`_assemble`, and implement ``update()``, which
-    computes what to show (stored in ``current``) and hands a figure and a caption to :meth:`_show`.
+    Subclasses create their sliders, call :meth:`_assemble`, and implement ``update()``: it computes what
+    to show (stored in ``current``) and hands a figure and a caption to :meth:`_show`.
     """
 
     def _assemble(self, rows: list[list], css_class: str) -> None:
-        widgets = _require_widgets()
+        import ipywidgets as widgets
         self.caption = widgets.HTML()
         self.image = widgets.Image(format="png")
         for row in rows:
@@ -44,22 +39,18 @@ class _Explorer:
         self.update()
 
     def _show(self, figure: Figure, caption: str) -> None:
-        png = figure_to_png(figure)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+        png = buffer.getvalue()
         self.image.value = png
-        # shown at its own size, never stretched to the notebook's width (it would blur and grow past the screen)
-        self.image.width = str(png_size(png)[0])
+        # its own width (from the PNG header): stretched to the notebook's width it would blur and grow past the screen
+        self.image.width = str(int.from_bytes(png[16:20], "big"))
         plt.close(figure)
         self.caption.value = caption
-
-    def update(self):  # pragma: no cover - every explorer defines it
-        raise NotImplementedError
 
     def _ipython_display_(self) -> None:
         """The widget, and for a static page (the site, a notebook read without a kernel) the picture it starts
         with: JupyterLab shows the widget, a static renderer the PNG."""
-        import base64
-        import re
-
         from IPython.display import display
 
         bundle = dict(self.widget._repr_mimebundle_())
@@ -73,28 +64,28 @@ class AttentionExplorer(_Explorer):
     """Sliders for epoch (optional), layer, head and query over captured attention.
 
     ``snapshots``: list of ``(epoch, attention (L, H, N, N))`` (as recorded by
-    :class:`~mpn_tutorial.callbacks.AttentionCapture`), ``images`` (N, C, H, W), ``labels`` (N,).
-    The sliders count from 1; the query slider counts the rows of the class-sorted heat map (row 1 at the top). Moving a
-    slider calls :meth:`update`, which recomputes :attr:`current` (an :class:`AttentionView`),
-    redraws :attr:`image` and rewrites :attr:`caption`.
+    :class:`~mpn_tutorial.callbacks.AttentionCapture`), ``images`` (N, C, H, W), ``labels`` (N,). The sliders
+    count from 1; the query slider counts the rows of the class-sorted heat map (row 1 at the top). Moving a
+    slider calls :meth:`update`: it recomputes :attr:`current` (an :class:`AttentionView`), :attr:`image`
+    and :attr:`caption`.
     """
 
     def __init__(self, snapshots, images, labels, top_k: int = 5) -> None:
-        widgets = _require_widgets()
+        import ipywidgets as widgets
+
         self.snapshots = [(int(epoch), np.asarray(attention)) for epoch, attention in snapshots]
         self.images, self.labels, self.top_k = images, np.asarray(labels), top_k
         num_layers, num_heads, n, _ = self.snapshots[-1][1].shape
         epochs = [epoch for epoch, _ in self.snapshots]
-        style = {"description_width": "60px"}
+
+        def slider(description: str, most: int, width: str = "60px"):  # every slider counts from 1
+            return widgets.IntSlider(value=1, min=1, max=most, description=description, continuous_update=False,
+                                     style={"description_width": width})
+
         self.epoch_slider = widgets.SelectionSlider(options=epochs, value=epochs[-1], description="epoch",
-                                                    continuous_update=False, style=style)
-        self.layer_slider = widgets.IntSlider(value=1, min=1, max=num_layers, description="layer",
-                                              continuous_update=False, style=style)
-        self.head_slider = widgets.IntSlider(value=1, min=1, max=num_heads, description="head",
-                                             continuous_update=False, style=style)
-        # counted from 1, like the head and layer sliders: row 1 is the top of the sorted heat map
-        self.query_slider = widgets.IntSlider(value=1, min=1, max=n, description="query row",
-                                              continuous_update=False, style={"description_width": "70px"})
+                                                    continuous_update=False, style={"description_width": "60px"})
+        self.layer_slider, self.head_slider = slider("layer", num_layers), slider("head", num_heads)
+        self.query_slider = slider("query row", n, "70px")  # row 1 is the top of the sorted heat map
         self.order, _ = class_order(self.labels)  # row r (from 1) of the sorted map is batch sample order[r - 1]
         first_row = ([self.epoch_slider] if len(epochs) > 1 else []) + ([self.layer_slider] if num_layers > 1 else [])
         self._assemble([first_row, [self.head_slider, self.query_slider]], "attention-explorer")
@@ -122,12 +113,11 @@ class EpochExplorer(_Explorer):
 
     def __init__(self, frames, labels, notes: dict[int, str] | None = None, names=None,
                  start: int | None = None) -> None:
-        widgets = _require_widgets()
+        import ipywidgets as widgets
+
         runs = frames if isinstance(frames, dict) else {"": frames}
         self.runs = {title: dict(run) for title, run in runs.items()}
-        self.labels = np.asarray(labels)
-        self.notes = notes or {}
-        self.names = names
+        self.labels, self.notes, self.names = np.asarray(labels), notes or {}, names
         self.limits = frame_limits([frame for run in runs.values() for frame in run])
         epochs = list(next(iter(self.runs.values())))
         if start is not None and start not in epochs:

@@ -1,11 +1,8 @@
-"""Figures of data, retrieval, pairs and triplets, training curves, ablations and the model itself.
-
-Every function returns a matplotlib ``Figure`` (testable without a browser).
-"""
+"""Figures of data, retrieval, pairs and triplets, training curves, ablations and the model itself: every
+function returns a matplotlib ``Figure`` (testable without a browser)."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -18,40 +15,22 @@ from mpn_tutorial.metrics import nearest_neighbours
 CLASS_COLOURS = plt.get_cmap("tab20")
 
 
-def _image(array) -> np.ndarray:
-    """A (C, H, W) or (H, W) image tensor/array -> something imshow takes."""
-    array = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array, dtype=np.float32)
+def draw_thumbnail(axis, image, title: str | None = None, frame: str | None = None) -> None:
+    """A (C, H, W) or (H, W) image (tensor or array) without ticks, framed in colour ``frame`` if given."""
+    array = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
     if array.ndim == 3 and array.shape[0] in (1, 3):
         array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
     if array.ndim == 3:  # undo ImageNet normalisation roughly for display
         array = (array - array.min()) / max(array.max() - array.min(), 1e-8)
-    return array
-
-
-def draw_thumbnail(axis, image, title: str | None = None, frame: str | None = None) -> None:
-    axis.imshow(_image(image), cmap="gray", vmin=0 if np.ndim(image) != 3 or np.shape(image)[0] == 1 else None,
-                vmax=1 if np.ndim(image) != 3 or np.shape(image)[0] == 1 else None)
-    axis.set_xticks([])
-    axis.set_yticks([])
+    grey = np.ndim(image) != 3 or np.shape(image)[0] == 1
+    axis.imshow(array, cmap="gray", vmin=0 if grey else None, vmax=1 if grey else None)
+    axis.set(xticks=[], yticks=[])
     if title:
         axis.set_title(title, fontsize=8)
     for spine in axis.spines.values():
         spine.set_visible(frame is not None)
         if frame is not None:
-            spine.set_color(frame)
-            spine.set_linewidth(3)
-
-
-def figure_to_png(figure: Figure, dpi: int = 90) -> bytes:
-    """PNG bytes of a figure (what the explorers put into their image widget)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def png_size(png: bytes) -> tuple[int, int]:
-    """(width, height) in pixels of PNG bytes (read from the header)."""
-    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+            spine.set(color=frame, linewidth=3)
 
 
 def class_order(labels) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +38,7 @@ def class_order(labels) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels)
     order = np.argsort(labels, kind="stable")
     sorted_labels = labels[order]
-    boundaries = np.flatnonzero(sorted_labels[1:] != sorted_labels[:-1]) + 1
-    return order, boundaries
+    return order, np.flatnonzero(sorted_labels[1:] != sorted_labels[:-1]) + 1
 
 
 def draw_class_boundaries(axis, boundaries, linewidth: float = 0.8) -> None:
@@ -80,8 +58,7 @@ def show_gallery(dataset, num_classes: int = 8, per_class: int = 10, seed: int =
     names = getattr(dataset, "characters", None)
     for row, label in enumerate(classes):
         members = rng.permutation(np.flatnonzero(labels == label))[:per_class]
-        for column in range(per_class):
-            axis = axes[row, column]
+        for column, axis in enumerate(axes[row]):
             if column < len(members):
                 draw_thumbnail(axis, dataset[int(members[column])][0])
             else:
@@ -116,9 +93,7 @@ def show_pairs(embeddings, labels, title: str = "pairs in a P×K batch") -> Figu
     labels = torch.as_tensor(labels)
     order = torch.argsort(labels, stable=True)
     positive, negative = pair_masks(labels[order])
-    kind = np.zeros(positive.shape)
-    kind[positive.numpy()] = 1
-    kind[negative.numpy()] = -1
+    kind = positive.numpy().astype(float) - negative.numpy()  # 1: a positive pair, -1: a negative pair, 0: itself
     distances = pairwise_distances(torch.as_tensor(embeddings, dtype=torch.float32)[order]).detach().numpy()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.4))
     left.imshow(kind, cmap="coolwarm_r", vmin=-1.5, vmax=1.5)
@@ -127,8 +102,7 @@ def show_pairs(embeddings, labels, title: str = "pairs in a P×K batch") -> Figu
     right.set_title("distance between embeddings", fontsize=10)
     figure.colorbar(shown, ax=right, fraction=0.046)
     for axis in (left, right):
-        axis.set_xlabel("sample j (sorted by class)")
-        axis.set_ylabel("sample i (sorted by class)")
+        axis.set(xlabel="sample j (sorted by class)", ylabel="sample i (sorted by class)")
         draw_class_boundaries(axis, class_order(labels[order].numpy())[1], linewidth=0.8)
     figure.suptitle(title)
     figure.tight_layout()
@@ -143,12 +117,10 @@ def show_triplets(images, labels, triplets, max_rows: int = 4, title: str = "") 
     chosen = np.linspace(0, len(anchors) - 1, rows).round().astype(int) if rows else np.array([], dtype=int)
     anchors, positives, negatives = anchors[chosen], positives[chosen], negatives[chosen]
     figure, axes = plt.subplots(max(rows, 1), 3, figsize=(3.3, 1.15 * max(rows, 1) + 0.4), squeeze=False)
+    columns = (("anchor", anchors, "black"), ("positive", positives, "tab:green"), ("negative", negatives, "tab:red"))
     for row in range(rows):
-        for column, (name, index, colour) in enumerate(
-            (("anchor", anchors[row], "black"), ("positive", positives[row], "tab:green"),
-             ("negative", negatives[row], "tab:red"))
-        ):
-            draw_thumbnail(axes[row, column], images[int(index)], name if row == 0 else None, frame=colour)
+        for column, (name, indices, colour) in enumerate(columns):
+            draw_thumbnail(axes[row, column], images[int(indices[row])], name if row == 0 else None, frame=colour)
     if rows == 0:
         for axis in axes[0]:
             axis.axis("off")
@@ -158,17 +130,15 @@ def show_triplets(images, labels, triplets, max_rows: int = 4, title: str = "") 
     return figure
 
 
-def plot_histories(histories: dict[str, list[dict]], metric: str = "val_recall@1") -> Figure:
-    """One line per run: a history column (``callbacks.flatten``; default validation Recall@1) against the epoch."""
+def plot_histories(histories: dict[str, list[dict]]) -> Figure:
+    """One line per run: validation Recall@1 (``val_recall@1`` of ``callbacks.flatten``) against the epoch."""
     from mpn_tutorial.callbacks import flatten
 
     figure, axis = plt.subplots(figsize=(6, 3.6))
     for name, history in histories.items():
         rows = [flatten(row) for row in history]
-        axis.plot([row["epoch"] for row in rows], [row[metric] for row in rows], marker="o", label=name)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel(metric.replace("val_", "validation ").replace("recall@", "Recall@"))
-    axis.set_title(f"{metric.replace('val_', 'validation ')} during training")
+        axis.plot([row["epoch"] for row in rows], [row["val_recall@1"] for row in rows], marker="o", label=name)
+    axis.set(xlabel="epoch", ylabel="validation Recall@1", title="validation recall@1 during training")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
@@ -181,8 +151,7 @@ def plot_batch_graph(labels, title: str = "a P×K batch as a fully connected gra
     n = len(labels)
     angles = 2 * np.pi * np.arange(n) / n
     points = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    classes = np.unique(labels)
-    colours = CLASS_COLOURS(np.searchsorted(classes, labels) % 20)
+    colours = CLASS_COLOURS(np.searchsorted(np.unique(labels), labels) % 20)
     figure, axis = plt.subplots(figsize=(5, 5))
     for i in range(n):
         for j in range(i + 1, n):
@@ -203,44 +172,38 @@ def plot_architecture(config=None) -> Figure:
 
     ``config`` (a TrainConfig) fills in the dimensions, heads and layers; without it, symbols.
     """
-    dim = f"{config.embedding_dim}-d" if config is not None else "D-d"
-    heads = f"{config.mpn_heads} heads" if config is not None else "H heads"
-    layers = f"× {config.mpn_layers}" if config is not None else "× L"
+    dim, heads, layers = (("D-d", "H heads", "× L") if config is None else
+                          (f"{config.embedding_dim}-d", f"{config.mpn_heads} heads", f"× {config.mpn_layers}"))
     backbone = {"glyph_cnn": "glyph CNN", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}.get(
         getattr(config, "backbone", ""), "backbone")
     figure, axis = plt.subplots(figsize=(11, 4.2))
-    axis.set_xlim(0, 11)
-    axis.set_ylim(0, 4.2)
+    axis.set(xlim=(0, 11), ylim=(0, 4.2))
     axis.axis("off")
-
-    def box(x, y, text, colour, width=1.55):
-        axis.add_patch(plt.Rectangle((x, y), width, 0.7, facecolor=colour, edgecolor="black", linewidth=1))
-        axis.text(x + width / 2, y + 0.35, text, ha="center", va="center", fontsize=8.5)
-        return x + width, y + 0.35
 
     def arrow(start, end, colour="black"):
         axis.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", color=colour, linewidth=1.2))
 
+    def box(x, y, text, colour, width=1.55, arrow_from=None):
+        """A box at (x, y); ``arrow_from``: where the arrow into the middle of its left side starts."""
+        axis.add_patch(plt.Rectangle((x, y), width, 0.7, facecolor=colour, edgecolor="black", linewidth=1))
+        axis.text(x + width / 2, y + 0.35, text, ha="center", va="center", fontsize=8.5)
+        if arrow_from is not None:
+            arrow(arrow_from, (x, y + 0.35))
+        return x + width, y + 0.35
+
     test_colour, train_colour, mpn_colour = "#cde8cd", "#e4e4e4", "#fde2b8"
     right, middle = box(0.1, 1.75, "P×K images", "white", 1.2)
-    box(1.6, 1.75, f"{backbone}\nmax pooling", test_colour, 1.5)
-    arrow((right, middle), (1.6, middle))
-    box(3.45, 1.75, f"linear: embedding\ne ({dim})", test_colour, 1.7)
-    arrow((3.1, middle), (3.45, middle))
-    box(5.6, 3.05, "backbone classifier\n(linear)", train_colour, 1.9)
-    box(7.9, 3.05, r"$\mathrm{CE}_\varepsilon(z^b / T)$", train_colour, 1.4)
-    arrow((5.15, middle + 0.2), (5.6, 3.4))
-    arrow((7.5, 3.4), (7.9, 3.4))
-    box(5.6, 1.75, "L2-normalise", test_colour, 1.3)
-    arrow((5.15, middle), (5.6, middle))
+    box(1.6, 1.75, f"{backbone}\nmax pooling", test_colour, 1.5, (right, middle))
+    box(3.45, 1.75, f"linear: embedding\ne ({dim})", test_colour, 1.7, (3.1, middle))
+    box(5.6, 3.05, "backbone classifier\n(linear)", train_colour, 1.9, (5.15, middle + 0.2))
+    box(7.9, 3.05, r"$\mathrm{CE}_\varepsilon(z^b / T)$", train_colour, 1.4, (7.5, 3.4))
+    box(5.6, 1.75, "L2-normalise", test_colour, 1.3, (5.15, middle))
     axis.text(7.45, 1.97, "retrieval at\ntest time", fontsize=8.5, color="darkgreen", ha="left", va="center")
     arrow((6.9, middle + 0.1), (7.4, 2.0), "darkgreen")
     box(5.6, 0.45, f"MPN: linear, then\nattention over the batch\n({heads}) {layers}", mpn_colour, 2.2)
     arrow((6.25, 1.75), (6.25, 1.15))
-    box(8.2, 0.45, "BNNeck\nclassifier", train_colour, 1.1)
-    arrow((7.8, 0.8), (8.2, 0.8))
-    box(9.65, 0.45, r"$\mathrm{CE}_\varepsilon(z^m / T)$", train_colour, 1.3)
-    arrow((9.3, 0.8), (9.65, 0.8))
+    box(8.2, 0.45, "BNNeck\nclassifier", train_colour, 1.1, (7.8, 0.8))
+    box(9.65, 0.45, r"$\mathrm{CE}_\varepsilon(z^m / T)$", train_colour, 1.3, (9.3, 0.8))
     axis.text(9.5, 2.2, "L = sum of\nthe two terms", fontsize=8.5, ha="center", va="center")
     axis.text(0.1, 0.1, "green: used at test time   gray: training only   orange: message passing (training only)",
               fontsize=8.5)
@@ -259,19 +222,18 @@ def plot_reported_results(values: dict[str, float], title: str, metric: str = "R
         axis.text(value + 0.3, position, f"{value:.1f}", va="center", fontsize=10)
     axis.set_yticks(positions, list(values))
     axis.invert_yaxis()
-    axis.set_xlim(0, 100)
-    axis.set_xlabel(metric)
+    axis.set(xlim=(0, 100), xlabel=metric)
     axis.set_title(title, fontsize=11)
     axis.grid(axis="x", alpha=0.3)
     return figure
 
 
-def plot_budget_curve(study: dict, pairs: dict[str, str] | None = None, live: dict[str, float] | None = None) -> Figure:
+def plot_budget_curve(study: dict, live: dict[str, float] | None = None) -> Figure:
     """The messages study's budget curve: validation R@1 of every variant against the training steps (left),
-    and the seed-paired test R@1 of messages on minus off against the steps (right, mean ± std over seeds,
-    the noise band at the converged budget shaded around zero). ``pairs``: ``{on: off}`` (default: both
-    presets); ``live``: ``{label: steps}`` marks a notebook's own short runs on the steps axis."""
-    pairs = pairs or {"published": "published, messages off", "glyphs-attention": "glyphs-attention, messages off"}
+    and the seed-paired test R@1 of both presets' messages on minus off against the steps (right, mean ± std
+    over seeds, the noise band at the converged budget shaded around zero). ``live``: ``{label: steps}`` marks
+    a notebook's own short runs on the steps axis."""
+    pairs = {"published": "published, messages off", "glyphs-attention": "glyphs-attention, messages off"}
     curve = study["budget_curve"]
     steps = [int(s) for s in curve]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -279,8 +241,7 @@ def plot_budget_curve(study: dict, pairs: dict[str, str] | None = None, live: di
     for name in names:
         values = [np.array([run["val_recall@1"] for run in curve[str(s)][name]]) for s in steps
                   if name in curve[str(s)]]
-        shown = steps[:len(values)]
-        left.errorbar(shown, [100 * v.mean() for v in values], yerr=[100 * v.std(ddof=1) for v in values],
+        left.errorbar(steps[:len(values)], [100 * v.mean() for v in values], yerr=[100 * v.std(ddof=1) for v in values],
                       marker="o", capsize=3, label=name)
     for index, (on, off) in enumerate(pairs.items()):
         gaps = []

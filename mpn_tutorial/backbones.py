@@ -114,13 +114,11 @@ def _is_foldable(convolution: nn.Module, norm: nn.Module) -> bool:
 
 @torch.no_grad()
 def fold_batchnorm(backbone: nn.Module) -> nn.Module:
-    """An inference copy of ``backbone`` in which each BatchNorm2d that follows a Conv2d is folded into it.
-
-    In eval mode a BatchNorm is an affine map per channel, gamma (x - mu) / sigma + beta, so ``conv``
-    then ``norm`` is one convolution with scaled weights and a bias: the same function up to float
-    rounding (about 1e-6 relative), without the norm's pass over the activations. Folded: consecutive
-    (Conv2d, BatchNorm2d) in an ``nn.Sequential`` and torchvision's ``convN`` / ``bnN`` attribute
-    pairs. The copy is in eval mode, needs no gradients and shares no tensor with ``backbone``:
+    """An inference copy of ``backbone`` in which each BatchNorm2d that follows a Conv2d is folded into it: in eval
+    mode the norm is an affine map per channel, so ``conv`` then ``norm`` is one convolution (:func:`_fold_pair`),
+    the same function up to float rounding (about 1e-6 relative) without the norm's pass over the activations.
+    Folded: consecutive (Conv2d, BatchNorm2d) in an ``nn.Sequential`` and torchvision's ``convN`` / ``bnN``
+    attribute pairs. The copy is in eval mode, needs no gradients and shares no tensor with ``backbone``:
     (B, C, H, W) -> (B, feature_dim), as the original.
     """
     folded = copy.deepcopy(backbone).eval().requires_grad_(False)

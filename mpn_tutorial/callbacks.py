@@ -85,8 +85,7 @@ class AttentionCapture(Callback):
     ``snapshots``: list of ``(epoch, (num_layers, num_heads, N, N) array)`` (``evaluation.batch_attention``)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images = images
-        self.labels = torch.as_tensor(labels)
+        self.images, self.labels = images, torch.as_tensor(labels)
         self.snapshots: list[tuple[int, np.ndarray]] = []
 
     def on_train_start(self, state: TrainState) -> None:

@@ -1,11 +1,5 @@
-"""The settings of a training run: :class:`TrainConfig`. Presets (``presets.py``) fill it per dataset.
-
-:class:`TrainConfig` extends the data part (:class:`~mpn_tutorial.data.build.DataConfig`) and the model
-part (:class:`~mpn_tutorial.models.ModelConfig`) with the loss and the optimisation. Every field is
-declared once with :func:`~mpn_tutorial.tools.settings.setting` (default, help, range, flag);
-:meth:`TrainConfig.validate` refuses settings no run can have, naming the field, the value and what
-would work. The machinery fields (where or how fast a run computes) never name a run.
-"""
+"""The settings of a training run: :class:`TrainConfig`. Presets (``presets.py``) fill it per dataset. Every
+field is declared once with :func:`~mpn_tutorial.tools.settings.setting` (default, help, range, flag)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,10 @@
 """The studies' controls and options, beside the published model of ``models.py``.
 
-A control answers "is it the attention, or something else?" (``bench/messages_study.md`` measures
-each): :class:`UniformAttention` (the batch mean), :class:`OracleAttention` (the labels, training
-only), :class:`NoMessages` (messages off), :class:`SimilarityAttention` (the backbone's similarity,
-at test time). :class:`StudyModel` builds them, and the options of :class:`StudyConfig`, when a
-model is built, never while it runs. Every variant owns the maps W_q, W_k, W_v, W_o (a control
-leaves some unused) and draws them in the published order, so a control starts from exactly the
-random draws of the model it controls: a seed-paired difference measures the variant, not a
-reshuffled initialisation.
+A control answers "is it the attention, or something else?" (``bench/messages_study.md`` measures each).
+:class:`StudyModel` builds the controls and the options of :class:`StudyConfig` when a model is built, never while
+it runs. Every variant owns the maps W_q, W_k, W_v, W_o (a control leaves some unused) and draws them in the
+published order, so a control starts from exactly the random draws of the model it controls: a seed-paired
+difference measures the variant, not a reshuffled initialisation.
 """
 
 from __future__ import annotations
@@ -25,8 +22,6 @@ from mpn_tutorial.models import BatchAttention, MessagePassingNetwork, MetricLea
 from mpn_tutorial.tools.settings import setting
 
 ATTENTION_KINDS = ("learned", "uniform", "oracle", "oracle_without_self", "none")
-MPN_CLASSIFIERS = ("bnneck", "linear")
-BACKBONE_CLASSIFIERS = ("linear", "cosine")
 
 
 @dataclass
@@ -35,7 +30,7 @@ class StudyConfig:
     published method, and a run whose options are all defaults is built by ``models.py`` alone."""
 
     backbone_classifier: str = setting("linear", "the backbone's classifier: linear (published) or cosine (the "
-                                       "normalised softmax)", choices=BACKBONE_CLASSIFIERS)
+                                       "normalised softmax)", choices=("linear", "cosine"))
     mpn_attention: str = setting("learned", "how messages are weighted: learned (published), or a control: uniform "
                                  "(the batch mean), oracle / oracle_without_self (the labels), none (messages off)",
                                  flag="attention", choices=ATTENTION_KINDS)
@@ -47,7 +42,7 @@ class StudyConfig:
     mpn_normalize_input: bool = setting(True, "the MPN sees the L2-normalised embedding (published)",
                                         flag="normalize-mpn-input")
     mpn_classifier: str = setting("bnneck", "the MPN's classifier: bnneck (BatchNorm, then linear; published) or "
-                                  "linear", choices=MPN_CLASSIFIERS)
+                                  "linear", choices=("bnneck", "linear"))
     mpn_identity_values: bool = setting(False, "W_v and W_o start as the identity", flag="identity-values")
     mpn_similarity_prior: bool = setting(False, "W_q and W_k start as the identity", flag="similarity-prior")
     mpn_zero_out: bool = setting(False, "W_o starts at zero: messages start at 0 and the gradient decides",
@@ -140,9 +135,8 @@ class OracleAttention(FixedAttention):
 
 
 class SimilarityAttention(FixedAttention):
-    """a_ij = softmax_j(sharpness · similarity_ij) for a given (N, N) ``similarity`` (set before each forward
-    pass), e.g. the cosine similarity of the backbone embeddings: the non-learned twin of a trained
-    layer, through that layer's own W_v and W_o (test time only: :func:`similarity_twin`)."""
+    """a_ij = softmax_j(sharpness · similarity_ij) for a given (N, N) ``similarity``, set before each forward pass
+    (test time only: :func:`similarity_twin` sets the backbone embeddings' cosine similarity)."""
 
     def __init__(self, *args, sharpness: float = 1.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -157,8 +151,7 @@ class SimilarityAttention(FixedAttention):
 
 class NoMessages(StudyAttention):
     """The messages-off control: every message is zero, so nothing flows between samples and the layer is
-    ``LN(LN(x) + FFN(LN(x)))`` of each sample alone. Its maps (unused) are drawn as the attention's it
-    replaces, so its parameters and their starting values are the controlled model's."""
+    ``LN(LN(x) + FFN(LN(x)))`` of each sample alone (its unused maps drawn as the attention's it replaces)."""
 
     computes_weights = False
 
@@ -253,9 +246,8 @@ def twin_network(model: MetricLearningModel, attention) -> MessagePassingNetwork
 
 @torch.no_grad()
 def without_messages(model: MetricLearningModel, x: torch.Tensor) -> torch.Tensor:
-    """The trained MPN on its input x (N, D) or (B, N, D) with every message 0 (eval mode): each sample
-    alone through the input map, the norms and the feed-forward blocks; the change of feature space
-    without the batch (a test-time control)."""
+    """The trained MPN on its input x (N, D) or (B, N, D) with every message 0 (eval mode): each sample alone
+    through the input map, the norms and the feed-forward blocks (a test-time control)."""
     return twin_network(model, NoMessages)(x)
 
 

@@ -84,16 +84,15 @@ def reciprocal_neighbourhoods(embeddings: torch.Tensor, k: int) -> list[torch.Te
 @torch.no_grad()
 def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tensor, k: int = 10,
                       method: str = "mpn", alpha: float = 3.0) -> torch.Tensor:
-    """Test-time refinement over k-reciprocal neighbourhoods (:func:`reciprocal_neighbourhoods`):
-    (N, D) -> (N, D'), L2-normalised. ``method``:
+    """Test-time refinement over k-reciprocal neighbourhoods (:func:`reciprocal_neighbourhoods`): (N, D) -> (N, D'),
+    L2-normalised. ``method``:
 
-    - ``"mpn"`` (the paper's "pseudo-test" variant): the trained MPN (eval mode, messages on) passes
-      messages over each sample's neighbourhood; the sample's output replaces its embedding (D' is the
-      MPN's output size);
+    - ``"mpn"`` (the paper's "pseudo-test" variant): the trained MPN (eval mode, messages on) passes messages over
+      each sample's neighbourhood; the sample's output replaces its embedding (D' is the MPN's output size);
     - ``"mpn_without_messages"``: the MPN on each sample alone, messages off (a control for ``"mpn"``);
-    - non-learned baselines on the same neighbourhoods (``model`` may be None): ``"mean"`` (average
-      query expansion, self included) and ``"similarity_weighted"`` (alpha-query expansion: weights
-      cos(e_i, e_j)^alpha, self weight 1, non-negative similarities only).
+    - non-learned baselines on the same neighbourhoods (``model`` may be None): ``"mean"`` (average query
+      expansion, self included) and ``"similarity_weighted"`` (alpha-query expansion: weights cos(e_i, e_j)^alpha,
+      self weight 1, non-negative similarities only).
     """
     if method not in REFINEMENTS:
         raise UsageError(f"method must be one of {', '.join(REFINEMENTS)}, got {method!r}")
@@ -103,7 +102,7 @@ def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tenso
     if method == "mpn_without_messages":
         return torch.nn.functional.normalize(run_mpn(model, embeddings, messages=False), dim=1)
     groups = reciprocal_neighbourhoods(embeddings, k)
-    refined = [None] * len(groups)
+    refined = {}
     for size in sorted({len(group) for group in groups}):  # neighbourhoods of one size: one batch of graphs
         which = [i for i, group in enumerate(groups) if len(group) == size]
         members = embeddings[torch.stack([groups[i] for i in which]).to(embeddings.device)]  # (B, size, D)
@@ -114,9 +113,8 @@ def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tenso
             if method == "similarity_weighted":
                 weights = (members @ members[:, :1].transpose(1, 2))[..., 0].clamp_min(0) ** alpha
             outputs = (weights[..., None] * members).sum(dim=1)
-        for position, i in enumerate(which):
-            refined[i] = outputs[position]
-    return torch.nn.functional.normalize(torch.stack(refined), dim=1)
+        refined.update(zip(which, outputs))
+    return torch.nn.functional.normalize(torch.stack([refined[i] for i in range(len(groups))]), dim=1)
 
 
 def run_mpn(model: MetricLearningModel, embeddings: torch.Tensor, messages: bool = True) -> torch.Tensor:
@@ -189,11 +187,10 @@ def attention_diagnostics(model: MetricLearningModel, batches) -> dict[str, floa
     - ``share``: the same-class share of the attention to other samples (chance: (K - 1) / (P·K - 1)),
       mean over layers, heads and queries; and ``share_layer{l}_head{h}`` for each (from 1);
     - ``self_weight``: the mean weight a sample gives itself, a_ii (uniform: 1 / (P·K));
-    - for learned attention only, ``score_spread``: the standard deviation over j of the scores s_ij
-      (computed as that of log a_ij, equal for the softmax), about 0 for uniform attention; and
-      ``similarity_share``: the share of softmax_j(beta cos(e_i, e_j)) of the backbone embeddings, beta
-      set per batch to match the learned rows' mean entropy: how much of the class the learned
-      attention finds beyond what the embedding's similarity already gives.
+    - for learned attention only, ``score_spread``: the standard deviation over j of the scores s_ij (computed as
+      that of log a_ij, equal for the softmax), about 0 for uniform attention; and ``similarity_share``:
+      :func:`similarity_attention_share` of the backbone embeddings at the learned rows' mean entropy, i.e. how
+      much of the class the learned attention finds beyond what the embedding's similarity already gives.
     """
     learned = model.config.mpn_attention == "learned"
     shares, self_weights, spreads, references = [], [], [], []
@@ -254,14 +251,6 @@ def _layer_outputs(network, inputs: torch.Tensor) -> list[torch.Tensor]:
     return outputs
 
 
-def _same_and_other(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Mean cosine similarity of the same-class pairs (i != j) and of the other-class pairs of a batch."""
-    normalised = torch.nn.functional.normalize(embeddings.float(), dim=1)
-    cosine = normalised @ normalised.T
-    same, other = pair_masks(labels)
-    return float(cosine[same].mean()), float(cosine[other].mean())
-
-
 def class_similarity(model: MetricLearningModel, batches) -> dict[str, dict[str, float]]:
     """The paper's Figure 1 claim, measured: "after each message-passing step, the embeddings of images of
     the same class become more similar". On P×K ``batches`` (images, labels), per stage of the MPN, the
@@ -276,14 +265,15 @@ def class_similarity(model: MetricLearningModel, batches) -> dict[str, dict[str,
     with evaluation_mode(model, messages=True):
         for images, labels in batches:
             inputs = model.mpn_input(model.embed(images.to(device)))
-            labels = torch.as_tensor(labels).to(device)
-            stages = {"backbone": inputs}
+            is_same, is_other = pair_masks(torch.as_tensor(labels).to(device))
             with_messages, without = _layer_outputs(model.mpn, inputs), _layer_outputs(silent, inputs)
-            stages["input map"] = with_messages[0]
+            stages = {"backbone": inputs, "input map": with_messages[0]}
             for index, (on, off) in enumerate(zip(with_messages[1:], without[1:]), 1):
                 stages[f"layer {index}"], stages[f"layer {index}, messages off"] = on, off
             for stage, embeddings in stages.items():
-                found.setdefault(stage, []).append(_same_and_other(embeddings, labels))
+                normalised = torch.nn.functional.normalize(embeddings.float(), dim=1)
+                cosine = normalised @ normalised.T
+                found.setdefault(stage, []).append((float(cosine[is_same].mean()), float(cosine[is_other].mean())))
     return {stage: {"same": float(np.mean([same for same, _ in values])),
                     "other": float(np.mean([other for _, other in values])),
                     "gap": float(np.mean([same - other for same, other in values]))} for stage, values in found.items()}

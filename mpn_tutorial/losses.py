@@ -1,10 +1,9 @@
 """Losses of deep metric learning: contrastive (pairs), triplet (with mining), smoothed cross-entropy,
 and the paper's objective (smoothed cross-entropy on the backbone logits and on the MPN logits).
 
-Pair and triplet losses take ``(embeddings (N, D), labels (N,))``, return a scalar tensor and work
-with Euclidean distances between the L2-normalised embeddings (``d = sqrt(2 - 2 cos)``, in [0, 2]).
-Every loss is defined on any batch: without a valid pair or triplet it is a zero still connected to
-the embeddings, so ``loss.backward()`` gives zero gradients, never NaN.
+Pair and triplet losses take ``(embeddings (N, D), labels (N,))`` and work with the Euclidean distances of
+``miners.pairwise_distances`` (L2-normalised, in [0, 2]). Every loss is defined on any batch: without a valid pair
+or triplet it is a zero still connected to the embeddings, so ``loss.backward()`` gives zero gradients, never NaN.
 """
 
 from __future__ import annotations
@@ -59,12 +58,9 @@ class ContrastiveLoss(nn.Module):
 
 
 class TripletLoss(nn.Module):
-    """Triplet loss ``max(0, d(a, p) - d(a, n) + margin)``, averaged over the triplets a miner picks
-    (``miners.py``): ``mining="hard"`` (batch hard: per anchor its farthest positive and closest
-    negative), ``"semihard"`` (per positive pair the closest negative farther than the positive, within
-    the margin) or ``"all"`` (every triplet that still violates the margin). ``mine(embeddings,
-    labels)`` returns the chosen triplets, so a notebook can draw what each strategy picks.
-    """
+    """Triplet loss ``max(0, d(a, p) - d(a, n) + margin)``, averaged over the triplets that the miner of ``mining``
+    picks (``miners.py``: ``"hard"``, ``"semihard"`` or ``"all"``); :meth:`mine` returns them, so that a notebook
+    can draw what each strategy picks."""
 
     def __init__(self, margin: float = 0.2, mining: str = "hard") -> None:
         super().__init__()
@@ -124,11 +120,9 @@ class MessagePassingObjective(nn.Module):
 
         L = w_b · CE_eps(z_b / T, y) + w_m · CE_eps(z_m / T, y)
 
-    where ``z_b`` are the backbone classifier's logits, ``z_m`` the MPN's, ``T`` the temperature (here
-    only: the model returns raw logits; no default, it differs from preset to preset), ``eps`` the
-    label smoothing (0.1 published) and ``w_b = w_m = 1`` as published (the parameters are named as
-    the run's settings). ``terms(...)`` returns the two unweighted terms and ``combine(terms)`` their
-    weighted sum, for a caller that also logs the terms.
+    where ``z_b`` are the backbone classifier's logits, ``z_m`` the MPN's, ``T`` the temperature (here only: the
+    model returns raw logits; no default, it differs from preset to preset), ``eps`` the label smoothing (0.1
+    published) and ``w_b = w_m = 1`` as published. A caller logging the terms splits it: :meth:`terms`, :meth:`combine`.
     """
 
     def __init__(self, temperature: float, label_smoothing: float, backbone_loss_weight: float = BACKBONE_LOSS_WEIGHT,

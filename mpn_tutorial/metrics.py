@@ -1,28 +1,26 @@
-"""Retrieval metrics of deep metric learning: Recall@K, MAP@R, R-precision, and clustering NMI;
-plus each sample's nearest neighbours, and how much of a model's attention stays within a class.
+"""Retrieval metrics of deep metric learning: Recall@K, MAP@R, R-precision, and clustering NMI; plus each sample's
+nearest neighbours, and how much of a model's attention stays within a class.
 
-All functions take torch tensors or numpy arrays, L2-normalise by default (so similarity is the
-cosine, and ranking by it equals ranking by Euclidean distance), and return plain floats in [0, 1].
-Two protocols: **leave-one-out** (CUB, Cars, SOP, glyphs: every sample is a query and the rest of
-the set its gallery) and **query / gallery** (In-Shop: pass ``gallery=`` and ``gallery_labels=``).
+All functions take torch tensors or numpy arrays, L2-normalise by default (so similarity is the cosine, and ranking
+by it equals ranking by Euclidean distance), and return plain floats in [0, 1]. Two protocols: **leave-one-out**
+(CUB, Cars, SOP, glyphs: every sample is a query and the rest of the set its gallery) and **query / gallery**
+(In-Shop: pass ``gallery=`` and ``gallery_labels=``).
 
-For each query with ``R`` positives (gallery samples of its class), samples are ranked by
-similarity, most similar first:
+For each query with ``R`` positives (gallery samples of its class), samples ranked by similarity, most similar first:
 
 - Recall@K: 1 if a positive is among the first K, else 0; averaged over queries.
 - R-precision: the fraction of positives among the first R.
-- MAP@R (Musgrave et al., "A Metric Learning Reality Check", 2020): ``1/R * sum_{i<=R} P(i) *
-  rel(i)``, where P(i) is the precision among the first i and rel(i) is 1 if the i-th is a positive.
+- MAP@R (Musgrave et al., "A Metric Learning Reality Check", 2020): ``1/R * sum_{i<=R} P(i) * rel(i)``, where P(i)
+  is the precision among the first i and rel(i) is 1 if the i-th is a positive.
 
-**Exact and scalable.** No N×N matrix is ever held: similarities are computed block by block (only
-half of them in leave-one-out mode, each block serving its rows and its columns) and per query only
-how many negatives are at least as similar as its best positive (its exact rank, for every K) and
-its R most similar negatives are kept. Memory: O(block² + N × R_max).
+**Exact and scalable.** No N×N matrix is ever held: similarities are computed block by block (only half of them in
+leave-one-out mode, each block serving its rows and its columns), and per query only its exact rank (for every K)
+and its R most similar negatives are kept. Memory: O(block² + N × R_max).
 
-**Ties and duplicates.** Ties are broken against the query: a negative exactly as similar as a
-positive is ranked before it, so duplicated points or a collapsed embedding never earn recall by
-luck of index order. Queries without any positive in their gallery (a class with a single sample in
-leave-one-out mode) are left out of every average; :func:`retrieval_metrics` reports how many.
+**Ties and duplicates.** Ties are broken against the query: a negative exactly as similar as a positive is ranked
+before it, so duplicated points or a collapsed embedding never earn recall by luck of index order. Queries without
+any positive in their gallery (a single-sample class in leave-one-out mode) are left out of every average;
+:func:`retrieval_metrics` reports how many.
 """
 
 from __future__ import annotations
@@ -87,10 +85,9 @@ def _positive_similarities(queries: torch.Tensor, query_labels: torch.Tensor, ga
 def _negative_statistics(queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
                          gallery_labels: torch.Tensor, best_positive: torch.Tensor, top_k: int, leave_one_out: bool,
                          block_size: int, count: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """One pass over similarity blocks. Per query: the number of negatives with similarity >= its best
-    positive (M,) (None with ``count=False``), and its ``top_k`` most similar negatives, high to low,
-    -inf padded (M, top_k). Inputs must be sorted by label (then a block whose label ranges do not
-    overlap has no positives)."""
+    """One pass over similarity blocks. Per query: the number of negatives with similarity >= its best positive (M,)
+    (None with ``count=False``), and its ``top_k`` most similar negatives, high to low, -inf padded (M, top_k).
+    Inputs must be sorted by label (then a block whose label ranges do not overlap has no positives)."""
     m, n = len(queries), len(gallery)
     count_above = torch.zeros(m, dtype=torch.float64) if count else None
     top_negatives = torch.full((m, top_k), float("-inf"))
@@ -128,13 +125,12 @@ def _negative_statistics(queries: torch.Tensor, query_labels: torch.Tensor, gall
 
 def retrieval_metrics(embeddings, labels, ks: Sequence[int] = (1, 2, 4, 8), gallery=None, gallery_labels=None,
                       normalize: bool = True, block_size: int = BLOCK_SIZE) -> dict[str, float]:
-    """Recall@K for every K of ``ks``, MAP@R and R-precision from one pass over the similarities of
-    embeddings (M, D) with labels (M,) (queries, and gallery in leave-one-out mode), or against
-    ``gallery`` (N, D) and ``gallery_labels`` (N,). ``normalize``: L2-normalise rows first (cosine
-    similarity); ``block_size``: side of the similarity blocks (memory ~ 2 * block_size² * 4 bytes).
+    """Recall@K for every K of ``ks``, MAP@R and R-precision from one pass over the similarities of embeddings (M, D)
+    with labels (M,) (queries, and gallery in leave-one-out mode), or against ``gallery`` (N, D) and
+    ``gallery_labels`` (N,). ``block_size``: side of the similarity blocks (memory ~ 2 * block_size² * 4 bytes).
 
-    Returns ``{"recall@1": ..., "recall@2": ..., "map@r": ..., "r_precision": ...,
-    "queries": number evaluated, "queries_without_positive": number left out}``.
+    Returns ``{"recall@1": ..., "recall@2": ..., "map@r": ..., "r_precision": ..., "queries": number evaluated,
+    "queries_without_positive": number left out}``.
     """
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
@@ -143,16 +139,14 @@ def retrieval_metrics(embeddings, labels, ks: Sequence[int] = (1, 2, 4, 8), gall
     if leave_one_out != (gallery_labels is None):
         raise UsageError("pass both gallery= and gallery_labels=, or neither (leave-one-out)")
     queries, query_labels = _prepare(embeddings, labels, "embeddings", normalize)
-    if not leave_one_out:
-        gallery, gallery_labels = _prepare(gallery, gallery_labels, "gallery", normalize)
-        if gallery.shape[1] != queries.shape[1]:
-            raise UsageError(f"queries have {queries.shape[1]} dimensions but the gallery has {gallery.shape[1]}")
-
     query_order = torch.argsort(query_labels, stable=True)
     queries, query_labels = queries[query_order], query_labels[query_order]
     if leave_one_out:
         gallery, gallery_labels = queries, query_labels
     else:
+        gallery, gallery_labels = _prepare(gallery, gallery_labels, "gallery", normalize)
+        if gallery.shape[1] != queries.shape[1]:
+            raise UsageError(f"queries have {queries.shape[1]} dimensions but the gallery has {gallery.shape[1]}")
         gallery_order = torch.argsort(gallery_labels, stable=True)
         gallery, gallery_labels = gallery[gallery_order], gallery_labels[gallery_order]
 
@@ -208,10 +202,9 @@ def r_precision(embeddings, labels, gallery=None, gallery_labels=None, normalize
 
 
 def nmi(embeddings, labels, n_clusters: int | None = None, seed: int = 0, normalize: bool = True) -> float:
-    """Normalised mutual information between the :func:`kmeans` clusters of the (L2-normalised)
-    embeddings and the labels. ``n_clusters`` defaults to the number of classes *in the evaluated set*
-    (the official release used the training-class count instead, a known flaw). The slowest metric
-    at SOP scale (11,316 clusters)."""
+    """Normalised mutual information between the :func:`kmeans` clusters of the (L2-normalised) embeddings and the
+    labels. ``n_clusters`` defaults to the number of classes *in the evaluated set* (the official release used the
+    training-class count instead, a known flaw)."""
     points, labels = _prepare(embeddings, labels, "embeddings", normalize)
     n_clusters = int(len(torch.unique(labels))) if n_clusters is None else int(n_clusters)
     if not 1 <= n_clusters <= len(points):
@@ -314,9 +307,8 @@ def kmeans(points, n_clusters: int, seed: int = 0, max_iter: int = 300, tol: flo
 
 def nearest_neighbours(embeddings, k: int, queries: Sequence[int] | None = None,
                        block_size: int = BLOCK_SIZE) -> torch.Tensor:
-    """Indices of each query's ``k`` most similar *other* samples (cosine), most similar first:
-    embeddings (N, D), ``queries`` indices into them (default: every sample) -> (len(queries), k)
-    int64. Computed block by block, like the metrics above."""
+    """Indices of each query's ``k`` most similar *other* samples (cosine), most similar first, computed block by
+    block: embeddings (N, D), ``queries`` indices into them (default: every sample) -> (len(queries), k) int64."""
     points = F.normalize(_as_tensor(embeddings, torch.float32), dim=1)
     queries = torch.arange(len(points)) if queries is None else torch.as_tensor(list(queries), dtype=torch.long)
     if not 1 <= k < len(points):

@@ -1,9 +1,8 @@
 """Miners: which triplets of a batch a triplet loss learns from.
 
-A miner takes the batch's pairwise distances (N, N) and labels (N,) and returns index tensors
-(anchors, positives, negatives), each (T,): triplet t is (anchors[t], positives[t], negatives[t]),
-with the positive of the anchor's class (not the anchor itself) and the negative of another class.
-Mining only chooses indices; the loss then differentiates the distances of the chosen triplets.
+A miner takes the batch's pairwise distances (N, N) and labels (N,) and returns index tensors (anchors, positives,
+negatives), each (T,): triplet t is (anchors[t], positives[t], negatives[t]), the positive of the anchor's class (not
+the anchor itself), the negative of another. Mining only chooses indices; the loss differentiates their distances.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""The notebooks' one-line set-up: ``tutorial = start(preset="glyphs")``.
-
-:func:`start` pins the CPU threads (the notebooks are an entry point), finds the data folder, applies a
-preset, shows figures inline, and returns a :class:`Tutorial` that builds the datasets on first use and
-trains runs through the run store (``DATA/runs``), so a run trained by one notebook is loaded, not
-retrained, by the next. The studies' results ship with the package (:func:`load_study`).
+"""The notebooks' one-line set-up: ``tutorial = start(preset="glyphs")``. Runs go through the run store
+(``DATA/runs``), so a run trained by one notebook is loaded, not retrained, by the next.
 
 With a benchmark's preset (``start(preset="cub")``) every notebook runs as far as its data allows: without
 the data it stops at the first cell that needs it, with the reader's message that says how to get it.
@@ -106,19 +102,15 @@ class Tutorial:
 
 
 def start(preset: str = "glyphs", **changes) -> Tutorial:
-    """Set up a notebook: threads pinned, figures inline, the preset applied to the data folder
-    :func:`find_data_folder` finds (it says where)."""
+    """Set up a notebook: threads pinned (a notebook is an entry point), figures inline, the preset applied
+    to the data folder :func:`find_data_folder` finds (it says where)."""
     pin_threads()
-    _show_figures_inline()
-    data, found = find_data_folder()
-    tutorial = Tutorial(get_preset(preset, data_root=str(data), **changes), data, found)
-    print(tutorial)
-    return tutorial
-
-
-def _show_figures_inline() -> None:
     from IPython import get_ipython  # a dependency of JupyterLab
 
     shell = get_ipython()
     if shell is not None and hasattr(shell, "kernel"):
         shell.run_line_magic("matplotlib", "inline")
+    data, found = find_data_folder()
+    tutorial = Tutorial(get_preset(preset, data_root=str(data), **changes), data, found)
+    print(tutorial)
+    return tutorial

@@ -1,11 +1,7 @@
 """The one training loop, for every loss: contrastive, triplet, cross-entropy, and cross-entropy + MPN.
 
-``train(config)`` trains for ``config.epochs`` epochs of P×K batches, evaluates the *validation
-classes* (carved from the training classes) after every epoch, keeps the best model by validation
-Recall@1 (never by a test number), and finally evaluates it on the test classes. Each epoch's
-numbers are one history row: ``{"epoch", "step", "train": {loss terms}, "val": {metrics},
-"attention": {diagnostics}, "lr", "seconds"}``. ``resume=True`` continues from ``last.pt``, bit for
-bit on the CPU. One path for one process and many (with one, the "gather" of the global batch is
+Each epoch's numbers are one history row: ``{"epoch", "step", "train": {loss terms}, "val": {metrics}, "attention":
+{diagnostics}, "lr", "seconds"}``. One path for one process and many (with one, the "gather" of the global batch is
 the identity); the step waits for the device once per :data:`LOG_INTERVAL` steps.
 """
 
@@ -137,19 +133,15 @@ def prepare_run_folder(config: TrainConfig, folder: Path, resume: bool, overwrit
 def train(config: TrainConfig, callbacks: Sequence[Callback] = (), checkpoint_dir: str | os.PathLike | None = None,
           resume: bool = False, progress: bool = True, datasets: Datasets | None = None, evaluate_test: bool = True,
           compute_nmi: bool = False, distributed=None, overwrite: bool = False) -> TrainResult:
-    """Train a model as ``config`` says; return the best model by validation Recall@1.
+    """Train a model as ``config`` says (:class:`TrainConfig`, ``presets.py``) for ``config.epochs`` epochs of P×K
+    batches, evaluating the *validation classes* (carved from the training classes) after each; return the best
+    model by validation Recall@1 (never by a test number), evaluated on the test classes if ``evaluate_test``
+    (with NMI if ``compute_nmi``: k-means, slower).
 
-    Args:
-        config: the run's settings (see :class:`TrainConfig` and ``presets.py``).
-        callbacks: observers (snapshots, attention capture, logging).
-        checkpoint_dir: where ``last.pt`` / ``best.pt`` go (None: keep nothing on disk).
-        resume: continue from ``checkpoint_dir/last.pt`` if it exists (the same run only).
-        progress: show tqdm progress bars.
-        datasets: reuse already-built datasets (default: ``build_datasets(config)``).
-        evaluate_test: evaluate the best model on the test classes at the end.
-        compute_nmi: also compute NMI on the test classes (k-means; slower).
-        distributed: a :class:`~mpn_tutorial.tools.distributed.DistributedContext` (None: one process).
-        overwrite: allow replacing another run's files in ``checkpoint_dir``.
+    ``callbacks``: observers (snapshots, attention capture, logging). ``checkpoint_dir``: where ``last.pt`` and
+    ``best.pt`` go (None: nothing on disk); ``resume`` continues the same run from its ``last.pt``, bit for bit on
+    the CPU; ``overwrite`` allows replacing another run there. ``datasets``: already-built datasets (default:
+    ``build_datasets(config)``). ``distributed``: a :class:`~mpn_tutorial.tools.distributed.DistributedContext`.
     """
     config.validate()
     start_time = time.perf_counter()
@@ -255,8 +247,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), checkpoint_di
 
 
 def _restore(checkpoint: dict, optimizer, scheduler, state: TrainState) -> dict:
-    """Continue from a ``last.pt``: model, optimizer, scheduler, progress and random state; returns
-    the best model's state so far."""
+    """Continue from a ``last.pt``: model, optimizer, scheduler, progress and random state; returns the best state."""
     state.model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])

@@ -4,12 +4,12 @@ Each reader takes ``root`` = the folder its archive extracts to, reads the archi
 in place (nothing is moved or written) and applies the literature's standard split into two disjoint
 halves of the classes (each reader's docstring says which), so the test classes are never seen in training.
 
-Every reader: ``len(ds)``; ``ds[i] -> (image (C, H, W) float tensor, int label)``; ``ds.labels`` (N,)
-int64, contiguous ``0..num_classes-1`` in the order of the archive's class ids; ``ds.num_classes``;
-``ds.paths`` (absolute); ``ds.class_ids`` (the archive's class id of each label). In-Shop's query and
-gallery share one mapping, so an item has the same label in both (that makes retrieval scoreable).
-Images are opened only in ``__getitem__``, but every listed file is checked to exist when the reader
-is built, so an incomplete extraction fails at once, not hours into training.
+Every reader: ``transform`` (PIL RGB image -> tensor) defaults to ``ToTensor()``; ``len(ds)``;
+``ds[i] -> (image (C, H, W) float tensor, int label)``; ``ds.labels`` (N,) int64, contiguous
+``0..num_classes-1`` in the order of the archive's class ids; ``ds.num_classes``; ``ds.paths``
+(absolute); ``ds.class_ids`` (the archive's class id of each label). Images are opened only in
+``__getitem__``, but every listed file is checked to exist when the reader is built, so an incomplete
+extraction fails at once, not hours into training.
 """
 
 from __future__ import annotations
@@ -27,16 +27,6 @@ from torchvision import transforms
 
 from mpn_tutorial.errors import DatasetError, DatasetNotFoundError, UsageError
 from mpn_tutorial.tools.registry import DATASETS
-
-__all__ = [
-    "BenchmarkDataset",
-    "CUB200",
-    "Cars196",
-    "DatasetError",
-    "DatasetNotFoundError",
-    "InShop",
-    "StanfordOnlineProducts",
-]
 
 
 class _Record(NamedTuple):
@@ -210,7 +200,6 @@ class CUB200(BenchmarkDataset):
         root: the folder holding ``images.txt``, ``image_class_labels.txt`` and ``images/``
             (``CUB_200_2011/`` inside the archive).
         split: ``"train"`` (5,864 images, 100 classes) or ``"test"`` (5,924 images, 100 classes).
-        transform: PIL RGB image -> tensor; default ``ToTensor()``.
     """
 
     title = "CUB-200-2011"
@@ -244,7 +233,6 @@ class Cars196(BenchmarkDataset):
     Args:
         root: the folder holding ``cars_annos.mat`` and ``car_ims/``.
         split: ``"train"`` (8,054 images, 98 classes) or ``"test"`` (8,131 images, 98 classes).
-        transform: PIL RGB image -> tensor; default ``ToTensor()``.
     """
 
     title = "Cars196"
@@ -298,7 +286,6 @@ class StanfordOnlineProducts(BenchmarkDataset):
         root: the folder holding ``Ebay_train.txt``, ``Ebay_test.txt`` and the ``*_final/`` folders
             (``Stanford_Online_Products/`` inside the archive).
         split: ``"train"`` (59,551 images, 11,318 classes) or ``"test"`` (60,502 images, 11,316 classes).
-        transform: PIL RGB image -> tensor; default ``ToTensor()``.
     """
 
     title = "Stanford Online Products"
@@ -333,13 +320,13 @@ class InShop(BenchmarkDataset):
     ``train``: 25,882 images of 3,997 items. The images of the other 3,985 items form a ``query`` set
     (14,218) and a ``gallery`` set (12,612): evaluation retrieves, for each query, gallery images of the
     same item. Query and gallery share one label mapping over the items of both (``num_classes`` is its
-    size). Item ids (``id_00000001``) are zero-padded, so sorting them as text is numeric.
+    size), so an item has the same label in both. Item ids (``id_00000001``) are zero-padded, so sorting
+    them as text is numeric.
 
     Args:
         root: the folder holding ``Eval/list_eval_partition.txt`` and ``Img/`` (the index's image
             names, ``img/WOMEN/...``, are relative to ``Img/``).
         split: ``"train"``, ``"query"`` or ``"gallery"``.
-        transform: PIL RGB image -> tensor; default ``ToTensor()``.
     """
 
     title = "In-Shop Clothes Retrieval"

@@ -1,9 +1,4 @@
-"""The datasets of a run, and batches from them.
-
-:func:`build_datasets` turns a run's data settings (:class:`DataConfig`) into train / validation / test
-datasets, the validation classes carved from the training classes. Batches are read in one indexing
-operation from the in-memory glyphs, through a ``DataLoader`` from image files.
-"""
+"""The datasets of a run (:func:`build_datasets` of its :class:`DataConfig`), and batches from them."""
 
 from __future__ import annotations
 
@@ -73,7 +68,8 @@ def build_datasets(settings: DataConfig) -> Datasets:
     if settings.dataset not in DATASET_NAMES:
         raise UsageError(f"dataset must be one of {DATASET_NAMES}, got {settings.dataset!r}")
     reader = getattr(benchmarks, DATASETS[settings.dataset].reader)  # e.g. benchmarks.CUB200 for "cub"
-    root = dataset_root(settings.dataset, settings.data_root)
+    nested = Path(settings.data_root) / DATASETS[settings.dataset].folder  # where fetch puts it: data/CUB_200_2011
+    root = nested if nested.is_dir() else Path(settings.data_root)
     test_transform = transforms.test_transform(settings.image_size)  # deterministic: one serves every view
     train_view = reader(root, "train", transform=transforms.train_transform(settings.image_size))
     eval_view = reader(root, "train", transform=test_transform)
@@ -86,14 +82,6 @@ def build_datasets(settings: DataConfig) -> Datasets:
     else:
         datasets.test = reader(root, "test", transform=test_transform)
     return datasets
-
-
-def dataset_root(dataset: str, data_root: str) -> Path:
-    """The folder a benchmark reader takes: ``data_root`` itself, or the dataset's folder inside it
-    where ``fetch`` puts it (``data/CUB_200_2011`` when ``data_root`` is ``data``)."""
-    root = Path(data_root)
-    nested = root / DATASETS[dataset].folder
-    return nested if nested.is_dir() else root
 
 
 def iterate_batches(

@@ -13,9 +13,6 @@ The classes are chosen by rendering, not by a hand-written list:
    differ by less than ``DUPLICATE_THRESHOLD`` (sum of absolute pixel differences over the sum of the
    pixel-wise maximum, i.e. relative to the ink). That merges Latin A, Greek Alpha and Cyrillic A,
    and keeps O / 0 / o apart.
-
-Generation is deterministic for a seed (a few seconds on 2 cores) and cached atomically as one ``.npz``
-under ``root/glyphs/``.
 """
 
 from __future__ import annotations
@@ -93,12 +90,6 @@ def font_paths() -> list[Path]:
     return paths
 
 
-def _load_font(path: Path):
-    from PIL import ImageFont
-
-    return ImageFont.truetype(str(path), FONT_SIZE)
-
-
 def render_character(font, character: str, canvas: int = CANVAS) -> np.ndarray:
     """White-on-black render of one character, ``(canvas, canvas) float32`` in [0, 1].
 
@@ -153,8 +144,10 @@ def glyph_classes(image_size: int = 32) -> tuple[tuple[GlyphClass, ...], np.ndar
     Returns the classes (sorted by code point) and the clean renders ``(num_classes, num_faces,
     CANVAS, CANVAS) float32`` (zero where a face lacks the character).
     """
+    from PIL import ImageFont
+
     paths = font_paths()
-    fonts = [_load_font(p) for p in paths]
+    fonts = [ImageFont.truetype(str(p), FONT_SIZE) for p in paths]
     maps = character_maps()
     missing_shapes = [torch.from_numpy(render_missing_glyph(f)).flatten() for f in fonts]
 
@@ -258,13 +251,11 @@ def generate_glyphs(
 
     # Which face each image uses: cycle through the class's faces in a random order, so every
     # face appears about equally often within a class.
-    base_class, base_face = [], []
-    for index, glyph_class in enumerate(classes):
+    base_face = []
+    for glyph_class in classes:
         order = torch.randperm(len(glyph_class.faces), generator=generator).tolist()
-        for k in range(images_per_class):
-            base_class.append(index)
-            base_face.append(glyph_class.faces[order[k % len(order)]])
-    labels = torch.tensor(base_class)
+        base_face += [glyph_class.faces[order[k % len(order)]] for k in range(images_per_class)]
+    labels = torch.arange(len(classes)).repeat_interleave(images_per_class)
     faces = torch.tensor(base_face)
     count = len(labels)
 
@@ -333,7 +324,8 @@ def cache_path(root: str | os.PathLike, seed: int, image_size: int, images_per_c
 def load_glyphs(
     root: str | os.PathLike = "data", seed: int = 0, image_size: int = 32, images_per_class: int = 48
 ) -> dict[str, np.ndarray]:
-    """The generated arrays from the cache, generating (and caching) them first if needed."""
+    """The generated arrays from the cache ``root/glyphs/*.npz``, first generated (deterministically for a
+    seed, a few seconds on 2 cores) and cached atomically if needed."""
     check_glyph_settings(image_size, images_per_class)
     path = cache_path(root, seed, image_size, images_per_class)
     if path.exists():
@@ -358,8 +350,6 @@ class GlyphDataset(torch.utils.data.Dataset):
             selection) or ``"test"`` (the other half of the classes, never seen in training).
         root: folder for the cache (``root/glyphs/*.npz``).
         seed: decides the class split and every augmentation.
-        image_size: side of the square images.
-        images_per_class: images rendered per class.
         transform: optional callable applied to each ``(1, H, W)`` float image (also by :meth:`batch`).
         val_fraction: share of the training half's classes held out as the validation split.
 
@@ -411,15 +401,3 @@ class GlyphDataset(torch.utils.data.Dataset):
             f"GlyphDataset(split={self.split!r}, classes={self.num_classes}, images={len(self)}, "
             f"size={tuple(self.images.shape[1:])}, seed={self.seed})"
         )
-
-
-__all__ = [
-    "Augmentation",
-    "GlyphClass",
-    "GlyphDataset",
-    "generate_glyphs",
-    "glyph_classes",
-    "load_glyphs",
-    "render_character",
-    "render_missing_glyph",
-]

@@ -28,7 +28,6 @@ class PKSampler(torch.utils.data.Sampler[list[int]]):
         labels: (N,) class label of every sample in the dataset.
         classes_per_batch: P, at least 2 (a batch needs negatives).
         samples_per_class: K, at least 2 (a batch needs positives).
-        seed: random seed.
         num_batches: batches per epoch (default ``len(labels) // (P*K)``, at least 1).
     """
 

@@ -1,9 +1,8 @@
 """Image transforms of the published recipe (the official release, dvl-tum/intra_batch), for the four benchmarks:
 an RGB ``PIL.Image`` -> a normalised ``(3, image_size, image_size) float32`` tensor.
 
-Training crops 227 px with ``RandomResizedCrop``; testing resizes the shorter side to 256 px and takes
-the central 227 px (other crop sizes keep that proportion). 227 rather than 224 is inherited from
-earlier metric-learning code; ResNet-50's global pooling makes it indifferent to the exact input size.
+The release crops 227 px (testing: the centre of the shorter side resized to 256 px), rather than 224, as
+earlier metric-learning code did; ResNet-50's global pooling makes it indifferent to the exact input size.
 
 Test files import the module, not ``test_transform`` itself, or pytest collects the function as a test.
 """
@@ -37,7 +36,6 @@ def train_transform(image_size: int = 227) -> transforms.Compose:
     )
 
 
-# The release resizes to 256 px and crops the central 227 px: the crop covers 227/256 of the shorter side.
 RESIZE_PER_CROP = 256 / 227
 
 

@@ -1,20 +1,14 @@
-"""The notebooks' "your turn" exercises: a check for each, and the feedback a learner sees.
+"""The notebooks' "your turn" exercises: a check for each, and the feedback a learner sees (one module per
+notebook; ``base`` holds what every check shares; the reference solutions are in :mod:`mpn_tutorial.solutions`).
 
-A notebook's exercise cell holds a placeholder (``return None  # your code``); its check cell calls
-:func:`check` with the learner's function and what the exercise works on. The feedback is "not tried"
-(with a hint) while the placeholder is there, "correct" for a right answer, and otherwise says what is off.
-
-A check calls the learner's function on the notebook's inputs and on **fresh inputs it draws itself**
-(another size, other labels, runs of other seeds), and compares both with the library, so an answer
-hard-coded from the notebook's data, or read from its variables, is not correct.
-
-Each exercise lists its **common mistakes** (``Exercise.mistakes``): the tests require "not correct" with
-the hint given there for every one, and the teachers' answer key prints them with the check's feedback.
-Feedback is plain text: it names code as written (``keepdim=True``) and never uses Markdown marks. The
-reference solutions are in :mod:`mpn_tutorial.solutions`.
-
-One module per notebook: ``retrieval`` (01), ``mining`` (02), ``message_passing`` (03), ``attention``
-(04), ``embeddings`` (05), ``seeds`` (06), ``recipe`` (07); ``base`` holds what every check shares.
+An exercise cell holds a placeholder (``return None  # your code``); its check cell calls :func:`check` with the
+learner's function and what the exercise works on. The feedback is "not tried" (with a hint) while the
+placeholder is there, "correct" for a right answer, and otherwise says what is off, in plain text: it names code
+as written (``keepdim=True``) and never uses Markdown marks. A check compares the learner's function with the
+library on the notebook's inputs and on **fresh inputs it draws itself** (another size, other labels, runs of
+other seeds), so an answer hard-coded from the notebook's data, or read from its variables, is not correct.
+Each exercise's **common mistakes** (``Exercise.mistakes``) must each get "not correct" with the hint declared
+there (the tests), and the teachers' answer key prints them with the check's feedback.
 """
 
 from __future__ import annotations

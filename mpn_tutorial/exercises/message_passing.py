@@ -124,20 +124,14 @@ def _compare_layer(answer, x, layer) -> np.ndarray:
     return yours
 
 
-def _fresh_layer() -> MessagePassingLayer:
-    """A layer of another size whose every weight (biases and the norms' included) is random."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(2024)
-        layer = MessagePassingLayer(12, 3, ff_dim=20, dropout=0.0).eval()
-        with torch.no_grad():
-            for parameter in layer.parameters():
-                parameter.copy_(torch.randn_like(parameter) * 0.5)
-    return layer
-
-
 def _layer_forward(answer, x, layer) -> str:
     _compare_layer(answer, x, layer)
-    fresh = _fresh_layer()
+    with torch.random.fork_rng(devices=[]):  # a layer of another size, every weight random (biases, norms' too)
+        torch.manual_seed(2024)
+        fresh = MessagePassingLayer(12, 3, ff_dim=20, dropout=0.0).eval()
+        with torch.no_grad():
+            for parameter in fresh.parameters():
+                parameter.copy_(torch.randn_like(parameter) * 0.5)
     for size in (5, 9):  # batches of other sizes: the layer is defined on any set of samples
         batch = torch.randn(size, 12, generator=generator(size))
         on_fresh_inputs(lambda batch=batch: _compare_layer(answer, batch, fresh),

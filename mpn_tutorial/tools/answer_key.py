@@ -1,11 +1,6 @@
-"""The teachers' answer key: the notebooks with each exercise's solution in place, executed.
-
-``python -m mpn_tutorial answer-key`` takes every numbered notebook **as committed** (so a learner's
-edits never reach the key), writes the reference solution (:mod:`mpn_tutorial.solutions`) into each
-exercise cell as an nbgrader solution, with the imports it needs, adds a cell after the check (why the
-solution is right, and the common mistakes with the check's feedback), and executes the notebook in a
-fresh kernel: each check must say "correct".
-"""
+"""The teachers' answer key (``python -m mpn_tutorial answer-key``): every numbered notebook as committed (a
+learner's edits never reach the key), each exercise's reference solution (:mod:`mpn_tutorial.solutions`) filled
+in, executed in a fresh kernel, where each check must say "correct"."""
 
 from __future__ import annotations
 
@@ -62,20 +57,20 @@ def solution_body(name: str, imported: dict[str, str] | None = None) -> tuple[st
     ``imported`` (what the notebook has imported already, see :func:`imported_names`) does not bind."""
     from mpn_tutorial import solutions
 
-    function = ast.parse(textwrap.dedent(inspect.getsource(getattr(solutions, name)))).body[0]
+    source = inspect.getsource(getattr(solutions, name))
+    function = ast.parse(textwrap.dedent(source)).body[0]
     statements = function.body[1:] if isinstance(function.body[0], ast.Expr) else function.body
-    lines = inspect.getsource(getattr(solutions, name)).splitlines()
-    body = textwrap.dedent("\n".join(lines[statements[0].lineno - 1:statements[-1].end_lineno]))
+    body = textwrap.dedent("\n".join(source.splitlines()[statements[0].lineno - 1:statements[-1].end_lineno]))
     used = {node.id for statement in statements for node in ast.walk(statement) if isinstance(node, ast.Name)}
     already = set((imported or {}).items())
     imports = []
     for node in ast.parse(inspect.getsource(solutions)).body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)) and not (isinstance(node, ast.ImportFrom) and
-                                                                    node.module == "__future__"):
-            names = [alias for alias in node.names
-                     if _binding(node, alias)[0] in used and _binding(node, alias) not in already]
-            if names:
-                imports.append(ast.unparse(type(node)(**{**node.__dict__, "names": names})))
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and getattr(node, "module", None) != "__future__":
+            # the tree is this call's own: keep only the names the solution needs, then print the statement
+            node.names = [alias for alias in node.names
+                          if _binding(node, alias)[0] in used and _binding(node, alias) not in already]
+            if node.names:
+                imports.append(ast.unparse(node))
     return "\n".join(imports), body
 
 

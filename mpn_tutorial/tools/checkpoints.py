@@ -1,10 +1,6 @@
-"""Checkpoints: written atomically, loaded safely, and complete enough to resume a run exactly.
-
-:func:`save_checkpoint` is the format's one writer and :func:`load_checkpoint` its one reader
-(``torch.load(weights_only=True)``: never pickled code). ``last.pt`` holds everything resuming needs to
-reproduce an uninterrupted run bit for bit on the CPU (the random number generators' states included,
-:func:`rng_state`); ``best.pt`` the best model by validation Recall@1 (:func:`load_model` rebuilds it).
-"""
+"""Checkpoints: written atomically, loaded safely, and complete enough to resume a run exactly: ``last.pt``
+holds everything resuming needs to reproduce an uninterrupted run bit for bit on the CPU (the random number
+generators' states included, :func:`rng_state`); ``best.pt`` the best model by validation Recall@1."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Command line: ``python -m mpn_tutorial COMMAND --help``.
-
-Commands: ``train``, ``compare`` (variants × seeds of a preset, the seed-paired table), ``evaluate``,
-``make-data glyphs``, ``fetch``, ``answer-key``. The flags that change a run are made from the fields of
-:class:`~mpn_tutorial.config.TrainConfig` (:func:`add_setting_flags`). An error is one line: exit status
-2 for the user's mistakes, 1 for the machine's or a failed download (``errors.py``); a bug shows its
-traceback and exits 1. ``MPN_TUTORIAL_DEBUG=1`` shows the traceback of every error.
-"""
+"""Command line: ``python -m mpn_tutorial COMMAND --help``. An error is one line: exit status 2 for the user's
+mistakes, 1 for the machine's or a failed download (``errors.py``); a bug shows its traceback and exits 1.
+``MPN_TUTORIAL_DEBUG=1`` shows the traceback of every error."""
 
 from __future__ import annotations
 

@@ -24,9 +24,8 @@ def make_data(args: argparse.Namespace) -> int:
     from mpn_tutorial.data.splits import split_classes
     from mpn_tutorial.presets import GLYPHS
 
-    root = GLYPHS.data_root if args.data_root is None else args.data_root
-    seed = GLYPHS.data_seed if args.data_seed is None else args.data_seed
-    image_size = GLYPHS.image_size if args.image_size is None else args.image_size
+    root, seed, image_size = (getattr(GLYPHS, name) if getattr(args, name) is None else getattr(args, name)
+                              for name in ("data_root", "data_seed", "image_size"))  # a flag not given: the preset's
     path = cache_path(root, seed, image_size, args.images_per_class)
     existed = path.exists()
     start = time.perf_counter()

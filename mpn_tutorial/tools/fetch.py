@@ -1,10 +1,8 @@
 """Obtaining the four benchmarks: ``python -m mpn_tutorial fetch NAME --root DIR`` (see data/README.md).
 
 What to download is in ``registry.py``. The archives are large (1-3 GB) and come from third parties,
-so a download resumes where it was interrupted and gets its final name only once its SHA-256 matched
-(:func:`download`), and extraction refuses members that would land outside the target
-(:func:`safe_extract`). A file that must be downloaded by hand is named, with where to get it and
-where to save it. HTTP uses only the standard library (``urllib``).
+hence resumable, verified downloads (:func:`download`) and guarded extraction (:func:`safe_extract`).
+HTTP uses only the standard library (``urllib``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""How a setting of a run is declared: once, on its dataclass field, and everything else derived from it.
-
-:func:`setting` is a ``dataclasses.field`` whose metadata says what the setting means (``help``), the
-values it can take (a range, or choices) and its command-line flag. From it, :func:`check_setting`
-refuses a value outside the range (``TrainConfig.validate``) and the command line makes one flag per
-field (``cli.add_setting_flags``). ``machinery=True`` marks a setting that only says where or how fast a
-run computes (the device, data-loading workers...); ``path`` a file or folder: neither names a run.
-"""
+"""How a setting of a run is declared: once, on its dataclass field (:func:`setting`); the range check
+(:func:`check_setting`, for ``TrainConfig.validate``) and the command-line flag (``cli.add_setting_flags``) derive
+from it. A ``machinery`` setting (where or how fast a run computes) or a ``path`` never names a run."""
 
 from __future__ import annotations
 

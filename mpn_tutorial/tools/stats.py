@@ -1,13 +1,8 @@
 """Comparisons over seeds: the runner, the statistics, the rule for a difference that counts, and the tables.
 
-One implementation for every comparison (``python -m mpn_tutorial compare``, the notebooks, bench/);
-they differ only in how a run is obtained. Two variants run with the same seeds are compared seed by
-seed (:func:`paired_difference`: d_s = x_s(variant) - x_s(control), its mean, std and paired t); a
-family of comparisons (:func:`compare`) has its p values Holm-corrected per metric. The noise band
-(:func:`noise_band`) is the spread of seed-paired differences between runs that compute the same
-function. A difference counts (:func:`counts`, ``*`` in the tables) when it is significant after Holm
-(p < 0.05) *and* its mean of n paired differences lies beyond 2 · band / √n; without a measured
-band nothing counts.
+One implementation for every comparison (``python -m mpn_tutorial compare``, the notebooks, bench/); they differ
+only in how a run is obtained. Two variants run with the same seeds are compared seed by seed
+(:func:`paired_difference`), a family of comparisons (:func:`compare`) Holm-corrected per metric.
 """
 
 from __future__ import annotations
@@ -78,7 +73,7 @@ def summary(runs: list[dict], key: str) -> tuple[float, float, int] | None:
 
 @dataclass(frozen=True)
 class Paired:
-    """The seed-paired difference of two lists of per-seed results (module docstring)."""
+    """Seed-paired differences d_s = x_s(variant) - x_s(control) of two lists of runs: mean, std, paired t."""
 
     mean: float
     std: float
@@ -155,14 +150,14 @@ def compare(runs: dict[str, list[dict]], controls: dict[str, str], band: dict[st
 
 
 def counts(comparison: dict, key: str = "test_recall@1") -> bool:
-    """Whether a comparison of :func:`compare` counts in ``key``: significant after Holm *and* beyond the
-    noise band (the tables mark it ``*``; never without a measured band)."""
+    """Whether a comparison of :func:`compare` counts in ``key``: significant after Holm (p < 0.05) *and* beyond
+    the noise band (:func:`beyond_noise`; the tables mark it ``*``; never without a measured band)."""
     found = comparison[key]
     return found["p_holm"] < 0.05 and bool(found["beyond_noise"])
 
 
 def verdict(comparison: dict, key: str = "test_recall@1") -> str:
-    """How a comparison stands, in words: "counts", "within the noise band", ... (module docstring)."""
+    """How a comparison stands, in words: "counts", "within the noise band", ... (:func:`counts`)."""
     found = comparison[key]
     if found["beyond_noise"] is None:
         return "no noise band measured"

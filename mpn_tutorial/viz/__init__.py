@@ -1,9 +1,5 @@
 """Figures and interactive explorers for the notebooks (``from mpn_tutorial import viz``).
 
-Every picture is drawn by a plain function that returns a matplotlib ``Figure`` (testable without
-a browser); every explorer computes what it shows in a library function (its widget callbacks only
-call ``update``).
-
 - ``figures``: data and retrieval, pairs and triplets, training curves, seeds and budgets (the tables
   are ``tools.stats.table``), the batch as a graph, the model, a benchmark's results side by side
 - ``attention``: one sample's message on a batch, attention maps, the same-class share per head

@@ -1,8 +1,4 @@
-"""Widget explorers: sliders over what the figures show (the only module that imports ipywidgets).
-
-Each explorer computes what it shows with a library function and keeps it in ``current``; the widget
-callbacks only call :meth:`update`. Tests set a slider's value and check ``current``.
-"""
+"""Widget explorers: sliders over what the figures show (the only module that imports ipywidgets)."""
 
 from __future__ import annotations
 
@@ -20,11 +16,10 @@ from mpn_tutorial.viz.figures import class_order
 
 
 class _Explorer:
-    """Shared widget plumbing: sliders on top, an HTML caption, the figure as a PNG image.
-
-    Subclasses create their sliders, call :meth:`_assemble`, and implement ``update()``: it computes what
-    to show (stored in ``current``) and hands a figure and a caption to :meth:`_show`.
-    """
+    """Shared widget plumbing: sliders on top, an HTML caption, the figure as a PNG image. Subclasses create their
+    sliders, call :meth:`_assemble`, and implement ``update()``, which the sliders call: it computes what to show
+    with a library function, keeps it in ``current`` (what the tests check), and hands a figure and a caption to
+    :meth:`_show`."""
 
     def _assemble(self, rows: list[list], css_class: str) -> None:
         import ipywidgets as widgets
@@ -61,14 +56,10 @@ class _Explorer:
 
 
 class AttentionExplorer(_Explorer):
-    """Sliders for epoch (optional), layer, head and query over captured attention.
-
-    ``snapshots``: list of ``(epoch, attention (L, H, N, N))`` (as recorded by
+    """Sliders for epoch (optional), layer, head and query over captured attention; ``current`` is an
+    :class:`AttentionView`. ``snapshots``: list of ``(epoch, attention (L, H, N, N))`` (as recorded by
     :class:`~mpn_tutorial.callbacks.AttentionCapture`), ``images`` (N, C, H, W), ``labels`` (N,). The sliders
-    count from 1; the query slider counts the rows of the class-sorted heat map (row 1 at the top). Moving a
-    slider calls :meth:`update`: it recomputes :attr:`current` (an :class:`AttentionView`), :attr:`image`
-    and :attr:`caption`.
-    """
+    count from 1; the query slider counts the rows of the class-sorted heat map (row 1 at the top)."""
 
     def __init__(self, snapshots, images, labels, top_k: int = 5) -> None:
         import ipywidgets as widgets
@@ -105,11 +96,9 @@ class AttentionExplorer(_Explorer):
 
 class EpochExplorer(_Explorer):
     """An epoch slider over 2-D embedding frames (from :func:`umap_across_training`); ``frames`` is one run's
-    list of ``(epoch, (N, 2))``, or ``{title: frames}`` of several runs on one map, drawn side by side.
-
-    ``notes`` maps an epoch to a caption line (e.g. its validation Recall@1); ``start`` is the epoch the
-    slider starts on (the first by default), so the view a page shows can be where the learning shows.
-    """
+    list of ``(epoch, (N, 2))``, or ``{title: frames}`` of several runs on one map, drawn side by side. ``notes``
+    maps an epoch to a caption line (e.g. its validation Recall@1); ``start`` is the epoch the slider starts on
+    (the first by default), so the view a page shows can be where the learning shows."""
 
     def __init__(self, frames, labels, notes: dict[int, str] | None = None, names=None,
                  start: int | None = None) -> None:

@@ -169,9 +169,7 @@ def plot_batch_graph(labels, title: str = "a P×K batch as a fully connected gra
 
 def plot_architecture(config=None) -> Figure:
     """The model as boxes and arrows: what trains, what the MPN sees, what retrieval uses at test time.
-
-    ``config`` (a TrainConfig) fills in the dimensions, heads and layers; without it, symbols.
-    """
+    ``config`` (a TrainConfig) fills in the dimensions, heads and layers; without it, symbols."""
     dim, heads, layers = (("D-d", "H heads", "× L") if config is None else
                           (f"{config.embedding_dim}-d", f"{config.mpn_heads} heads", f"× {config.mpn_layers}"))
     backbone = {"glyph_cnn": "glyph CNN", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}.get(

@@ -23,7 +23,7 @@ CHECK_TORCH_BUILD = $(BIN)/python -c 'import sys; import torch; sys.exit(0 if to
 	f"TORCH=$(TORCH) asked for the CPU-only build, but pip installed torch {torch.__version__} with CUDA")'
 # JupyterLab refuses to run as root unless told; containers and CI machines often are root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
-# The committed notebook outputs were computed with 2 CPU threads (mpn_tutorial/runtime.py).
+# The committed notebook outputs were computed with 2 CPU threads (mpn_tutorial/tools/runtime.py).
 export MPN_TUTORIAL_THREADS ?= 2
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg

@@ -13,7 +13,14 @@ import torch
 
 from mpn_tutorial import metrics
 from mpn_tutorial.backbones import fold_batchnorm
-from mpn_tutorial.controls import NoMessages, pass_messages, passes_messages, provide_labels, twin_network
+from mpn_tutorial.controls import (
+    NoMessages,
+    pass_messages,
+    passes_messages,
+    provide_labels,
+    twin_network,
+    without_messages,
+)
 from mpn_tutorial.data.build import Datasets, iterate_batches, sample_batch
 from mpn_tutorial.errors import UsageError
 from mpn_tutorial.miners import pair_masks
@@ -102,7 +109,7 @@ def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tenso
     if method == "mpn_without_messages":
         return torch.nn.functional.normalize(run_mpn(model, embeddings, messages=False), dim=1)
     groups = reciprocal_neighbourhoods(embeddings, k)
-    refined = {}
+    refined: list[torch.Tensor | None] = [None] * len(groups)
     for size in sorted({len(group) for group in groups}):  # neighbourhoods of one size: one batch of graphs
         which = [i for i, group in enumerate(groups) if len(group) == size]
         members = embeddings[torch.stack([groups[i] for i in which]).to(embeddings.device)]  # (B, size, D)
@@ -113,8 +120,9 @@ def refine_embeddings(model: MetricLearningModel | None, embeddings: torch.Tenso
             if method == "similarity_weighted":
                 weights = (members @ members[:, :1].transpose(1, 2))[..., 0].clamp_min(0) ** alpha
             outputs = (weights[..., None] * members).sum(dim=1)
-        refined.update(zip(which, outputs))
-    return torch.nn.functional.normalize(torch.stack([refined[i] for i in range(len(groups))]), dim=1)
+        for i, output in zip(which, outputs):
+            refined[i] = output
+    return torch.nn.functional.normalize(torch.stack(refined), dim=1)
 
 
 def run_mpn(model: MetricLearningModel, embeddings: torch.Tensor, messages: bool = True) -> torch.Tensor:
@@ -122,7 +130,7 @@ def run_mpn(model: MetricLearningModel, embeddings: torch.Tensor, messages: bool
     the messages on, or every message 0 (its :class:`~mpn_tutorial.controls.NoMessages` twin: each sample alone)."""
     with evaluation_mode(model, messages=True if messages else None):
         inputs = model.mpn_input(embeddings)
-        return model.mpn(inputs) if messages else twin_network(model, NoMessages)(inputs)
+        return model.mpn(inputs) if messages else without_messages(model, inputs)
 
 
 def evaluate(model: MetricLearningModel, dataset, ks: Sequence[int] = (1, 2, 4, 8), gallery=None,
@@ -138,7 +146,10 @@ def evaluate(model: MetricLearningModel, dataset, ks: Sequence[int] = (1, 2, 4, 
         return embeddings, labels
 
     embeddings, labels = embeddings_of(dataset)
-    result = metrics.retrieval_metrics(embeddings, labels, ks, *(() if gallery is None else embeddings_of(gallery)))
+    if gallery is None:
+        result = metrics.retrieval_metrics(embeddings, labels, ks)
+    else:
+        result = metrics.retrieval_metrics(embeddings, labels, ks, *embeddings_of(gallery))
     if compute_nmi:
         result["nmi"] = metrics.nmi(embeddings, labels, seed=seed)
     return result

@@ -91,8 +91,12 @@ def _negative_statistics(queries: torch.Tensor, query_labels: torch.Tensor, gall
     m, n = len(queries), len(gallery)
     count_above = torch.zeros(m, dtype=torch.float64) if count else None
     top_negatives = torch.full((m, top_k), float("-inf"))
-    block = torch.empty(min(block_size, m), min(block_size, n))
-    above = torch.empty_like(block) if count else None
+    # scratch memory for a block, its comparisons and its transposed copy, viewed at each block's shape so that
+    # every block is contiguous (top-k and copies of a strided view of a larger block are much slower)
+    scratch = [torch.empty(min(block_size, m) * min(block_size, n)) for _ in range(3)]
+
+    def as_block(buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+        return buffer[: rows * columns].view(rows, columns)
 
     def keep_top(rows: slice, candidates: torch.Tensor) -> None:
         k = min(top_k, candidates.shape[1])
@@ -104,22 +108,23 @@ def _negative_statistics(queries: torch.Tensor, query_labels: torch.Tensor, gall
         for column_start in range(row_start if leave_one_out else 0, n, block_size):
             columns = slice(column_start, min(column_start + block_size, n))
             size = (rows.stop - rows.start, columns.stop - columns.start)
-            similarity = torch.mm(queries[rows], gallery[columns].T, out=block[: size[0], : size[1]])
+            similarity = torch.mm(queries[rows], gallery[columns].T, out=as_block(scratch[0], *size))
             row_labels, column_labels = query_labels[rows], gallery_labels[columns]
             if row_labels[-1] >= column_labels[0] and column_labels[-1] >= row_labels[0]:  # may share a class
                 similarity.masked_fill_(row_labels[:, None] == column_labels[None, :], float("-inf"))
             # (rows, columns) now holds negatives only; comparisons summed as floats are the
             # fastest exact way to count on CPU (a block row holds far fewer than 2**24 entries).
             if count:
-                hits = torch.ge(similarity, best_positive[rows, None], out=above[: size[0], : size[1]])
+                hits = torch.ge(similarity, best_positive[rows, None], out=as_block(scratch[1], *size))
                 count_above[rows] += hits.sum(dim=1)
             keep_top(rows, similarity)
             if leave_one_out and column_start != row_start:
                 # the same block, transposed, answers the column samples as queries
                 if count:
-                    hits = torch.ge(similarity, best_positive[None, columns], out=above[: size[0], : size[1]])
+                    hits = torch.ge(similarity, best_positive[None, columns], out=as_block(scratch[1], *size))
                     count_above[columns] += hits.sum(dim=0)
-                keep_top(columns, similarity.T)
+                # copied, then top-k along rows: 1.5x faster than a top-k along the block's columns
+                keep_top(columns, as_block(scratch[2], size[1], size[0]).copy_(similarity.T))
     return (count_above.round().to(torch.int64) if count else None), top_negatives
 
 
@@ -127,7 +132,7 @@ def retrieval_metrics(embeddings, labels, ks: Sequence[int] = (1, 2, 4, 8), gall
                       normalize: bool = True, block_size: int = BLOCK_SIZE) -> dict[str, float]:
     """Recall@K for every K of ``ks``, MAP@R and R-precision from one pass over the similarities of embeddings (M, D)
     with labels (M,) (queries, and gallery in leave-one-out mode), or against ``gallery`` (N, D) and
-    ``gallery_labels`` (N,). ``block_size``: side of the similarity blocks (memory ~ 2 * block_size² * 4 bytes).
+    ``gallery_labels`` (N,). ``block_size``: side of the similarity blocks (memory ~ 3 * block_size² * 4 bytes).
 
     Returns ``{"recall@1": ..., "recall@2": ..., "map@r": ..., "r_precision": ..., "queries": number evaluated,
     "queries_without_positive": number left out}``.
@@ -172,7 +177,8 @@ def retrieval_metrics(embeddings, labels, ks: Sequence[int] = (1, 2, 4, 8), gall
 
     # Rank of the m-th positive = m + negatives at least as similar; only ranks <= R matter, and
     # those need no more than the R most similar negatives, which is what top_negatives holds.
-    negatives_above = (top_negatives[:, None, :] >= positives[:, :, None]).sum(dim=2)  # (M, R_max)
+    # (M, R_max): top_negatives has R_max per query; a search in them, ascending, counts those below each positive
+    negatives_above = r_max - torch.searchsorted(top_negatives.flip(1), positives)
     position = torch.arange(1, r_max + 1)
     rank = position[None, :] + negatives_above
     is_real = position[None, :] <= num_positives[:, None]

@@ -22,6 +22,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 def test_importing_any_module_of_the_package_changes_no_thread_count_and_no_environment_variable():
     code = (
         "import importlib, os, pkgutil, torch\n"
+        "import torch._dynamo  # torch's own import sets TORCHINDUCTOR_CACHE_DIR: not the package's doing\n"
         "torch.set_num_threads(3)\n"
         "before = dict(os.environ)\n"
         "import mpn_tutorial\n"

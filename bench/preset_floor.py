@@ -4,7 +4,10 @@ Every lesson, every test that trains and every study run is a ``glyphs`` preset 
 asks how far one is from what its arithmetic costs on this machine. In one process it measures:
 
 - the **fp32 GEMM rate**: square ``torch.mm`` of sizes like the model's (the glyph CNN's
-  convolutions as matrix products are about 600 × 600 × 600 each), median rate over the sizes;
+  convolutions as matrix products are about 600 × 600 × 600 each), median rate over the sizes; measured
+  once next to the step's timing (for the step's floor) and again before each round of preset runs and
+  after the last (for the runs' floors: the median of those, since this machine's speed drifts by
+  10-15 % over the minutes the runs take);
 - the **FLOPs** of one training step (forward + backward of the whole model, MPN and loss included,
   and the optimizer step) and of one image's evaluation forward, counted from the modules with
   ``torch.utils.flop_counter.FlopCounterMode`` (not typed in); also the matrix products of the
@@ -279,9 +282,12 @@ def main() -> None:
         for tree in trees.values():
             make_data(tree, data_root)
         runs: dict[str, list[dict]] = {name: [] for name in trees}
+        run_rates = []  # the machine's speed drifts over minutes: the runs' floor takes the rate measured among them
         for _ in range(args.repeats):
+            run_rates.append(statistics.median(gemm_rate(sizes, repeats=5).values()))
             for name, tree in trees.items():
                 runs[name].append(preset_run(tree, data_root, run_flags))
+        run_rates.append(statistics.median(gemm_rate(sizes, repeats=5).values()))
     finally:
         if "base" in trees:
             subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(trees["base"])],
@@ -290,12 +296,15 @@ def main() -> None:
 
     nmi_embeddings = embed_dataset(model, datasets.test)[0]  # k-means' iterations depend on the data: a model's
     evaluation_flops = count_evaluation_flops(datasets, model_flops["image"], nmi_embeddings)
+    print("# gemm between the runs: " + ", ".join(f"{value:.1f}" for value in run_rates) + " GFLOPS")
+    run_rate = statistics.median(run_rates)
+    print_ratio("preset_floor", "gemm_gflops_between_runs", run_rate)
     median_run = {name: min(values, key=lambda run: abs(run["wall"] - statistics.median(r["wall"] for r in values)))
                   for name, values in runs.items()}
     for name, values in runs.items():
         parts = {part: statistics.median(run["parts"][part] for run in values) for part in PARTS}
         wall = statistics.median(run["wall"] for run in values)
-        floor = floors(config, rate, median_run[name], {**model_flops, **evaluation_flops})
+        floor = floors(config, run_rate, median_run[name], {**model_flops, **evaluation_flops})
         print(f"# {name} run ({len(values)} runs, median wall {wall:.1f} s): "
               + ", ".join(f"{part} {value:.2f} s" for part, value in parts.items())
               + f"; best epoch {[run['best_epoch'] for run in values]}, "
@@ -310,7 +319,7 @@ def main() -> None:
         print_ratio("preset_floor", "run_seconds", wall)
         print_ratio("preset_floor", "run_over_floor", wall / sum(floor.values()))
         model_only = floor["steps"] + median_run[name]["epochs"] * evaluation_flops["validation_images"] / (
-            rate * 1e9) + evaluation_flops["test_images"] / (rate * 1e9)
+            run_rate * 1e9) + evaluation_flops["test_images"] / (run_rate * 1e9)
         print_ratio("preset_floor", "run_over_model_floor", wall / model_only)
     if "base" in runs:
         walls = {name: statistics.median(run["wall"] for run in values) for name, values in runs.items()}

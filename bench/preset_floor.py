@@ -33,7 +33,8 @@ asks how far one is from what its arithmetic costs on this machine. In one proce
     python bench/preset_floor.py --quick               # about a minute: a 2-epoch run of 5 steps each
 
 Prints ``preset_floor: LABEL: VALUE`` lines; targets: ``step_over_floor`` <= 1.5 (median step),
-``run_over_floor`` <= 1.6 (the whole run, start-up and evaluation included). Run on a quiet machine.
+``run_over_floor`` <= 1.6 (the whole run, start-up and evaluation included; also printed run by run, each
+against the rate measured around its round, and their median). Run on a quiet machine.
 """
 
 from __future__ import annotations
@@ -318,6 +319,12 @@ def main() -> None:
                 print_ratio("preset_floor", f"run_{part}_over_floor", parts[part] / floor[part])
         print_ratio("preset_floor", "run_seconds", wall)
         print_ratio("preset_floor", "run_over_floor", wall / sum(floor.values()))
+        # the same ratio run by run, each against the rate measured just before and just after its round
+        each = [run["wall"] / sum(floors(config, (run_rates[index] + run_rates[index + 1]) / 2, run,
+                                         {**model_flops, **evaluation_flops}).values())
+                for index, run in enumerate(values)]
+        print("# run_over_floor run by run (rate of its round): " + ", ".join(f"{value:.3f}" for value in each))
+        print_ratio("preset_floor", "run_over_floor_median_of_runs", statistics.median(each))
         model_only = floor["steps"] + median_run[name]["epochs"] * evaluation_flops["validation_images"] / (
             run_rate * 1e9) + evaluation_flops["test_images"] / (run_rate * 1e9)
         print_ratio("preset_floor", "run_over_model_floor", wall / model_only)

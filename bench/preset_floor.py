@@ -300,12 +300,13 @@ def main() -> None:
     print("# gemm between the runs: " + ", ".join(f"{value:.1f}" for value in run_rates) + " GFLOPS")
     run_rate = statistics.median(run_rates)
     print_ratio("preset_floor", "gemm_gflops_between_runs", run_rate)
+    all_flops = {**model_flops, **evaluation_flops}
     median_run = {name: min(values, key=lambda run: abs(run["wall"] - statistics.median(r["wall"] for r in values)))
                   for name, values in runs.items()}
     for name, values in runs.items():
         parts = {part: statistics.median(run["parts"][part] for run in values) for part in PARTS}
         wall = statistics.median(run["wall"] for run in values)
-        floor = floors(config, run_rate, median_run[name], {**model_flops, **evaluation_flops})
+        floor = floors(config, run_rate, median_run[name], all_flops)
         print(f"# {name} run ({len(values)} runs, median wall {wall:.1f} s): "
               + ", ".join(f"{part} {value:.2f} s" for part, value in parts.items())
               + f"; best epoch {[run['best_epoch'] for run in values]}, "
@@ -320,9 +321,8 @@ def main() -> None:
         print_ratio("preset_floor", "run_seconds", wall)
         print_ratio("preset_floor", "run_over_floor", wall / sum(floor.values()))
         # the same ratio run by run, each against the rate measured just before and just after its round
-        each = [run["wall"] / sum(floors(config, (run_rates[index] + run_rates[index + 1]) / 2, run,
-                                         {**model_flops, **evaluation_flops}).values())
-                for index, run in enumerate(values)]
+        around = [(before + after) / 2 for before, after in zip(run_rates, run_rates[1:])]
+        each = [run["wall"] / sum(floors(config, rate, run, all_flops).values()) for run, rate in zip(values, around)]
         print("# run_over_floor run by run (rate of its round): " + ", ".join(f"{value:.3f}" for value in each))
         print_ratio("preset_floor", "run_over_floor_median_of_runs", statistics.median(each))
         model_only = floor["steps"] + median_run[name]["epochs"] * evaluation_flops["validation_images"] / (

@@ -93,7 +93,8 @@ def _negative_statistics(queries: torch.Tensor, query_labels: torch.Tensor, gall
     top_negatives = torch.full((m, top_k), float("-inf"))
     # scratch memory for a block, its comparisons and its transposed copy, viewed at each block's shape so that
     # every block is contiguous (top-k and copies of a strided view of a larger block are much slower)
-    scratch = [torch.empty(min(block_size, m) * min(block_size, n)) for _ in range(3)]
+    largest = min(block_size, m) * min(block_size, n)
+    block_memory, hits_memory, transposed_memory = (torch.empty(largest) for _ in range(3))
 
     def as_block(buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
         return buffer[: rows * columns].view(rows, columns)
@@ -108,23 +109,23 @@ def _negative_statistics(queries: torch.Tensor, query_labels: torch.Tensor, gall
         for column_start in range(row_start if leave_one_out else 0, n, block_size):
             columns = slice(column_start, min(column_start + block_size, n))
             size = (rows.stop - rows.start, columns.stop - columns.start)
-            similarity = torch.mm(queries[rows], gallery[columns].T, out=as_block(scratch[0], *size))
+            similarity = torch.mm(queries[rows], gallery[columns].T, out=as_block(block_memory, *size))
             row_labels, column_labels = query_labels[rows], gallery_labels[columns]
             if row_labels[-1] >= column_labels[0] and column_labels[-1] >= row_labels[0]:  # may share a class
                 similarity.masked_fill_(row_labels[:, None] == column_labels[None, :], float("-inf"))
             # (rows, columns) now holds negatives only; comparisons summed as floats are the
             # fastest exact way to count on CPU (a block row holds far fewer than 2**24 entries).
             if count:
-                hits = torch.ge(similarity, best_positive[rows, None], out=as_block(scratch[1], *size))
+                hits = torch.ge(similarity, best_positive[rows, None], out=as_block(hits_memory, *size))
                 count_above[rows] += hits.sum(dim=1)
             keep_top(rows, similarity)
             if leave_one_out and column_start != row_start:
                 # the same block, transposed, answers the column samples as queries
                 if count:
-                    hits = torch.ge(similarity, best_positive[None, columns], out=as_block(scratch[1], *size))
+                    hits = torch.ge(similarity, best_positive[None, columns], out=as_block(hits_memory, *size))
                     count_above[columns] += hits.sum(dim=0)
                 # copied, then top-k along rows: 1.5x faster than a top-k along the block's columns
-                keep_top(columns, as_block(scratch[2], size[1], size[0]).copy_(similarity.T))
+                keep_top(columns, as_block(transposed_memory, size[1], size[0]).copy_(similarity.T))
     return (count_above.round().to(torch.int64) if count else None), top_negatives
 
 
